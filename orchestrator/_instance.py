@@ -1,0 +1,475 @@
+"""One awake actor: its state in memory, its queue mirror, and its run handler."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
+
+from ._tx import Tx, current_tx
+from .contexts import ActorContext
+from .errors import (
+    ActionNotFound,
+    EventNotDeclared,
+    MessageTooLarge,
+    NotSerializable,
+    QueueFull,
+    QueueNotFound,
+)
+from .storage import base
+from .storage.base import ActorRecord, HistoryRecord, MessageRecord, ScheduleRecord
+
+if TYPE_CHECKING:
+    from .definitions import ActorDefinition
+    from .engine import Engine
+    from .workflow._context import WorkflowRun
+
+log = logging.getLogger("agentvm.actor")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class Event:
+    """A broadcast as a subscriber receives it."""
+
+    __slots__ = ("name", "payload")
+
+    def __init__(self, name: str, payload: Any) -> None:
+        self.name = name
+        self.payload = payload
+
+    def __repr__(self) -> str:
+        return f"Event({self.name!r}, {self.payload!r})"
+
+
+class Subscription:
+    """An in-process subscriber: ``async for event in sub``; ``close()`` when done."""
+
+    def __init__(self, engine: Engine, actor_id: str, events: set[str] | None) -> None:
+        self._engine = engine
+        self.actor_id = actor_id
+        self.events = events
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
+        self.closed = False
+        self.dropped = 0
+
+    def _deliver(self, event: Event) -> None:
+        if self.events is not None and event.name not in self.events:
+            return
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.dropped += 1  # a stalled subscriber must not stall the actor
+
+    def __aiter__(self) -> Subscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        if self.closed and self._queue.empty():
+            raise StopAsyncIteration
+        item = await self._queue.get()
+        if item is None:
+            raise StopAsyncIteration
+        return item
+
+    async def next(self, timeout: float | None = None) -> Event:
+        """The next event, waiting at most ``timeout`` seconds (TimeoutError)."""
+        return await asyncio.wait_for(self.__anext__(), timeout)
+
+    async def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._queue.put_nowait(None)
+            self._engine._unsubscribe(self)
+
+    async def __aenter__(self) -> Subscription:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class ActorInstance:
+    def __init__(self, engine: Engine, definition: ActorDefinition, record: ActorRecord) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.definition = definition
+        self.record = record
+        self.actor_id = record.actor_id
+        self.name = record.name
+        self.key = record.key
+        self.state: Any = json.loads(record.state)
+        self._persisted_state = record.state
+        self.vars: Any = definition.initial_vars()
+        self.pending: list[MessageRecord] = []
+        self.leased: dict[int, MessageRecord] = {}
+        self._signal = asyncio.Event()
+        self.subscribers: set[Subscription] = set()
+        self.inflight = 0
+        self.active_fibers = 0
+        self.fiber_deadlines: dict[object, float] = {}
+        self.run_task: asyncio.Task[None] | None = None
+        self.workflow_run: WorkflowRun | None = None
+        self._idle_handle: asyncio.TimerHandle | None = None
+        self.alive = True
+        opts = definition.options
+        cfg = engine.config
+        self.max_queue_length = opts.max_queue_length or cfg.max_queue_length
+        self.max_message_size = opts.max_message_size or cfg.max_message_size
+        self.sleep_timeout = opts.sleep_timeout
+        if self.sleep_timeout is not None and cfg.sleep_timeout is not None:
+            self.sleep_timeout = min(self.sleep_timeout, cfg.sleep_timeout)
+
+    # -- state persistence ---------------------------------------------------------------
+
+    def state_ops(self) -> list[base.Op]:
+        """The state write for the current commit, if the state changed."""
+        try:
+            text = _dumps(self.state)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"state of actor {self.name!r} is not JSON: {exc}", field="state") from exc
+        if text == self._persisted_state:
+            return []
+        self._persisted_state = text
+        return [(base.SET_STATE, self.actor_id, text)]
+
+    def restore_state(self) -> None:
+        self.state = json.loads(self._persisted_state)
+
+    # -- activity / idleness -------------------------------------------------------------
+
+    def is_idle(self) -> bool:
+        return self.inflight == 0 and self.active_fibers == 0 and not self.subscribers
+
+    def _busy(self) -> None:
+        if self._idle_handle is not None:
+            self._idle_handle.cancel()
+            self._idle_handle = None
+
+    def check_idle(self) -> None:
+        if self.sleep_timeout is None or self._idle_handle is not None or not self.alive:
+            return
+        if self.is_idle():
+            loop = asyncio.get_running_loop()
+            self._idle_handle = loop.call_later(self.sleep_timeout, self._idle_fired)
+
+    def _idle_fired(self) -> None:
+        self._idle_handle = None
+        if self.alive and self.is_idle():
+            self.engine.request_sleep(self)
+
+    def fiber_started(self) -> None:
+        self.active_fibers += 1
+        self._busy()
+
+    def fiber_ended(self) -> None:
+        self.active_fibers -= 1
+        self.check_idle()
+
+    def fiber_parked(self) -> None:
+        self.active_fibers -= 1
+        self.check_idle()
+
+    def fiber_resumed(self) -> None:
+        self.active_fibers += 1
+        self._busy()
+
+    @contextmanager
+    def parked(self, until: float | None) -> Iterator[None]:
+        token = object()
+        if until is not None:
+            self.fiber_deadlines[token] = until
+        self.fiber_parked()
+        try:
+            yield
+        finally:
+            self.fiber_deadlines.pop(token, None)
+            self.fiber_resumed()
+
+    def begin(self) -> None:
+        self.inflight += 1
+        self._busy()
+
+    def end(self) -> None:
+        self.inflight -= 1
+        self.check_idle()
+
+    def next_alarm(self) -> float | None:
+        return min(self.fiber_deadlines.values(), default=None)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    async def call_action(
+        self, name: str, args: list[Any] | tuple[Any, ...], *, extra_ops: list[base.Op] | None = None
+    ) -> Any:
+        fn = self.definition.actions.get(name)
+        if fn is None:
+            raise ActionNotFound(
+                f"actor type {self.name!r} has no action {name!r}",
+                actor=self.name,
+                action=name,
+                available=sorted(self.definition.actions),
+            )
+        self.begin()
+        tx = Tx(list(extra_ops or ()))
+        token = current_tx.set(tx)
+        c = ActorContext(self)
+        try:
+            try:
+                result = fn(c, *args)
+                if inspect.isawaitable(result):
+                    result = await result
+            except BaseException:
+                # An action that fails changes nothing.
+                try:
+                    if _dumps(self.state) != self._persisted_state:
+                        self.restore_state()
+                except (TypeError, ValueError):
+                    self.restore_state()
+                if extra_ops:
+                    await self.store.submit(list(extra_ops))
+                raise
+            finally:
+                current_tx.reset(token)
+                c.queue._ack()
+            ops = tx.ops
+            ops.extend(self.state_ops())
+            if ops:
+                await self.store.submit(ops)
+            if tx.after:
+                tx.run_after()
+            return result
+        finally:
+            self.end()
+
+    async def run_hook(self, hook: Any, *args: Any) -> None:
+        """Run a lifecycle hook and commit what it changed."""
+        if hook is None:
+            return
+        tx = Tx()
+        token = current_tx.set(tx)
+        try:
+            result = hook(ActorContext(self), *args)
+            if inspect.isawaitable(result):
+                await result
+        finally:
+            current_tx.reset(token)
+        ops = tx.ops + self.state_ops()
+        if ops:
+            await self.store.submit(ops)
+        tx.run_after()
+
+    # -- broadcast --------------------------------------------------------------------------
+
+    def broadcast(self, event: str, payload: Any) -> None:
+        events = self.definition.events
+        if events and event not in events:
+            raise EventNotDeclared(
+                f"actor type {self.name!r} declares no event {event!r}",
+                event=event,
+                declared=sorted(events),
+            )
+        if not self.subscribers:
+            return
+        ev = Event(event, payload)
+        for sub in list(self.subscribers):
+            sub._deliver(ev)
+
+    def broadcast_internal(self, event: str, payload: Any) -> None:
+        """Engine-originated events (workflow outcome), exempt from declarations."""
+        ev = Event(event, payload)
+        for sub in list(self.subscribers):
+            sub._deliver(ev)
+
+    # -- queue --------------------------------------------------------------------------------
+
+    def check_queue_names(self, names: list[str]) -> None:
+        declared = self.definition.queues
+        if declared:
+            for n in names:
+                if n not in declared:
+                    raise QueueNotFound(
+                        f"actor type {self.name!r} has no queue {n!r}",
+                        queue=n,
+                        declared=sorted(declared),
+                    )
+
+    def make_message(self, queue: str, body: Any) -> MessageRecord:
+        """Validate a send and build its record; refuses before anything is stored."""
+        self.check_queue_names([queue])
+        try:
+            text = _dumps(body)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"message body is not JSON: {exc}", field="body") from exc
+        size = len(text.encode())
+        if size > self.max_message_size:
+            raise MessageTooLarge(
+                f"message of {size} bytes exceeds the limit of {self.max_message_size} bytes",
+                field="body",
+                size=size,
+                limit=self.max_message_size,
+            )
+        depth = len(self.pending) + len(self.leased)
+        if depth >= self.max_queue_length:
+            raise QueueFull(
+                f"queue of actor {self.name!r} holds {depth} messages, the limit is "
+                f"{self.max_queue_length}",
+                queue=queue,
+                limit=self.max_queue_length,
+            )
+        return MessageRecord(self.store.next_message_id(), self.actor_id, queue, text, time.time())
+
+    def deliver(self, rec: MessageRecord) -> None:
+        self.pending.append(rec)
+        self._signal.set()
+
+    async def send_to_self(self, queue: str, body: Any) -> int:
+        rec = self.make_message(queue, body)
+        tx = current_tx.get()
+        if tx is not None:
+            tx.ops.append((base.PUT_MESSAGE, rec))
+            tx.after.append(lambda: self.deliver(rec))
+        else:
+            await self.store.submit([(base.PUT_MESSAGE, rec)])
+            self.deliver(rec)
+        return rec.message_id
+
+    def take_messages(self, names: list[str] | None, count: int) -> list[MessageRecord]:
+        pending = self.pending
+        if not pending:
+            return []
+        if names is None:
+            taken = pending[:count]
+            del pending[:count]
+            return taken
+        taken = []
+        keep = []
+        for rec in pending:
+            if len(taken) < count and rec.queue in names:
+                taken.append(rec)
+            else:
+                keep.append(rec)
+        if taken:
+            self.pending = keep
+        return taken
+
+    async def wait_messages(
+        self, names: list[str] | None, count: int, deadline: float | None
+    ) -> list[MessageRecord]:
+        while True:
+            taken = self.take_messages(names, count)
+            if taken:
+                return taken
+            self._signal.clear()
+            if deadline is None:
+                await self._signal.wait()
+            else:
+                remaining = deadline - time.time()
+                if remaining <= 0:
+                    return []
+                try:
+                    await asyncio.wait_for(self._signal.wait(), remaining)
+                except TimeoutError:
+                    return self.take_messages(names, count)
+
+    def lease(self, rec: MessageRecord) -> None:
+        self.leased[rec.message_id] = rec
+
+    def consumed(self, message_id: int) -> None:
+        """A message was received without completion; release its waiting sender."""
+        self.leased.pop(message_id, None)
+        self.engine.resolve_waiter(message_id, None)
+
+    def ack_messages(self, ids: list[int]) -> None:
+        self.store.submit_nowait([(base.DELETE_MESSAGE, i) for i in ids])
+        for i in ids:
+            self.consumed(i)
+
+    async def complete_message(self, message_id: int, response: Any) -> None:
+        try:
+            _dumps(response)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"message response is not JSON: {exc}", field="response") from exc
+        await self.store.submit([(base.DELETE_MESSAGE, message_id)])
+        self.leased.pop(message_id, None)
+        self.engine.resolve_waiter(message_id, response)
+
+    def release_leases(self) -> None:
+        """Give leased messages back (their consumer is gone without completing)."""
+        if self.leased:
+            back = list(self.leased.values())
+            self.leased.clear()
+            self.pending = sorted(back + self.pending, key=lambda r: r.message_id)
+            self._signal.set()
+
+    # -- schedules -------------------------------------------------------------------------
+
+    async def schedule_action(self, when: float, action: str, args: list[Any]) -> int:
+        if action not in self.definition.actions:
+            raise ActionNotFound(
+                f"cannot schedule unknown action {action!r} of actor type {self.name!r}",
+                action=action,
+            )
+        try:
+            args_json = _dumps(args)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"scheduled action arguments are not JSON: {exc}", field="args") from exc
+        rec = ScheduleRecord(
+            self.store.next_schedule_id(), self.actor_id, when, action, args_json, time.time()
+        )
+        tx = current_tx.get()
+        if tx is not None:
+            tx.ops.append((base.PUT_SCHEDULE, rec))
+            tx.after.append(lambda: self.engine.arm_schedule(rec))
+        else:
+            await self.store.submit([(base.PUT_SCHEDULE, rec)])
+            self.engine.arm_schedule(rec)
+        return rec.schedule_id
+
+    # -- run handler ----------------------------------------------------------------------
+
+    def start_run(self, history: list[HistoryRecord]) -> None:
+        run = self.definition.run
+        if run is None:
+            return
+        if self.definition.is_workflow:
+            if self.record.workflow_status in ("completed", "failed"):
+                return
+            from .workflow._driver import drive_workflow
+
+            coro = drive_workflow(self, run, history)
+        else:
+            coro = self._drive_plain(run)
+        self.active_fibers += 1
+        self.run_task = asyncio.create_task(coro, name=f"actor:{self.name}:{self.actor_id}")
+
+    async def _drive_plain(self, run: Any) -> None:
+        c = ActorContext(self)
+        try:
+            result = run(c)
+            if inspect.isawaitable(result):
+                await result
+            c.queue._ack()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("run handler of actor %s %s failed", self.name, list(self.key))
+            self.release_leases()
+        finally:
+            self.active_fibers -= 1
+            self.check_idle()
+
+    async def stop_run(self) -> None:
+        task = self.run_task
+        self.run_task = None
+        if task is not None and not task.done():
+            task.cancel()
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):
+                pass

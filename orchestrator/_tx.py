@@ -1,0 +1,27 @@
+"""The unit of commit an action or a step builds up while it runs.
+
+Schedules and self-sends made inside an action or a step are not written on
+their own: they join that action's or step's commit, so they happen exactly
+when its state changes do. Outside an action or step they commit at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+from .storage.base import Op
+
+
+@dataclass(slots=True)
+class Tx:
+    ops: list[Op] = field(default_factory=list)
+    after: list[Callable[[], None]] = field(default_factory=list)
+
+    def run_after(self) -> None:
+        for fn in self.after:
+            fn()
+
+
+current_tx: ContextVar[Tx | None] = ContextVar("agentvm_tx", default=None)

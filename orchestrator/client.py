@@ -1,0 +1,216 @@
+"""Clients: reach actors by name and key, in-process or (later) over HTTP.
+
+``client.counter.get_or_create("main")`` (or ``client.actors.counter...``)
+returns a handle at once; the actor is resolved (and created) on first use.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .errors import ActorNotFound
+from .keys import ActorKey, KeyLike, normalize_key
+from .queues import SendResult
+
+if TYPE_CHECKING:
+    from ._instance import Event
+    from .engine import ActorInfo, Engine, QueuedMessage, WorkflowHistory
+
+
+class Transport(Protocol):
+    """How a client reaches an engine: in-process calls or HTTP requests."""
+
+    async def resolve(self, name: str, key: ActorKey, *, create: bool, input: Any) -> str: ...
+    async def create(self, name: str, key: ActorKey, *, input: Any) -> str: ...
+    async def call(self, actor_id: str, action: str, args: list[Any]) -> Any: ...
+    async def send(
+        self, actor_id: str, queue: str, body: Any, *, wait: bool, timeout: float | None
+    ) -> SendResult: ...
+    async def subscribe(self, actor_id: str, events: list[str] | None) -> EventStream: ...
+    async def get_state(self, actor_id: str) -> Any: ...
+    async def history(self, actor_id: str) -> WorkflowHistory: ...
+    async def queue_contents(self, actor_id: str) -> list[QueuedMessage]: ...
+    async def destroy(self, actor_id: str) -> None: ...
+    async def list_actors(self, name: str | None) -> list[ActorInfo]: ...
+
+
+class EventStream(Protocol):
+    def __aiter__(self) -> AsyncIterator[Event]: ...
+    async def next(self, timeout: float | None = None) -> Event: ...
+    async def close(self) -> None: ...
+
+
+class InProcessTransport:
+    """Calls straight into an :class:`Engine` in this process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def resolve(self, name: str, key: ActorKey, *, create: bool, input: Any) -> str:
+        return await self.engine.resolve(name, key, create=create, input=input)
+
+    async def create(self, name: str, key: ActorKey, *, input: Any) -> str:
+        return await self.engine.create(name, key, input=input)
+
+    async def call(self, actor_id: str, action: str, args: list[Any]) -> Any:
+        return await self.engine.call(actor_id, action, args)
+
+    async def send(
+        self, actor_id: str, queue: str, body: Any, *, wait: bool, timeout: float | None
+    ) -> SendResult:
+        return await self.engine.send(actor_id, queue, body, wait=wait, timeout=timeout)
+
+    async def subscribe(self, actor_id: str, events: list[str] | None) -> EventStream:
+        return await self.engine.subscribe(actor_id, events)
+
+    async def get_state(self, actor_id: str) -> Any:
+        return await self.engine.get_state(actor_id)
+
+    async def history(self, actor_id: str) -> WorkflowHistory:
+        return await self.engine.history(actor_id)
+
+    async def queue_contents(self, actor_id: str) -> list[QueuedMessage]:
+        return await self.engine.queue_contents(actor_id)
+
+    async def destroy(self, actor_id: str) -> None:
+        await self.engine.destroy(actor_id)
+
+    async def list_actors(self, name: str | None) -> list[ActorInfo]:
+        return await self.engine.list_actors(name)
+
+
+class ActorHandle:
+    """A reference to one actor. Unknown attributes are its actions:
+    ``await handle.increment(5)`` is ``await handle.call("increment", 5)``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        name: str,
+        key: ActorKey,
+        *,
+        create: bool,
+        input: Any = None,
+        actor_id: str | None = None,
+    ) -> None:
+        self._transport = transport
+        self.name = name
+        self.key = key
+        self._create = create
+        self._input = input
+        self._actor_id = actor_id
+
+    def __repr__(self) -> str:
+        return f"ActorHandle({self.name!r}, {list(self.key)!r})"
+
+    async def resolve(self) -> str:
+        """The actor id (creating the actor for a ``get_or_create`` handle)."""
+        if self._actor_id is None:
+            self._actor_id = await self._transport.resolve(
+                self.name, self.key, create=self._create, input=self._input
+            )
+        return self._actor_id
+
+    async def _with_id(self, fn: Any) -> Any:
+        actor_id = await self.resolve()
+        try:
+            return await fn(actor_id)
+        except ActorNotFound:
+            if not self._create:
+                raise
+            # Destroyed since we resolved it: a get_or_create handle makes a new one.
+            self._actor_id = None
+            return await fn(await self.resolve())
+
+    async def call(self, action: str, *args: Any) -> Any:
+        return await self._with_id(lambda aid: self._transport.call(aid, action, list(args)))
+
+    async def send(
+        self, queue: str, body: Any = None, *, wait: bool = False, timeout: float | None = None
+    ) -> SendResult:
+        """Enqueue ``body`` on ``queue``. With ``wait=True`` wait up to ``timeout``
+        seconds for the consumer to complete it."""
+        return await self._with_id(
+            lambda aid: self._transport.send(aid, queue, body, wait=wait, timeout=timeout)
+        )
+
+    async def connect(self, events: list[str] | None = None) -> EventStream:
+        """Subscribe to this actor's broadcasts (async-iterate; ``close()`` when done)."""
+        return await self._with_id(lambda aid: self._transport.subscribe(aid, events))
+
+    subscribe = connect
+
+    async def fetch_state(self) -> Any:
+        """The actor's last committed state."""
+        return await self._with_id(self._transport.get_state)
+
+    async def history(self) -> WorkflowHistory:
+        return await self._with_id(self._transport.history)
+
+    async def queue_contents(self) -> list[QueuedMessage]:
+        return await self._with_id(self._transport.queue_contents)
+
+    async def destroy(self) -> None:
+        await self._transport.destroy(await self.resolve())
+        self._actor_id = None
+
+    def __getattr__(self, action: str) -> Any:
+        if action.startswith("_"):
+            raise AttributeError(action)
+
+        async def call_action(*args: Any) -> Any:
+            return await self.call(action, *args)
+
+        call_action.__name__ = action
+        return call_action
+
+
+class ActorAccessor:
+    """``client.<name>``: ways to get handles to actors of one type."""
+
+    def __init__(self, transport: Transport, name: str) -> None:
+        self._transport = transport
+        self.name = name
+
+    def get_or_create(self, key: KeyLike = (), *, input: Any = None) -> ActorHandle:
+        return ActorHandle(self._transport, self.name, normalize_key(key), create=True, input=input)
+
+    def get(self, key: KeyLike = ()) -> ActorHandle:
+        """A handle to an existing actor; using it raises ActorNotFound if there is none."""
+        return ActorHandle(self._transport, self.name, normalize_key(key), create=False)
+
+    async def create(self, key: KeyLike = (), *, input: Any = None) -> ActorHandle:
+        """Create the actor now (ActorAlreadyExists if the key is taken)."""
+        k = normalize_key(key)
+        actor_id = await self._transport.create(self.name, k, input=input)
+        return ActorHandle(self._transport, self.name, k, create=False, actor_id=actor_id)
+
+    async def list(self) -> list[ActorInfo]:
+        return await self._transport.list_actors(self.name)
+
+
+class Client:
+    """Entry point: ``client.counter`` / ``client.actors.counter`` → accessor."""
+
+    def __init__(self, transport: Transport) -> None:
+        self._transport = transport
+
+    @property
+    def actors(self) -> Client:
+        return self
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    async def list_actors(self, name: str | None = None) -> list[ActorInfo]:
+        return await self._transport.list_actors(name)
+
+    def __getattr__(self, name: str) -> ActorAccessor:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return ActorAccessor(self._transport, name)
+
+    def __getitem__(self, name: str) -> ActorAccessor:
+        return ActorAccessor(self._transport, name)

@@ -1,0 +1,165 @@
+"""Declaring actors: ``actor(...)``, ``queue()``, ``event()`` and ``setup(use=...)``."""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+Handler = Callable[..., Any]
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class QueueSpec:
+    """A declared queue. ``completable`` is advice for clients; receivers decide."""
+
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class EventSpec:
+    """A declared broadcast event."""
+
+    description: str = ""
+
+
+def queue(description: str = "") -> QueueSpec:
+    """Declare a queue on an actor: ``queues={"jobs": queue()}``."""
+    return QueueSpec(description)
+
+
+def event(description: str = "") -> EventSpec:
+    """Declare a broadcast event: ``events={"progress": event()}``."""
+    return EventSpec(description)
+
+
+@dataclass(slots=True)
+class ActorOptions:
+    """Per-actor-type runtime options."""
+
+    # Seconds an idle actor stays in memory before it sleeps; None never sleeps.
+    sleep_timeout: float | None = 30.0
+    # Queue limits (None: use the engine's defaults).
+    max_queue_length: int | None = None
+    max_message_size: int | None = None
+
+
+@dataclass(slots=True)
+class ActorDefinition:
+    """What ``actor(...)`` returns; give it a name with ``setup(use={name: definition})``."""
+
+    state: Any = None
+    vars: Any = None
+    create_state: Handler | None = None
+    create_vars: Handler | None = None
+    actions: dict[str, Handler] = field(default_factory=dict)
+    queues: dict[str, QueueSpec] = field(default_factory=dict)
+    events: dict[str, EventSpec] = field(default_factory=dict)
+    run: Handler | None = None
+    on_create: Handler | None = None
+    on_wake: Handler | None = None
+    on_sleep: Handler | None = None
+    on_destroy: Handler | None = None
+    options: ActorOptions = field(default_factory=ActorOptions)
+    name: str | None = None
+
+    def initial_state(self, input: Any) -> Any:
+        if self.create_state is not None:
+            return self.create_state(input)
+        return copy.deepcopy(self.state)
+
+    def initial_vars(self) -> Any:
+        if self.create_vars is not None:
+            return self.create_vars()
+        return copy.deepcopy(self.vars)
+
+    def action(self, fn: Handler | None = None, *, name: str | None = None) -> Any:
+        """Decorator adding an action: ``@my_actor.action``."""
+
+        def register(f: Handler) -> Handler:
+            self.actions[name or f.__name__] = f
+            return f
+
+        return register(fn) if fn is not None else register
+
+    @property
+    def is_workflow(self) -> bool:
+        return getattr(self.run, "__agentvm_workflow__", False)
+
+
+def actor(
+    *,
+    state: Any = None,
+    create_state: Handler | None = None,
+    vars: Any = None,
+    create_vars: Handler | None = None,
+    actions: Mapping[str, Handler] | None = None,
+    queues: Mapping[str, QueueSpec] | None = None,
+    events: Mapping[str, EventSpec] | None = None,
+    run: Handler | None = None,
+    on_create: Handler | None = None,
+    on_wake: Handler | None = None,
+    on_sleep: Handler | None = None,
+    on_destroy: Handler | None = None,
+    options: ActorOptions | Mapping[str, Any] | None = None,
+) -> ActorDefinition:
+    """Define an actor type.
+
+    ``state`` is JSON and persisted (deep-copied per actor; or build it from the
+    create input with ``create_state(input)``); ``vars`` live in memory only.
+    Actions take the action context first: ``def get_state(c): return c.state``.
+    ``run`` is a plain ``async def run(c)`` or a ``workflow(fn)``.
+    """
+    if isinstance(options, Mapping):
+        options = ActorOptions(**options)
+    for label, table in (("action", actions), ("queue", queues), ("event", events)):
+        for key in table or {}:
+            if not isinstance(key, str) or not _NAME_RE.match(key):
+                raise ValueError(f"invalid {label} name {key!r}")
+    return ActorDefinition(
+        state=state,
+        create_state=create_state,
+        vars=vars,
+        create_vars=create_vars,
+        actions=dict(actions or {}),
+        queues=dict(queues or {}),
+        events=dict(events or {}),
+        run=run,
+        on_create=on_create,
+        on_wake=on_wake,
+        on_sleep=on_sleep,
+        on_destroy=on_destroy,
+        options=options or ActorOptions(),
+    )
+
+
+class Registry:
+    """The set of actor types an engine runs; made by :func:`setup`."""
+
+    def __init__(self, actors: Mapping[str, ActorDefinition]) -> None:
+        self.actors: dict[str, ActorDefinition] = {}
+        for name, definition in actors.items():
+            self.add(name, definition)
+
+    def add(self, name: str, definition: ActorDefinition) -> None:
+        if not _NAME_RE.match(name):
+            raise ValueError(f"invalid actor name {name!r}")
+        if not isinstance(definition, ActorDefinition):
+            raise TypeError(f"{name}: expected an actor(...) definition, got {definition!r}")
+        definition.name = name
+        self.actors[name] = definition
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.actors
+
+    def get(self, name: str) -> ActorDefinition | None:
+        return self.actors.get(name)
+
+
+def setup(*, use: Mapping[str, ActorDefinition]) -> Registry:
+    """Collect actor definitions under their names: ``setup(use={"counter": counter})``."""
+    return Registry(use)

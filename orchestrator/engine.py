@@ -1,0 +1,602 @@
+"""The engine: owns the store, wakes and sleeps actors, fires timers and schedules."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+
+from ._instance import ActorInstance, Subscription
+from .config import EngineConfig
+from .definitions import Registry
+from .errors import (
+    ActorAlreadyExists,
+    ActorDestroyed,
+    ActorNotFound,
+    EngineStopped,
+    InvalidRequest,
+    NotSerializable,
+    UnknownActorType,
+)
+from .keys import ActorKey, KeyLike, normalize_key
+from .queues import SendResult
+from .storage import SQLiteStore, Store, base
+from .storage.base import ActorRecord, ActorSnapshot, ScheduleRecord
+
+if TYPE_CHECKING:
+    from .client import Client
+
+log = logging.getLogger("agentvm.engine")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+# --- inspector models ---------------------------------------------------------------------
+
+
+class ActorInfo(BaseModel):
+    actor_id: str
+    name: str
+    key: list[str]
+    created_at: float
+    awake: bool
+    workflow_status: str | None = None
+
+
+class HistoryEntry(BaseModel):
+    path: str
+    kind: str
+    status: str
+    attempts: int
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: Any = None
+    error: Any = None
+    meta: Any = None
+
+
+class WorkflowHistory(BaseModel):
+    actor_id: str
+    name: str
+    key: list[str]
+    is_workflow: bool
+    workflow_status: str | None = None
+    output: Any = None
+    error: Any = None
+    entries: list[HistoryEntry]
+
+
+class QueuedMessage(BaseModel):
+    message_id: int
+    queue: str
+    body: Any
+    created_at: float
+    in_flight: bool
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text is not None else None
+
+
+class Engine:
+    """Runs the actors of a :class:`Registry` on a :class:`Store`.
+
+    ``async with Engine(registry) as engine: client = engine.client()``.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        store: Store | None = None,
+        config: EngineConfig | None = None,
+        **overrides: Any,
+    ) -> None:
+        self.registry = registry
+        cfg = config or EngineConfig()
+        if overrides:
+            cfg = cfg.model_copy(update=overrides)
+        self.config = cfg
+        self.store: Store = store or SQLiteStore(cfg.db, synchronous=cfg.sqlite_synchronous)
+        self.instances: dict[str, ActorInstance] = {}
+        self._ids: dict[tuple[str, ActorKey], str] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._waiters: dict[int, asyncio.Future[Any]] = {}
+        self._schedule_timers: dict[int, tuple[str, asyncio.TimerHandle]] = {}
+        self._alarms: dict[str, asyncio.TimerHandle] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._running = False
+        self._client: Client | None = None
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await self.store.open()
+        self._running = True
+        now = time.time()
+        recs = await self.store.actors_to_recover()
+        wake_now: list[str] = []
+        for rec in recs:
+            if rec.name not in self.registry:
+                log.warning("actor %s has unknown type %r; not recovered", rec.actor_id, rec.name)
+                continue
+            self._ids[(rec.name, rec.key)] = rec.actor_id
+            if not rec.sleeping or (rec.alarm_at is not None and rec.alarm_at <= now):
+                wake_now.append(rec.actor_id)
+            elif rec.alarm_at is not None:
+                self._set_alarm(rec.actor_id, rec.alarm_at)
+        if wake_now:
+            snaps = await self.store.load_snapshots(wake_now)
+            for snap in snaps.values():
+                await self._wake(snap)
+        for sched in await self.store.load_schedules():
+            self.arm_schedule(sched)
+
+    async def stop(self) -> None:
+        """Stop every actor; idle ones are put to sleep, busy ones recover on next start."""
+        if not self._running:
+            return
+        self._running = False
+        for handle in self._alarms.values():
+            handle.cancel()
+        self._alarms.clear()
+        for _, handle in self._schedule_timers.values():
+            handle.cancel()
+        self._schedule_timers.clear()
+        for inst in list(self.instances.values()):
+            idle = inst.inflight == 0 and inst.active_fibers == 0
+            inst.alive = False
+            inst._busy()
+            await inst.stop_run()
+            with contextlib.suppress(Exception):
+                await inst.run_hook(inst.definition.on_sleep)
+            if idle:
+                self.store.submit_nowait(
+                    [(base.SET_SLEEP, inst.actor_id, True, inst.next_alarm())]
+                )
+        for task in list(self._tasks):
+            task.cancel()
+        for fut in self._waiters.values():
+            if not fut.done():
+                fut.set_exception(EngineStopped("the engine stopped"))
+        self.instances.clear()
+        await self.store.close()
+
+    async def __aenter__(self) -> Engine:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def client(self) -> Client:
+        """An in-process client: ``engine.client().counter.get_or_create("main")``."""
+        if self._client is None:
+            from .client import Client, InProcessTransport
+
+            self._client = Client(InProcessTransport(self))
+        return self._client
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _lock(self, key: str) -> asyncio.Lock:
+        lock = self._locks.get(key)
+        if lock is None:
+            lock = self._locks[key] = asyncio.Lock()
+        return lock
+
+    def _check_running(self) -> None:
+        if not self._running:
+            raise EngineStopped("the engine is not running")
+
+    # -- resolving and creating --------------------------------------------------------
+
+    def _definition(self, name: str) -> Any:
+        definition = self.registry.get(name)
+        if definition is None:
+            raise UnknownActorType(
+                f"no actor type named {name!r}", actor=name, known=sorted(self.registry.actors)
+            )
+        return definition
+
+    async def resolve(
+        self, name: str, key: KeyLike, *, create: bool = False, input: Any = None
+    ) -> str:
+        """The actor id for ``(name, key)``; creates the actor if ``create``."""
+        self._check_running()
+        self._definition(name)
+        k = normalize_key(key)
+        actor_id = self._ids.get((name, k))
+        if actor_id is not None:
+            return actor_id
+        async with self._lock(f"key:{name}:{_dumps(list(k))}"):
+            actor_id = self._ids.get((name, k))
+            if actor_id is not None:
+                return actor_id
+            rec = await self.store.find_actor(name, k)
+            if rec is not None:
+                self._ids[(name, k)] = rec.actor_id
+                return rec.actor_id
+            if not create:
+                raise ActorNotFound(
+                    f"no actor {name!r} with key {list(k)!r}", actor=name, key=list(k)
+                )
+            return await self._create(name, k, input)
+
+    async def create(self, name: str, key: KeyLike, *, input: Any = None) -> str:
+        """Create a new actor; :class:`ActorAlreadyExists` if the key is taken."""
+        self._check_running()
+        self._definition(name)
+        k = normalize_key(key)
+        async with self._lock(f"key:{name}:{_dumps(list(k))}"):
+            if (name, k) in self._ids or await self.store.find_actor(name, k) is not None:
+                raise ActorAlreadyExists(
+                    f"actor {name!r} with key {list(k)!r} already exists", actor=name, key=list(k)
+                )
+            return await self._create(name, k, input)
+
+    async def _create(self, name: str, key: ActorKey, input: Any) -> str:
+        definition = self._definition(name)
+        try:
+            input_json = _dumps(input)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"actor input is not JSON: {exc}", field="input") from exc
+        state = definition.initial_state(input)
+        try:
+            state_json = _dumps(state)
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"initial state of {name!r} is not JSON: {exc}", field="state") from exc
+        record = ActorRecord(
+            actor_id=uuid.uuid4().hex,
+            name=name,
+            key=key,
+            state=state_json,
+            input=input_json,
+            created_at=time.time(),
+            sleeping=False,
+            workflow_status="running" if definition.is_workflow else None,
+        )
+        inst = ActorInstance(self, definition, record)
+        # on_create's changes commit together with the actor row: all or nothing.
+        from ._tx import Tx, current_tx
+        from .contexts import ActorContext
+
+        tx = Tx()
+        token = current_tx.set(tx)
+        try:
+            if definition.on_create is not None:
+                result = definition.on_create(ActorContext(inst), input)
+                if asyncio.iscoroutine(result):
+                    await result
+        finally:
+            current_tx.reset(token)
+        record.state = _dumps(inst.state)
+        inst._persisted_state = record.state
+        await self.store.submit([(base.PUT_ACTOR, record), *tx.ops])
+        self._ids[(name, key)] = record.actor_id
+        self.instances[record.actor_id] = inst
+        tx.run_after()
+        await self._start_instance(inst, [])
+        return record.actor_id
+
+    # -- waking and sleeping ---------------------------------------------------------------
+
+    async def instance(self, actor_id: str) -> ActorInstance:
+        """The awake instance of an actor, waking it if needed."""
+        inst = self.instances.get(actor_id)
+        if inst is not None and inst.alive:
+            return inst
+        self._check_running()
+        async with self._lock(actor_id):
+            inst = self.instances.get(actor_id)
+            if inst is not None and inst.alive:
+                return inst
+            snaps = await self.store.load_snapshots([actor_id])
+            snap = snaps.get(actor_id)
+            if snap is None:
+                raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
+            return await self._wake(snap)
+
+    async def _wake(self, snap: ActorSnapshot) -> ActorInstance:
+        rec = snap.record
+        definition = self._definition(rec.name)
+        inst = ActorInstance(self, definition, rec)
+        # Completable messages recorded in workflow history are already received:
+        # they are leased, not pending, or they would be delivered twice.
+        leased: set[int] = set()
+        for h in snap.history:
+            if h.kind == "message" and h.status == "completed" and h.output:
+                for m in json.loads(h.output):
+                    if m.get("completable"):
+                        leased.add(m["id"])
+        for m in snap.messages:
+            if m.message_id in leased:
+                inst.leased[m.message_id] = m
+            else:
+                inst.pending.append(m)
+        self.instances[rec.actor_id] = inst
+        self._ids[(rec.name, rec.key)] = rec.actor_id
+        alarm = self._alarms.pop(rec.actor_id, None)
+        if alarm is not None:
+            alarm.cancel()
+        if rec.sleeping or rec.alarm_at is not None:
+            self.store.submit_nowait([(base.SET_SLEEP, rec.actor_id, False, None)])
+        await self._start_instance(inst, snap.history)
+        return inst
+
+    async def _start_instance(self, inst: ActorInstance, history: list[Any]) -> None:
+        inst.begin()
+        try:
+            await inst.run_hook(inst.definition.on_wake)
+            inst.start_run(history)
+        finally:
+            inst.end()
+
+    def request_sleep(self, inst: ActorInstance) -> None:
+        self._spawn(self._sleep(inst))
+
+    async def _sleep(self, inst: ActorInstance) -> None:
+        async with self._lock(inst.actor_id):
+            if not inst.alive or not inst.is_idle() or self.instances.get(inst.actor_id) is not inst:
+                return
+            inst.alive = False
+            await inst.stop_run()
+            try:
+                await inst.run_hook(inst.definition.on_sleep)
+            except Exception:
+                log.exception("on_sleep of actor %s failed", inst.actor_id)
+            alarm = inst.next_alarm()
+            await self.store.submit([(base.SET_SLEEP, inst.actor_id, True, alarm)])
+            del self.instances[inst.actor_id]
+            if alarm is not None:
+                self._set_alarm(inst.actor_id, alarm)
+
+    def _set_alarm(self, actor_id: str, when: float) -> None:
+        old = self._alarms.pop(actor_id, None)
+        if old is not None:
+            old.cancel()
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, when - time.time())
+        self._alarms[actor_id] = loop.call_later(delay, self._alarm_fired, actor_id)
+
+    def _alarm_fired(self, actor_id: str) -> None:
+        self._alarms.pop(actor_id, None)
+        if self._running:
+            self._spawn(self._wake_quietly(actor_id))
+
+    async def _wake_quietly(self, actor_id: str) -> None:
+        try:
+            await self.instance(actor_id)
+        except (ActorNotFound, EngineStopped):
+            pass
+        except Exception:
+            log.exception("waking actor %s failed", actor_id)
+
+    # -- schedules ---------------------------------------------------------------------------
+
+    def arm_schedule(self, rec: ScheduleRecord) -> None:
+        if not self._running:
+            return
+        loop = asyncio.get_running_loop()
+        delay = max(0.0, rec.fire_at - time.time())
+        handle = loop.call_later(delay, lambda: self._spawn(self._fire_schedule(rec)))
+        self._schedule_timers[rec.schedule_id] = (rec.actor_id, handle)
+
+    async def _fire_schedule(self, rec: ScheduleRecord) -> None:
+        self._schedule_timers.pop(rec.schedule_id, None)
+        drop = [(base.DELETE_SCHEDULE, rec.schedule_id)]
+        try:
+            inst = await self.instance(rec.actor_id)
+        except ActorNotFound:
+            self.store.submit_nowait(drop)
+            return
+        except EngineStopped:
+            return
+        try:
+            # Deleting the schedule commits with the action: at-least-once.
+            await inst.call_action(rec.action, json.loads(rec.args), extra_ops=drop)
+        except Exception:
+            log.exception("scheduled action %s of actor %s failed", rec.action, rec.actor_id)
+
+    async def cancel_schedule(self, schedule_id: int) -> None:
+        entry = self._schedule_timers.pop(schedule_id, None)
+        if entry is not None:
+            entry[1].cancel()
+        await self.store.submit([(base.DELETE_SCHEDULE, schedule_id)])
+
+    # -- actions, queues, subscriptions -------------------------------------------------------
+
+    async def call(self, actor_id: str, action: str, args: list[Any] | tuple[Any, ...] = ()) -> Any:
+        if not isinstance(action, str):
+            raise InvalidRequest("action name must be a string", field="action")
+        inst = await self.instance(actor_id)
+        return await inst.call_action(action, args)
+
+    async def send(
+        self,
+        actor_id: str,
+        queue: str,
+        body: Any = None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> SendResult:
+        """Durably enqueue ``body``; with ``wait`` return the consumer's response
+        (``completed``) or ``timed_out`` (the message stays queued)."""
+        if not isinstance(queue, str):
+            raise InvalidRequest("queue name must be a string", field="queue")
+        if timeout is not None and timeout < 0:
+            raise InvalidRequest("timeout must not be negative", field="timeout")
+        inst = await self.instance(actor_id)
+        inst.begin()
+        try:
+            rec = inst.make_message(queue, body)
+            fut: asyncio.Future[Any] | None = None
+            if wait:
+                fut = asyncio.get_running_loop().create_future()
+                self._waiters[rec.message_id] = fut
+            try:
+                await self.store.submit([(base.PUT_MESSAGE, rec)])
+            except BaseException:
+                self._waiters.pop(rec.message_id, None)
+                raise
+            inst.deliver(rec)
+        finally:
+            inst.end()
+        if fut is None:
+            return SendResult(status="queued", message_id=rec.message_id)
+        try:
+            response = await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return SendResult(status="timed_out", message_id=rec.message_id)
+        finally:
+            self._waiters.pop(rec.message_id, None)
+        return SendResult(status="completed", message_id=rec.message_id, response=response)
+
+    def resolve_waiter(self, message_id: int, response: Any) -> None:
+        fut = self._waiters.pop(message_id, None)
+        if fut is not None and not fut.done():
+            fut.set_result(response)
+
+    async def subscribe(self, actor_id: str, events: list[str] | None = None) -> Subscription:
+        """Subscribe to broadcasts; the actor stays awake while subscribed."""
+        inst = await self.instance(actor_id)
+        sub = Subscription(self, actor_id, set(events) if events else None)
+        inst.subscribers.add(sub)
+        inst._busy()
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        inst = self.instances.get(sub.actor_id)
+        if inst is not None and sub in inst.subscribers:
+            inst.subscribers.discard(sub)
+            inst.check_idle()
+
+    # -- destroy -------------------------------------------------------------------------
+
+    def destroy_later(self, actor_id: str) -> None:
+        self._spawn(self.destroy(actor_id))
+
+    async def destroy(self, actor_id: str) -> None:
+        """Run ``on_destroy``, stop the actor and delete everything it stored."""
+        inst = await self.instance(actor_id)
+        async with self._lock(actor_id):
+            if not inst.alive:
+                raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
+            inst.alive = False
+            inst._busy()
+            await inst.stop_run()
+            try:
+                await inst.run_hook(inst.definition.on_destroy)
+            except Exception:
+                inst.alive = True
+                inst.start_run(await self.store.load_history(actor_id))
+                raise
+            await self.store.submit([(base.DELETE_ACTOR, actor_id)])
+            self.instances.pop(actor_id, None)
+            self._ids.pop((inst.name, inst.key), None)
+            for sid, (aid, handle) in list(self._schedule_timers.items()):
+                if aid == actor_id:
+                    handle.cancel()
+                    del self._schedule_timers[sid]
+            for mid in list(inst.pending) + list(inst.leased.values()):
+                fut = self._waiters.pop(mid.message_id, None)
+                if fut is not None and not fut.done():
+                    fut.set_exception(ActorDestroyed(f"actor {actor_id} was destroyed"))
+            for sub in list(inst.subscribers):
+                await sub.close()
+
+    # -- inspection ----------------------------------------------------------------------
+
+    async def list_actors(self, name: str | None = None) -> list[ActorInfo]:
+        recs = await self.store.list_actors(name)
+        return [
+            ActorInfo(
+                actor_id=r.actor_id,
+                name=r.name,
+                key=list(r.key),
+                created_at=r.created_at,
+                awake=r.actor_id in self.instances,
+                workflow_status=r.workflow_status,
+            )
+            for r in recs
+        ]
+
+    async def _record(self, actor_id: str) -> ActorRecord:
+        inst = self.instances.get(actor_id)
+        if inst is not None:
+            return inst.record
+        rec = await self.store.get_actor(actor_id)
+        if rec is None:
+            raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
+        return rec
+
+    async def get_state(self, actor_id: str) -> Any:
+        inst = self.instances.get(actor_id)
+        if inst is not None:
+            return json.loads(inst._persisted_state)
+        return json.loads((await self._record(actor_id)).state)
+
+    async def history(self, actor_id: str) -> WorkflowHistory:
+        """The workflow history of an actor, as the inspector shows it."""
+        rec = await self._record(actor_id)
+        definition = self._definition(rec.name)
+        entries = [
+            HistoryEntry(
+                path=h.path,
+                kind=h.kind,
+                status=h.status,
+                attempts=h.attempts,
+                started_at=h.started_at,
+                finished_at=h.finished_at,
+                output=_loads(h.output),
+                error=_loads(h.error),
+                meta=_loads(h.meta),
+            )
+            for h in await self.store.load_history(actor_id)
+        ]
+        inst = self.instances.get(actor_id)
+        run = inst.workflow_run if inst is not None else None
+        if run is not None:
+            known = {e.path for e in entries}
+            for path, started in run.running_steps.items():
+                if path not in known:
+                    entries.append(
+                        HistoryEntry(path=path, kind="step", status="running", attempts=0, started_at=started)
+                    )
+        return WorkflowHistory(
+            actor_id=actor_id,
+            name=rec.name,
+            key=list(rec.key),
+            is_workflow=definition.is_workflow,
+            workflow_status=rec.workflow_status,
+            output=_loads(rec.workflow_output),
+            error=_loads(rec.workflow_error),
+            entries=entries,
+        )
+
+    async def queue_contents(self, actor_id: str) -> list[QueuedMessage]:
+        await self._record(actor_id)
+        inst = self.instances.get(actor_id)
+        leased = set(inst.leased) if inst is not None else set()
+        return [
+            QueuedMessage(
+                message_id=m.message_id,
+                queue=m.queue,
+                body=json.loads(m.body),
+                created_at=m.created_at,
+                in_flight=m.message_id in leased,
+            )
+            for m in await self.store.load_messages(actor_id)
+        ]
+

@@ -1,0 +1,21 @@
+"""Durable storage behind a small interface; SQLite is the embedded default."""
+
+from .base import (
+    ActorRecord,
+    ActorSnapshot,
+    HistoryRecord,
+    MessageRecord,
+    ScheduleRecord,
+    Store,
+)
+from .sqlite import SQLiteStore
+
+__all__ = [
+    "ActorRecord",
+    "ActorSnapshot",
+    "HistoryRecord",
+    "MessageRecord",
+    "SQLiteStore",
+    "ScheduleRecord",
+    "Store",
+]

@@ -1,0 +1,155 @@
+"""The storage interface the engine writes through.
+
+The engine never speaks SQL. It reads whole records and submits *batches* of
+logical operations; a backend commits each batch atomically and in submission
+order. That ordering is the contract the workflow engine leans on: a write that
+was submitted earlier is never lost while a later one survives, so a history
+entry that does not need its own round trip (a queue receive, a loop iteration)
+can ride along with the next step's commit.
+
+SQLite is the embedded default (:mod:`orchestrator.storage.sqlite`); a
+PostgreSQL backend for hosts sharing one database implements the same methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class ActorRecord:
+    actor_id: str
+    name: str
+    key: tuple[str, ...]
+    state: str  # JSON text
+    input: str  # JSON text
+    created_at: float
+    sleeping: bool = False
+    alarm_at: float | None = None
+    workflow_status: str | None = None  # None | running | completed | failed
+    workflow_output: str | None = None
+    workflow_error: str | None = None
+
+
+@dataclass(slots=True)
+class HistoryRecord:
+    path: str
+    kind: str
+    status: str
+    attempts: int = 0
+    started_at: float | None = None
+    finished_at: float | None = None
+    output: str | None = None  # JSON text
+    error: str | None = None  # JSON text
+    meta: str | None = None  # JSON text
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class MessageRecord:
+    message_id: int
+    actor_id: str
+    queue: str
+    body: str  # JSON text
+    created_at: float
+
+
+@dataclass(slots=True)
+class ScheduleRecord:
+    schedule_id: int
+    actor_id: str
+    fire_at: float
+    action: str
+    args: str  # JSON text
+    created_at: float
+
+
+# --- operations --------------------------------------------------------------------
+# Plain tuples keep the hot path cheap: (opcode, *fields).
+
+PUT_ACTOR = "put_actor"  # (op, ActorRecord)
+SET_STATE = "set_state"  # (op, actor_id, state_json)
+SET_SLEEP = "set_sleep"  # (op, actor_id, sleeping: bool, alarm_at)
+SET_WORKFLOW = "set_workflow"  # (op, actor_id, status, output_json, error_json)
+DELETE_ACTOR = "delete_actor"  # (op, actor_id)
+PUT_HISTORY = "put_history"  # (op, actor_id, HistoryRecord)
+DELETE_HISTORY_TREE = "delete_history_tree"  # (op, actor_id, path) path and everything under it
+CLEAR_HISTORY = "clear_history"  # (op, actor_id)
+PUT_MESSAGE = "put_message"  # (op, MessageRecord)
+DELETE_MESSAGE = "delete_message"  # (op, message_id)
+PUT_SCHEDULE = "put_schedule"  # (op, ScheduleRecord)
+DELETE_SCHEDULE = "delete_schedule"  # (op, schedule_id)
+SET_META = "set_meta"  # (op, key, value)
+
+Op = tuple[Any, ...]
+
+
+@dataclass(slots=True)
+class ActorSnapshot:
+    """Everything needed to wake an actor."""
+
+    record: ActorRecord
+    history: list[HistoryRecord] = field(default_factory=list)
+    messages: list[MessageRecord] = field(default_factory=list)
+
+
+class Store(ABC):
+    """Durable storage for actors, workflow history, queues and schedules."""
+
+    @abstractmethod
+    async def open(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    # -- writes
+    @abstractmethod
+    def submit(self, ops: list[Op]) -> asyncio.Future[None]:
+        """Commit ``ops`` atomically after every earlier submission; await to be sure."""
+
+    def submit_nowait(self, ops: list[Op]) -> None:
+        """Like :meth:`submit` for callers that only need ordering, not the ack."""
+        self.submit(ops)
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """Wait until everything submitted so far is committed."""
+
+    @abstractmethod
+    def next_message_id(self) -> int: ...
+
+    @abstractmethod
+    def next_schedule_id(self) -> int: ...
+
+    @abstractmethod
+    def next_seq(self) -> int: ...
+
+    # -- reads
+    @abstractmethod
+    async def find_actor(self, name: str, key: tuple[str, ...]) -> ActorRecord | None: ...
+
+    @abstractmethod
+    async def get_actor(self, actor_id: str) -> ActorRecord | None: ...
+
+    @abstractmethod
+    async def list_actors(self, name: str | None = None) -> list[ActorRecord]: ...
+
+    @abstractmethod
+    async def load_snapshots(self, actor_ids: list[str]) -> dict[str, ActorSnapshot]:
+        """Actor rows with their history and pending messages, for waking."""
+
+    @abstractmethod
+    async def load_history(self, actor_id: str) -> list[HistoryRecord]: ...
+
+    @abstractmethod
+    async def load_messages(self, actor_id: str) -> list[MessageRecord]: ...
+
+    @abstractmethod
+    async def load_schedules(self, actor_id: str | None = None) -> list[ScheduleRecord]: ...
+
+    @abstractmethod
+    async def actors_to_recover(self) -> list[ActorRecord]:
+        """Actors that were awake at shutdown or crash, or that have an alarm."""

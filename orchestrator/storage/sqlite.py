@@ -1,0 +1,568 @@
+"""The embedded store: one SQLite file in WAL mode, driven by one thread.
+
+Why not one ``aiosqlite`` call per statement: a step commit is a handful of
+statements plus ``COMMIT``, and paying a thread hop for each would dominate the
+per-step cost. Instead every submission made during one event-loop tick is
+handed to the database thread as a single batch and committed in one
+transaction (group commit), with one hop back to resolve all their futures.
+Reads go through the same thread, so they always see every earlier write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from . import base
+from .base import (
+    ActorRecord,
+    ActorSnapshot,
+    HistoryRecord,
+    MessageRecord,
+    Op,
+    ScheduleRecord,
+    Store,
+)
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    k TEXT PRIMARY KEY,
+    v TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS actors (
+    actor_id        TEXT PRIMARY KEY,
+    name            TEXT NOT NULL,
+    key             TEXT NOT NULL,
+    state           TEXT NOT NULL,
+    input           TEXT NOT NULL,
+    created_at      REAL NOT NULL,
+    sleeping        INTEGER NOT NULL DEFAULT 0,
+    alarm_at        REAL,
+    workflow_status TEXT,
+    workflow_output TEXT,
+    workflow_error  TEXT,
+    UNIQUE (name, key)
+);
+CREATE INDEX IF NOT EXISTS actors_recover ON actors (sleeping, alarm_at);
+CREATE TABLE IF NOT EXISTS workflow_history (
+    actor_id    TEXT NOT NULL,
+    path        TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    started_at  REAL,
+    finished_at REAL,
+    output      TEXT,
+    error       TEXT,
+    meta        TEXT,
+    seq         INTEGER NOT NULL,
+    PRIMARY KEY (actor_id, path)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS queue_messages (
+    message_id INTEGER PRIMARY KEY,
+    actor_id   TEXT NOT NULL,
+    queue      TEXT NOT NULL,
+    body       TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS queue_messages_actor ON queue_messages (actor_id, message_id);
+CREATE TABLE IF NOT EXISTS schedules (
+    schedule_id INTEGER PRIMARY KEY,
+    actor_id    TEXT NOT NULL,
+    fire_at     REAL NOT NULL,
+    action      TEXT NOT NULL,
+    args        TEXT NOT NULL,
+    created_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS schedules_actor ON schedules (actor_id);
+"""
+
+_ACTOR_COLS = (
+    "actor_id, name, key, state, input, created_at, sleeping, alarm_at, "
+    "workflow_status, workflow_output, workflow_error"
+)
+_HISTORY_COLS = "path, kind, status, attempts, started_at, finished_at, output, error, meta, seq"
+
+
+def _actor(row: tuple[Any, ...]) -> ActorRecord:
+    return ActorRecord(
+        actor_id=row[0],
+        name=row[1],
+        key=tuple(json.loads(row[2])),
+        state=row[3],
+        input=row[4],
+        created_at=row[5],
+        sleeping=bool(row[6]),
+        alarm_at=row[7],
+        workflow_status=row[8],
+        workflow_output=row[9],
+        workflow_error=row[10],
+    )
+
+
+def _history(row: tuple[Any, ...]) -> HistoryRecord:
+    return HistoryRecord(*row)
+
+
+def _message(row: tuple[Any, ...]) -> MessageRecord:
+    return MessageRecord(*row)
+
+
+def _apply(conn: sqlite3.Connection, op: Op) -> None:
+    """Translate one logical operation into SQL. The only place that writes rows."""
+    code = op[0]
+    if code == base.PUT_HISTORY:
+        h: HistoryRecord = op[2]
+        conn.execute(
+            "INSERT OR REPLACE INTO workflow_history (actor_id, " + _HISTORY_COLS + ") "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                op[1],
+                h.path,
+                h.kind,
+                h.status,
+                h.attempts,
+                h.started_at,
+                h.finished_at,
+                h.output,
+                h.error,
+                h.meta,
+                h.seq,
+            ),
+        )
+    elif code == base.SET_STATE:
+        conn.execute("UPDATE actors SET state = ? WHERE actor_id = ?", (op[2], op[1]))
+    elif code == base.PUT_MESSAGE:
+        m: MessageRecord = op[1]
+        conn.execute(
+            "INSERT INTO queue_messages (message_id, actor_id, queue, body, created_at) "
+            "VALUES (?,?,?,?,?)",
+            (m.message_id, m.actor_id, m.queue, m.body, m.created_at),
+        )
+    elif code == base.DELETE_MESSAGE:
+        conn.execute("DELETE FROM queue_messages WHERE message_id = ?", (op[1],))
+    elif code == base.DELETE_HISTORY_TREE:
+        path = op[2]
+        # "/" + 1 == "0": the half-open range [path + "/", path + "0") is exactly
+        # the entries below ``path``.
+        conn.execute(
+            "DELETE FROM workflow_history WHERE actor_id = ? AND "
+            "(path = ? OR (path >= ? AND path < ?))",
+            (op[1], path, path + "/", path + "0"),
+        )
+    elif code == base.SET_SLEEP:
+        conn.execute(
+            "UPDATE actors SET sleeping = ?, alarm_at = ? WHERE actor_id = ?",
+            (int(op[2]), op[3], op[1]),
+        )
+    elif code == base.SET_WORKFLOW:
+        conn.execute(
+            "UPDATE actors SET workflow_status = ?, workflow_output = ?, workflow_error = ? "
+            "WHERE actor_id = ?",
+            (op[2], op[3], op[4], op[1]),
+        )
+    elif code == base.PUT_ACTOR:
+        a: ActorRecord = op[1]
+        conn.execute(
+            "INSERT INTO actors (" + _ACTOR_COLS + ") VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                a.actor_id,
+                a.name,
+                json.dumps(list(a.key), separators=(",", ":")),
+                a.state,
+                a.input,
+                a.created_at,
+                int(a.sleeping),
+                a.alarm_at,
+                a.workflow_status,
+                a.workflow_output,
+                a.workflow_error,
+            ),
+        )
+    elif code == base.PUT_SCHEDULE:
+        s: ScheduleRecord = op[1]
+        conn.execute(
+            "INSERT INTO schedules (schedule_id, actor_id, fire_at, action, args, created_at) "
+            "VALUES (?,?,?,?,?,?)",
+            (s.schedule_id, s.actor_id, s.fire_at, s.action, s.args, s.created_at),
+        )
+    elif code == base.DELETE_SCHEDULE:
+        conn.execute("DELETE FROM schedules WHERE schedule_id = ?", (op[1],))
+    elif code == base.SET_META:
+        conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (op[1], op[2]))
+    elif code == base.CLEAR_HISTORY:
+        conn.execute("DELETE FROM workflow_history WHERE actor_id = ?", (op[1],))
+    elif code == base.DELETE_ACTOR:
+        aid = op[1]
+        conn.execute("DELETE FROM workflow_history WHERE actor_id = ?", (aid,))
+        conn.execute("DELETE FROM queue_messages WHERE actor_id = ?", (aid,))
+        conn.execute("DELETE FROM schedules WHERE actor_id = ?", (aid,))
+        conn.execute("DELETE FROM actors WHERE actor_id = ?", (aid,))
+    else:  # pragma: no cover - programming error
+        raise ValueError(f"unknown store operation {code!r}")
+
+
+_Write = tuple[list[Op], "asyncio.Future[None] | None"]
+_Read = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
+_STOP = object()
+
+
+class SQLiteStore(Store):
+    """SQLite in WAL mode, one file; see the module docstring for the threading."""
+
+    def __init__(self, path: str | os.PathLike[str], *, synchronous: str = "NORMAL") -> None:
+        self.path = Path(path)
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in {"OFF", "NORMAL", "FULL", "EXTRA"}:
+            raise ValueError(f"synchronous must be OFF, NORMAL, FULL or EXTRA, not {synchronous!r}")
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[_Write] = []
+        self._flush_scheduled = False
+        # Ids are handed out here, not by SQLite, so a record can be referenced before
+        # its commit. The reserved high-water mark is persisted ahead of use, so ids
+        # never repeat, even after every message with a high id is gone.
+        self._counters: dict[str, int] = {"message_id": 0, "schedule_id": 0, "seq": 0}
+        self._reserved: dict[str, int] = {"message_id": 0, "schedule_id": 0, "seq": 0}
+        self._closed = False
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        ready: asyncio.Future[None] = self._loop.create_future()
+        self._thread = threading.Thread(
+            target=self._run, args=(ready,), name=f"sqlite:{self.path.name}", daemon=True
+        )
+        self._thread.start()
+        await ready
+        ids = await self._read(
+            lambda c: c.execute(
+                "SELECT (SELECT COALESCE(MAX(message_id), 0) FROM queue_messages),"
+                " (SELECT COALESCE(MAX(schedule_id), 0) FROM schedules),"
+                " (SELECT COALESCE(MAX(seq), 0) FROM workflow_history)"
+            ).fetchone()
+        )
+        marks = dict(
+            await self._read(
+                lambda c: c.execute("SELECT k, v FROM meta WHERE k LIKE 'hwm:%'").fetchall()
+            )
+        )
+        for name, highest in zip(("message_id", "schedule_id", "seq"), ids, strict=True):
+            start = max(int(highest), int(marks.get(f"hwm:{name}", 0)))
+            self._counters[name] = start
+            self._reserved[name] = start
+
+    async def close(self) -> None:
+        if self._closed or self._thread is None:
+            return
+        await self.flush()
+        self._closed = True
+        self._queue.put(_STOP)
+        await asyncio.to_thread(self._thread.join)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(f"PRAGMA synchronous={self.synchronous}")
+        conn.execute("PRAGMA busy_timeout=10000")
+        conn.execute("PRAGMA temp_store=MEMORY")
+        conn.executescript(SCHEMA)
+        row = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
+        if row is None:
+            conn.execute(
+                "INSERT INTO meta (k, v) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+            )
+        elif int(row[0]) > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} was written by a newer agentvm (schema {row[0]} > {SCHEMA_VERSION})"
+            )
+        return conn
+
+    # -- the database thread
+
+    def _run(self, ready: asyncio.Future[None]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn = self._connect()
+        except BaseException as exc:  # report the failure to open() and stop
+            loop.call_soon_threadsafe(_set_exception, ready, exc)
+            return
+        loop.call_soon_threadsafe(_set_result, ready, None)
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                break
+            kind, payload = item
+            if kind == "read":
+                fn, fut = payload
+                try:
+                    result = fn(conn)
+                except BaseException as exc:
+                    loop.call_soon_threadsafe(_set_exception, fut, exc)
+                else:
+                    loop.call_soon_threadsafe(_set_result, fut, result)
+                continue
+            writes: list[_Write] = payload
+            # Gather whatever else is waiting so one COMMIT serves them all.
+            while True:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP or nxt[0] != "write":
+                    self._commit(conn, writes)
+                    writes = []
+                    if nxt is _STOP:
+                        conn.close()
+                        return
+                    self._queue_front(nxt, conn)
+                    break
+                writes.extend(nxt[1])
+            if writes:
+                self._commit(conn, writes)
+        conn.close()
+
+    def _queue_front(self, item: Any, conn: sqlite3.Connection) -> None:
+        # A read that arrived behind writes: serve it now, in order.
+        fn, fut = item[1]
+        loop = self._loop
+        assert loop is not None
+        try:
+            result = fn(conn)
+        except BaseException as exc:
+            loop.call_soon_threadsafe(_set_exception, fut, exc)
+        else:
+            loop.call_soon_threadsafe(_set_result, fut, result)
+
+    def _commit(self, conn: sqlite3.Connection, writes: list[_Write]) -> None:
+        loop = self._loop
+        assert loop is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for ops, _ in writes:
+                for op in ops:
+                    _apply(conn, op)
+            conn.execute("COMMIT")
+        except Exception:
+            conn.execute("ROLLBACK") if conn.in_transaction else None
+            # Commit each submission on its own so one bad batch fails alone.
+            results: list[tuple[asyncio.Future[None] | None, BaseException | None]] = []
+            for ops, fut in writes:
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                    for op in ops:
+                        _apply(conn, op)
+                    conn.execute("COMMIT")
+                    results.append((fut, None))
+                except Exception as exc:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    results.append((fut, exc))
+            loop.call_soon_threadsafe(_resolve_each, results)
+            return
+        futs = [fut for _, fut in writes if fut is not None]
+        if futs:
+            loop.call_soon_threadsafe(_resolve_all, futs)
+
+    # -- writes (event-loop side)
+
+    def submit(self, ops: list[Op]) -> asyncio.Future[None]:
+        loop = self._loop
+        assert loop is not None, "store is not open"
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((ops, fut))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._hand_over)
+        return fut
+
+    def submit_nowait(self, ops: list[Op]) -> None:
+        loop = self._loop
+        assert loop is not None, "store is not open"
+        self._pending.append((ops, None))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop.call_soon(self._hand_over)
+
+    def _hand_over(self) -> None:
+        self._flush_scheduled = False
+        if self._pending:
+            batch, self._pending = self._pending, []
+            self._queue.put(("write", batch))
+
+    async def flush(self) -> None:
+        await self.submit([])
+
+    def _next(self, name: str) -> int:
+        value = self._counters[name] + 1
+        self._counters[name] = value
+        if value > self._reserved[name]:
+            self._reserved[name] = value + 4096
+            self.submit_nowait([(base.SET_META, f"hwm:{name}", str(self._reserved[name]))])
+        return value
+
+    def next_message_id(self) -> int:
+        return self._next("message_id")
+
+    def next_schedule_id(self) -> int:
+        return self._next("schedule_id")
+
+    def next_seq(self) -> int:
+        return self._next("seq")
+
+    # -- reads
+
+    def _read(self, fn: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        loop = self._loop
+        assert loop is not None, "store is not open"
+        # Hand over pending writes first so the read sees them.
+        self._hand_over()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(("read", (fn, fut)))
+        return fut
+
+    async def find_actor(self, name: str, key: tuple[str, ...]) -> ActorRecord | None:
+        key_json = json.dumps(list(key), separators=(",", ":"))
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_ACTOR_COLS} FROM actors WHERE name = ? AND key = ?", (name, key_json)
+            ).fetchone()
+        )
+        return _actor(row) if row else None
+
+    async def get_actor(self, actor_id: str) -> ActorRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_ACTOR_COLS} FROM actors WHERE actor_id = ?", (actor_id,)
+            ).fetchone()
+        )
+        return _actor(row) if row else None
+
+    async def list_actors(self, name: str | None = None) -> list[ActorRecord]:
+        if name is None:
+            rows = await self._read(
+                lambda c: c.execute(
+                    f"SELECT {_ACTOR_COLS} FROM actors ORDER BY created_at"
+                ).fetchall()
+            )
+        else:
+            rows = await self._read(
+                lambda c: c.execute(
+                    f"SELECT {_ACTOR_COLS} FROM actors WHERE name = ? ORDER BY created_at",
+                    (name,),
+                ).fetchall()
+            )
+        return [_actor(r) for r in rows]
+
+    async def load_snapshots(self, actor_ids: list[str]) -> dict[str, ActorSnapshot]:
+        def read(c: sqlite3.Connection) -> dict[str, ActorSnapshot]:
+            out: dict[str, ActorSnapshot] = {}
+            # Chunk to stay under SQLite's bound-parameter limit.
+            for i in range(0, len(actor_ids), 500):
+                chunk = actor_ids[i : i + 500]
+                marks = ",".join("?" * len(chunk))
+                for row in c.execute(
+                    f"SELECT {_ACTOR_COLS} FROM actors WHERE actor_id IN ({marks})", chunk
+                ):
+                    out[row[0]] = ActorSnapshot(_actor(row))
+                for row in c.execute(
+                    f"SELECT actor_id, {_HISTORY_COLS} FROM workflow_history "
+                    f"WHERE actor_id IN ({marks}) ORDER BY seq",
+                    chunk,
+                ):
+                    snap = out.get(row[0])
+                    if snap is not None:
+                        snap.history.append(_history(row[1:]))
+                for row in c.execute(
+                    "SELECT message_id, actor_id, queue, body, created_at FROM queue_messages "
+                    f"WHERE actor_id IN ({marks}) ORDER BY message_id",
+                    chunk,
+                ):
+                    snap = out.get(row[1])
+                    if snap is not None:
+                        snap.messages.append(_message(row))
+            return out
+
+        return await self._read(read)
+
+    async def load_history(self, actor_id: str) -> list[HistoryRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_HISTORY_COLS} FROM workflow_history WHERE actor_id = ? ORDER BY seq",
+                (actor_id,),
+            ).fetchall()
+        )
+        return [_history(r) for r in rows]
+
+    async def load_messages(self, actor_id: str) -> list[MessageRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT message_id, actor_id, queue, body, created_at FROM queue_messages "
+                "WHERE actor_id = ? ORDER BY message_id",
+                (actor_id,),
+            ).fetchall()
+        )
+        return [_message(r) for r in rows]
+
+    async def load_schedules(self, actor_id: str | None = None) -> list[ScheduleRecord]:
+        sql = "SELECT schedule_id, actor_id, fire_at, action, args, created_at FROM schedules"
+        if actor_id is None:
+            rows = await self._read(lambda c: c.execute(sql + " ORDER BY fire_at").fetchall())
+        else:
+            rows = await self._read(
+                lambda c: c.execute(
+                    sql + " WHERE actor_id = ? ORDER BY fire_at", (actor_id,)
+                ).fetchall()
+            )
+        return [ScheduleRecord(*r) for r in rows]
+
+    async def actors_to_recover(self) -> list[ActorRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_ACTOR_COLS} FROM actors WHERE sleeping = 0 OR alarm_at IS NOT NULL"
+            ).fetchall()
+        )
+        return [_actor(r) for r in rows]
+
+
+def _set_result(fut: asyncio.Future[Any], value: Any) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
+    if not fut.done():
+        fut.set_exception(exc)
+
+
+def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
+    for fut in futs:
+        if not fut.done():
+            fut.set_result(None)
+
+
+def _resolve_each(results: list[tuple[asyncio.Future[None] | None, BaseException | None]]) -> None:
+    for fut, exc in results:
+        if fut is None:
+            continue
+        if fut.done():
+            continue
+        if exc is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(exc)
