@@ -1,0 +1,95 @@
+"""Basic actor behaviour: create/get/destroy, state, actions, queues, limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator import (
+    ActionNotFound,
+    ActorAlreadyExists,
+    ActorNotFound,
+    InvalidRequest,
+    MessageTooLarge,
+    NotSerializable,
+    QueueFull,
+    QueueNotFound,
+    actor,
+    queue,
+    setup,
+)
+
+
+def _counter():
+    async def increment(c, by=1):
+        c.state["value"] += by
+        return c.state["value"]
+
+    def boom(c):
+        c.state["value"] = -999
+        raise RuntimeError("boom")
+
+    return actor(
+        state={"value": 0},
+        actions={"increment": increment, "get": lambda c: c.state["value"], "boom": boom},
+        queues={"jobs": queue()},
+    )
+
+
+async def test_get_or_create_state_and_restart(make_engine):
+    reg = setup(use={"counter": _counter()})
+    async with make_engine(reg) as engine:
+        h = engine.client().counter.get_or_create("main")
+        assert await h.increment(2) == 2
+        assert await h.increment(3) == 5
+        # A string key and a one-element list name the same actor.
+        assert await engine.client().counter.get_or_create(["main"]).get() == 5
+    async with make_engine(reg) as engine:
+        assert await engine.client().counter.get("main").get() == 5
+
+
+async def test_failed_action_changes_nothing(make_engine):
+    reg = setup(use={"counter": _counter()})
+    async with make_engine(reg) as engine:
+        h = engine.client().counter.get_or_create("k")
+        await h.increment(1)
+        with pytest.raises(RuntimeError):
+            await h.boom()
+        assert await h.get() == 1
+        assert await h.fetch_state() == {"value": 1}
+
+
+async def test_create_get_destroy_errors(make_engine):
+    reg = setup(use={"counter": _counter()})
+    async with make_engine(reg) as engine:
+        c = engine.client()
+        with pytest.raises(ActorNotFound):
+            await c.counter.get("nobody").get()
+        h = await c.counter.create(["a", "b"])
+        with pytest.raises(ActorAlreadyExists):
+            await c.counter.create(["a", "b"])
+        with pytest.raises(ActionNotFound) as err:
+            await h.nope()
+        assert "nope" in str(err.value)
+        with pytest.raises(InvalidRequest):
+            c.counter.get_or_create([1, 2])
+        await h.destroy()
+        with pytest.raises(ActorNotFound):
+            await c.counter.get(["a", "b"]).get()
+
+
+async def test_queue_limits_refuse_and_store_nothing(make_engine):
+    reg = setup(use={"counter": _counter()})
+    async with make_engine(reg, max_queue_length=3, max_message_size=100) as engine:
+        h = engine.client().counter.get_or_create("q")
+        with pytest.raises(MessageTooLarge):
+            await h.send("jobs", {"x": "y" * 200})
+        with pytest.raises(QueueNotFound):
+            await h.send("nope", {})
+        with pytest.raises(NotSerializable):
+            await h.send("jobs", {"x": object()})
+        for i in range(3):
+            await h.send("jobs", {"i": i})
+        with pytest.raises(QueueFull):
+            await h.send("jobs", {"i": 3})
+        contents = await h.queue_contents()
+        assert [m.body for m in contents] == [{"i": 0}, {"i": 1}, {"i": 2}]
