@@ -132,7 +132,9 @@ class ActorInstance:
         try:
             text = _dumps(self.state)
         except (TypeError, ValueError) as exc:
-            raise NotSerializable(f"state of actor {self.name!r} is not JSON: {exc}", field="state") from exc
+            raise NotSerializable(
+                f"state of actor {self.name!r} is not JSON: {exc}", field="state"
+            ) from exc
         if text == self._persisted_state:
             return []
         self._persisted_state = text
@@ -205,7 +207,11 @@ class ActorInstance:
     # -- actions ------------------------------------------------------------------------------
 
     async def call_action(
-        self, name: str, args: list[Any] | tuple[Any, ...], *, extra_ops: list[base.Op] | None = None
+        self,
+        name: str,
+        args: list[Any] | tuple[Any, ...],
+        *,
+        extra_ops: list[base.Op] | None = None,
     ) -> Any:
         fn = self.definition.actions.get(name)
         if fn is None:
@@ -418,7 +424,9 @@ class ActorInstance:
         try:
             args_json = _dumps(args)
         except (TypeError, ValueError) as exc:
-            raise NotSerializable(f"scheduled action arguments are not JSON: {exc}", field="args") from exc
+            raise NotSerializable(
+                f"scheduled action arguments are not JSON: {exc}", field="args"
+            ) from exc
         rec = ScheduleRecord(
             self.store.next_schedule_id(), self.actor_id, when, action, args_json, time.time()
         )

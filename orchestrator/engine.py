@@ -157,9 +157,7 @@ class Engine:
             with contextlib.suppress(Exception):
                 await inst.run_hook(inst.definition.on_sleep)
             if idle:
-                self.store.submit_nowait(
-                    [(base.SET_SLEEP, inst.actor_id, True, inst.next_alarm())]
-                )
+                self.store.submit_nowait([(base.SET_SLEEP, inst.actor_id, True, inst.next_alarm())])
         for task in list(self._tasks):
             task.cancel()
         for fut in self._waiters.values():
@@ -255,7 +253,9 @@ class Engine:
         try:
             state_json = _dumps(state)
         except (TypeError, ValueError) as exc:
-            raise NotSerializable(f"initial state of {name!r} is not JSON: {exc}", field="state") from exc
+            raise NotSerializable(
+                f"initial state of {name!r} is not JSON: {exc}", field="state"
+            ) from exc
         record = ActorRecord(
             actor_id=uuid.uuid4().hex,
             name=name,
@@ -347,7 +347,11 @@ class Engine:
 
     async def _sleep(self, inst: ActorInstance) -> None:
         async with self._lock(inst.actor_id):
-            if not inst.alive or not inst.is_idle() or self.instances.get(inst.actor_id) is not inst:
+            if (
+                not inst.alive
+                or not inst.is_idle()
+                or self.instances.get(inst.actor_id) is not inst
+            ):
                 return
             inst.alive = False
             await inst.stop_run()
@@ -572,7 +576,9 @@ class Engine:
             for path, started in run.running_steps.items():
                 if path not in known:
                     entries.append(
-                        HistoryEntry(path=path, kind="step", status="running", attempts=0, started_at=started)
+                        HistoryEntry(
+                            path=path, kind="step", status="running", attempts=0, started_at=started
+                        )
                     )
         return WorkflowHistory(
             actor_id=actor_id,
@@ -599,4 +605,3 @@ class Engine:
             )
             for m in await self.store.load_messages(actor_id)
         ]
-

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
-from orchestrator import Engine, Registry  # noqa: E402
+from orchestrator import Engine, Registry
 
 
 @pytest.fixture

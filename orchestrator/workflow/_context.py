@@ -442,8 +442,10 @@ class WorkflowContext(ActorContext):
             await self.store.submit(ops)
             if tx.after:
                 tx.run_after()
-            value = result if result is None or isinstance(result, (str, int, float)) else (
-                json.loads(output)
+            value = (
+                result
+                if result is None or isinstance(result, (str, int, float))
+                else (json.loads(output))
             )
             if rollback is not None:
                 run.rollback_stack.append((path, rollback, value))
@@ -587,7 +589,9 @@ class WorkflowContext(ActorContext):
         path, rec = self._enter(name, "sleep")
         await self._sleep(path, rec, lambda: _epoch(when))
 
-    async def _sleep(self, path: str, rec: HistoryRecord | None, deadline: Callable[[], float]) -> None:
+    async def _sleep(
+        self, path: str, rec: HistoryRecord | None, deadline: Callable[[], float]
+    ) -> None:
         wf = self._run
         if rec is not None and rec.status == "completed":
             return
@@ -598,7 +602,15 @@ class WorkflowContext(ActorContext):
             wake_at = deadline()
             started = time.time()
             self.store.submit_nowait(
-                [wf.put(path, "sleep", "waiting", started_at=started, meta=_dumps({"wake_at": wake_at}))]
+                [
+                    wf.put(
+                        path,
+                        "sleep",
+                        "waiting",
+                        started_at=started,
+                        meta=_dumps({"wake_at": wake_at}),
+                    )
+                ]
             )
         await wf.sleep_until(wake_at)
         self.store.submit_nowait(
@@ -616,9 +628,7 @@ class WorkflowContext(ActorContext):
 
     # -- join / race
 
-    async def join(
-        self, name: str, branches: Mapping[str, Any]
-    ) -> dict[str, Any]:
+    async def join(self, name: str, branches: Mapping[str, Any]) -> dict[str, Any]:
         """Run branches concurrently; return ``{branch: value}``. Failures are collected
         and raised together as :class:`JoinError` once every branch has finished."""
         path, rec = self._enter(name, "join")
@@ -650,13 +660,20 @@ class WorkflowContext(ActorContext):
         except (TypeError, ValueError) as exc:
             raise NotSerializable(f"join {path!r} results are not JSON: {exc}", join=path) from exc
         await self.store.submit(
-            [self._run.put(path, "join", "completed", started_at=started, finished_at=time.time(), output=output)]
+            [
+                self._run.put(
+                    path,
+                    "join",
+                    "completed",
+                    started_at=started,
+                    finished_at=time.time(),
+                    output=output,
+                )
+            ]
         )
         return json.loads(output)
 
-    async def race(
-        self, name: str, branches: Sequence[Any] | Mapping[str, Any]
-    ) -> RaceResult[Any]:
+    async def race(self, name: str, branches: Sequence[Any] | Mapping[str, Any]) -> RaceResult[Any]:
         """Run branches concurrently; the first to succeed wins and the rest are
         cancelled. The winner is recorded, so replay returns the same result."""
         path, rec = self._enter(name, "race")
@@ -698,9 +715,20 @@ class WorkflowContext(ActorContext):
         try:
             output = _dumps({"winner": winner[0], "value": winner[1]})
         except (TypeError, ValueError) as exc:
-            raise NotSerializable(f"race {path!r} winner value is not JSON: {exc}", race=path) from exc
+            raise NotSerializable(
+                f"race {path!r} winner value is not JSON: {exc}", race=path
+            ) from exc
         await self.store.submit(
-            [self._run.put(path, "race", "completed", started_at=started, finished_at=time.time(), output=output)]
+            [
+                self._run.put(
+                    path,
+                    "race",
+                    "completed",
+                    started_at=started,
+                    finished_at=time.time(),
+                    output=output,
+                )
+            ]
         )
         out = json.loads(output)
         return RaceResult(out["winner"], out["value"])
@@ -727,7 +755,11 @@ class WorkflowContext(ActorContext):
         if rec is None:
             now = time.time()
             self.store.submit_nowait(
-                [self._run.put(path, "rollback_checkpoint", "completed", started_at=now, finished_at=now)]
+                [
+                    self._run.put(
+                        path, "rollback_checkpoint", "completed", started_at=now, finished_at=now
+                    )
+                ]
             )
         self._run.rollback_stack.clear()
 
@@ -738,7 +770,16 @@ class WorkflowContext(ActorContext):
         if rec is None:
             now = time.time()
             self.store.submit_nowait(
-                [self._run.put(path, "removed", "completed", started_at=now, finished_at=now, meta=_dumps({"kind": kind}))]
+                [
+                    self._run.put(
+                        path,
+                        "removed",
+                        "completed",
+                        started_at=now,
+                        finished_at=now,
+                        meta=_dumps({"kind": kind}),
+                    )
+                ]
             )
         elif rec.kind not in (kind, "removed"):
             raise HistoryDivergedError(
@@ -758,7 +799,9 @@ def _branch_fn(branch: Any) -> Callable[..., Any]:
     raise InvalidRequest(f"a branch must be a callable or {{'run': callable}}, not {branch!r}")
 
 
-def _race_branches(branches: Sequence[Any] | Mapping[str, Any]) -> list[tuple[str, Callable[..., Any]]]:
+def _race_branches(
+    branches: Sequence[Any] | Mapping[str, Any],
+) -> list[tuple[str, Callable[..., Any]]]:
     if isinstance(branches, Mapping):
         out = [(n, _branch_fn(b)) for n, b in branches.items()]
     else:
@@ -769,7 +812,9 @@ def _race_branches(branches: Sequence[Any] | Mapping[str, Any]) -> list[tuple[st
             elif isinstance(b, Mapping) and "name" in b:
                 out.append((b["name"], _branch_fn(b)))
             else:
-                raise InvalidRequest(f"a race branch must be (name, fn) or {{'name', 'run'}}, not {b!r}")
+                raise InvalidRequest(
+                    f"a race branch must be (name, fn) or {{'name', 'run'}}, not {b!r}"
+                )
     for n, _ in out:
         _check_name(n)
     return out
@@ -844,14 +889,27 @@ class WorkflowQueue:
             deadline = started + _seconds(timeout)
             # The deadline must survive a restart, or a timeout would never fire.
             ctx.store.submit_nowait(
-                [wf.put(path, "message", "waiting", started_at=started, meta=_dumps({"deadline": deadline}))]
+                [
+                    wf.put(
+                        path,
+                        "message",
+                        "waiting",
+                        started_at=started,
+                        meta=_dumps({"deadline": deadline}),
+                    )
+                ]
             )
         records = inst.take_messages(names, count)
         if not records:
             with wf.waiting(deadline):
                 records = await inst.wait_messages(names, count, deadline)
         out = [
-            {"id": r.message_id, "queue": r.queue, "body": json.loads(r.body), "completable": completable}
+            {
+                "id": r.message_id,
+                "queue": r.queue,
+                "body": json.loads(r.body),
+                "completable": completable,
+            }
             for r in records
         ]
         ops = [

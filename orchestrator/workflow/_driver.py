@@ -51,7 +51,10 @@ async def drive_workflow(instance: ActorInstance, fn: Any, history: list[History
         instance.record.workflow_status = "completed"
         instance.record.workflow_output = output
         await store.submit(
-            [(base.SET_WORKFLOW, instance.actor_id, "completed", output, None), *instance.state_ops()]
+            [
+                (base.SET_WORKFLOW, instance.actor_id, "completed", output, None),
+                *instance.state_ops(),
+            ]
         )
         instance.broadcast_internal("workflow_completed", json.loads(output))
     finally:
