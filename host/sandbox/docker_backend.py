@@ -1,0 +1,325 @@
+"""Sandboxes as hardened Docker containers (docker SDK calls run in threads)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import requests.exceptions
+from docker.types import Mount
+
+from vm_images.supervisor import protocol as P
+
+from .backend import (
+    LABEL_HOST,
+    LABEL_KEY,
+    LABEL_MANAGED,
+    LABEL_POOL,
+    LABEL_VOLUME,
+    SandboxBackend,
+)
+from .control import ControlServer
+from .errors import DockerUnavailable, SandboxError, SandboxNotFound
+from .models import SandboxInfo, SandboxSpec
+from .sandbox import Sandbox
+
+T = TypeVar("T")
+
+HOME = "/home/user"
+_HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+
+
+def engine_address() -> str:
+    return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
+
+def default_control_root() -> Path:
+    """Short paths: a unix socket path must stay under 108 bytes."""
+    if os.geteuid() == 0:
+        return Path("/run/agentvm")
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return Path(runtime) / "agentvm"
+    return Path(tempfile.gettempdir()) / f"agentvm-{os.geteuid()}"
+
+
+def hardened_config(
+    spec: SandboxSpec,
+    *,
+    name: str,
+    volume: str,
+    control_dir: Path,
+    token: str,
+    labels: dict[str, str],
+) -> dict[str, Any]:
+    """Keyword arguments for ``containers.create``: every hardening measure in one place
+    (docs/security.md lists them and the tests that check each)."""
+    limits = spec.limits
+    return {
+        "image": spec.image,
+        "name": name,
+        "hostname": "sandbox",
+        "user": "user",
+        "working_dir": HOME,
+        "environment": {**spec.env, P.TOKEN_ENV: token},
+        "labels": labels,
+        "detach": True,
+        "cap_drop": ["ALL"],
+        # Default seccomp profile stays on (never "seccomp=unconfined").
+        "security_opt": ["no-new-privileges:true"],
+        "pids_limit": limits.pids,
+        "mem_limit": f"{limits.memory_mb}m",
+        "memswap_limit": f"{limits.memory_mb}m",  # no swap beyond the memory limit
+        "nano_cpus": int(limits.cpus * 1e9),
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
+        "mounts": [
+            Mount(HOME, volume, type="volume"),
+            # Only the per-sandbox control directory, read-only: the socket lives there.
+            Mount(P.CONTAINER_CONTROL_DIR, str(control_dir), type="bind", read_only=True),
+        ],
+        "network_mode": spec.network,
+        "ipc_mode": "private",
+        "ulimits": [docker.types.Ulimit(name="nofile", soft=4096, hard=4096)],
+        "log_config": docker.types.LogConfig(
+            type="json-file", config={"max-size": "1m", "max-file": "1"}
+        ),
+    }
+
+
+class DockerBackend(SandboxBackend):
+    """Create with :meth:`connect` (raises :class:`DockerUnavailable` naming the engine)."""
+
+    def __init__(
+        self,
+        client: docker.DockerClient,
+        host_id: str,
+        *,
+        control_root: Path | None = None,
+        connect_timeout: float = 30.0,
+    ) -> None:
+        if not _HOST_ID.match(host_id):
+            raise ValueError(f"host id must match {_HOST_ID.pattern}: {host_id!r}")
+        self.client = client
+        self.host_id = host_id
+        self.control_root = (control_root or default_control_root()) / host_id
+        self.connect_timeout = connect_timeout
+        self._sandboxes: dict[str, Sandbox] = {}
+
+    @classmethod
+    async def connect(cls, host_id: str, **kwargs: Any) -> DockerBackend:
+        address = engine_address()
+        try:
+            client = await asyncio.to_thread(docker.from_env)
+            await asyncio.to_thread(client.ping)
+        except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
+            raise DockerUnavailable(address, str(exc).splitlines()[0][:200]) from exc
+        return cls(client, host_id, **kwargs)
+
+    async def _docker(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking SDK call in a thread, mapping engine failures to our errors."""
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except docker.errors.NotFound as exc:
+            raise SandboxNotFound(str(exc.explanation or exc)) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise DockerUnavailable(engine_address(), type(exc).__name__) from exc
+        except docker.errors.APIError as exc:
+            raise SandboxError(f"Docker engine: {exc.explanation or exc}") from exc
+
+    # -- create / adopt -------------------------------------------------------
+
+    def _labels(self, spec: SandboxSpec, volume: str) -> dict[str, str]:
+        return {
+            **spec.labels,
+            LABEL_MANAGED: "1",
+            LABEL_HOST: self.host_id,
+            LABEL_KEY: json.dumps(spec.key),
+            LABEL_POOL: spec.pool or "",
+            LABEL_VOLUME: volume,
+        }
+
+    async def create(self, spec: SandboxSpec, *, start: bool = True) -> Sandbox:
+        name = f"agentvm-{self.host_id}-{secrets.token_hex(5)}"
+        volume = f"{name}-home"
+        token = secrets.token_urlsafe(24)
+        labels = self._labels(spec, volume)
+        control = ControlServer(self.control_root / name, token)
+        await control.start()  # listen before the supervisor can dial
+        container = None
+        try:
+            vol_labels = {
+                LABEL_MANAGED: "1",
+                LABEL_HOST: self.host_id,
+                LABEL_KEY: labels[LABEL_KEY],
+            }
+            await self._docker(self.client.volumes.create, name=volume, labels=vol_labels)
+            config = hardened_config(
+                spec,
+                name=name,
+                volume=volume,
+                control_dir=control.control_dir,
+                token=token,
+                labels=labels,
+            )
+            container = await self._docker(self.client.containers.create, **config)
+            sandbox = Sandbox(
+                self,
+                id=container.id,
+                name=name,
+                volume=volume,
+                control=control,
+                key=spec.key,
+                connect_timeout=self.connect_timeout,
+            )
+            self._sandboxes[container.id] = sandbox
+            if start:
+                await self.start(sandbox)
+            return sandbox
+        except BaseException:
+            # Leave nothing half-created behind.
+            self._sandboxes.pop(getattr(container, "id", ""), None)
+            await asyncio.shield(self._cleanup(name, volume, control))
+            raise
+
+    async def _cleanup(self, name: str, volume: str, control: ControlServer) -> None:
+        for fn in (
+            lambda: self.client.containers.get(name).remove(force=True),
+            lambda: self.client.volumes.get(volume).remove(force=True),
+        ):
+            try:
+                await asyncio.to_thread(fn)
+            except (docker.errors.DockerException, requests.exceptions.RequestException):
+                pass
+        await control.close()
+        shutil.rmtree(control.control_dir, ignore_errors=True)
+
+    async def get(self, name_or_id: str) -> Sandbox:
+        attrs = await self._inspect_raw(name_or_id)
+        known = self._sandboxes.get(attrs["Id"])
+        if known is not None:
+            return known
+        labels = attrs["Config"]["Labels"] or {}
+        if labels.get(LABEL_MANAGED) != "1":
+            raise SandboxNotFound(f"container {name_or_id} is not an agentvm sandbox")
+        env = dict(e.split("=", 1) for e in attrs["Config"]["Env"] or [] if "=" in e)
+        name = attrs["Name"].lstrip("/")
+        control = ControlServer(self.control_root / name, env.get(P.TOKEN_ENV, ""))
+        await control.start()
+        sandbox = Sandbox(
+            self,
+            id=attrs["Id"],
+            name=name,
+            volume=labels.get(LABEL_VOLUME, ""),
+            control=control,
+            key=json.loads(labels.get(LABEL_KEY) or "[]"),
+            connect_timeout=self.connect_timeout,
+        )
+        self._sandboxes[sandbox.id] = sandbox
+        return sandbox
+
+    # -- lifecycle ---------------------------------------------------------------
+
+    async def start(self, sandbox: Sandbox, *, timeout: float = 30.0) -> None:
+        await sandbox.control.start()
+        container = await self._docker(self.client.containers.get, sandbox.id)
+        await self._docker(container.start)
+        await sandbox.wait_ready(timeout)
+
+    async def stop(self, sandbox: Sandbox, *, timeout: float = 5.0) -> None:
+        container = await self._docker(self.client.containers.get, sandbox.id)
+        await self._docker(container.stop, timeout=int(timeout))
+
+    async def remove(self, sandbox: Sandbox | str, *, volume: bool = True) -> None:
+        if isinstance(sandbox, str):
+            try:
+                sandbox = await self.get(sandbox)
+            except SandboxNotFound:
+                return
+        self._sandboxes.pop(sandbox.id, None)
+        try:
+            container = await self._docker(self.client.containers.get, sandbox.id)
+            await self._docker(container.remove, force=True)
+        except SandboxNotFound:
+            pass
+        if volume and sandbox.volume:
+            await self.remove_volume(sandbox.volume)
+        await sandbox.control.close()
+        shutil.rmtree(sandbox.control.control_dir, ignore_errors=True)
+
+    async def remove_volume(self, name: str) -> None:
+        try:
+            vol = await self._docker(self.client.volumes.get, name)
+            await self._docker(vol.remove, force=True)
+        except SandboxNotFound:
+            pass
+
+    async def close(self) -> None:
+        for sandbox in list(self._sandboxes.values()):
+            await sandbox.control.close()
+        self._sandboxes.clear()
+        await asyncio.to_thread(self.client.close)
+
+    # -- inspection ------------------------------------------------------------------
+
+    async def _inspect_raw(self, name_or_id: str) -> dict[str, Any]:
+        return await self._docker(self.client.api.inspect_container, name_or_id)
+
+    async def inspect(self, sandbox: Sandbox | str) -> SandboxInfo:
+        ident = sandbox.id if isinstance(sandbox, Sandbox) else sandbox
+        return _info(await self._inspect_raw(ident))
+
+    async def list_sandboxes(self, *, all_hosts: bool = False) -> list[SandboxInfo]:
+        filters = [f"{LABEL_MANAGED}=1"] + ([] if all_hosts else [f"{LABEL_HOST}={self.host_id}"])
+        rows = await self._docker(self.client.api.containers, all=True, filters={"label": filters})
+        infos = []
+        for row in rows:
+            try:
+                infos.append(await self.inspect(row["Id"]))
+            except SandboxNotFound:
+                continue  # removed while listing
+        return infos
+
+    async def list_volumes(self, *, all_hosts: bool = False) -> list[str]:
+        filters = [f"{LABEL_MANAGED}=1"] + ([] if all_hosts else [f"{LABEL_HOST}={self.host_id}"])
+        vols = await self._docker(self.client.volumes.list, filters={"label": filters})
+        return sorted(v.name for v in vols)
+
+    async def memory_usage(self, sandbox: Sandbox) -> dict[str, int]:
+        """The container cgroup's memory: ``usage`` and ``working_set`` (minus inactive
+        file cache, what ``docker stats`` shows)."""
+        stats = await self._docker(self.client.api.stats, sandbox.id, stream=False)
+        mem = stats.get("memory_stats", {})
+        usage = int(mem.get("usage", 0))
+        inner = mem.get("stats", {})
+        inactive = int(inner.get("total_inactive_file", inner.get("inactive_file", 0)))
+        return {"usage": usage, "working_set": usage - inactive}
+
+
+def _info(attrs: dict[str, Any]) -> SandboxInfo:
+    labels = attrs["Config"]["Labels"] or {}
+    state = attrs.get("State", {})
+    running = state.get("Status") == "running"
+    return SandboxInfo(
+        id=attrs["Id"],
+        name=attrs["Name"].lstrip("/"),
+        status=state.get("Status", "unknown"),
+        image=attrs["Config"]["Image"],
+        host_id=labels.get(LABEL_HOST, ""),
+        key=json.loads(labels.get(LABEL_KEY) or "[]"),
+        pool=labels.get(LABEL_POOL) or None,
+        volume=labels.get(LABEL_VOLUME, ""),
+        labels=labels,
+        exit_code=None if running else state.get("ExitCode"),
+        oom_killed=bool(state.get("OOMKilled")),
+    )

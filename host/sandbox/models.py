@@ -1,0 +1,115 @@
+"""Pydantic models for sandbox specs and call results."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ExecResult(BaseModel):
+    """Outcome of a command run to completion.
+
+    ``stdout``/``stderr`` are UTF-8 text (invalid bytes replaced); the exact bytes
+    are in ``stdout_bytes``/``stderr_bytes`` (not serialised).
+    """
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    timed_out: bool = False
+    truncated: bool = False
+    stdout_bytes: bytes = Field(default=b"", exclude=True, repr=False)
+    stderr_bytes: bytes = Field(default=b"", exclude=True, repr=False)
+
+    @classmethod
+    def from_bytes(
+        cls, exit_code: int, stdout: bytes, stderr: bytes, timed_out: bool, truncated: bool
+    ) -> ExecResult:
+        return cls(
+            exit_code=exit_code,
+            stdout=stdout.decode("utf-8", errors="replace"),
+            stderr=stderr.decode("utf-8", errors="replace"),
+            timed_out=timed_out,
+            truncated=truncated,
+            stdout_bytes=stdout,
+            stderr_bytes=stderr,
+        )
+
+
+class ProcessInfo(BaseModel):
+    pid: int
+    argv: list[str]
+    running: bool
+    exit_code: int | None = None
+    started_at: float
+
+
+class ProcessOutput(BaseModel):
+    """A chunk of a spawned process's output (``process_output`` event)."""
+
+    type: Literal["process_output"] = "process_output"
+    pid: int
+    stream: Literal["stdout", "stderr"]
+    data: bytes
+
+
+class ProcessExit(BaseModel):
+    """A spawned process ended and its output was delivered (``process_exit`` event)."""
+
+    type: Literal["process_exit"] = "process_exit"
+    pid: int
+    exit_code: int
+
+
+ProcessEvent = ProcessOutput | ProcessExit
+
+
+class FileStat(BaseModel):
+    """A file, directory or link; ``name`` is relative to the listed root in recursive listings."""
+
+    name: str
+    path: str
+    type: Literal["file", "dir", "symlink", "other"]
+    size: int
+    mode: int
+    mtime: float
+
+
+class SandboxLimits(BaseModel):
+    """Resource limits of one sandbox (enforced by the container's cgroup)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    memory_mb: int = Field(default=1024, ge=16)
+    cpus: float = Field(default=1.0, gt=0)
+    pids: int = Field(default=512, ge=16)
+    tmp_mb: int = Field(default=256, ge=1)
+
+
+class SandboxSpec(BaseModel):
+    """What to create. ``key`` is the owning actor key (empty for a warm-pool container)."""
+
+    image: str
+    key: list[str] = Field(default_factory=list)
+    pool: str | None = None
+    network: Literal["none", "bridge"] = "none"
+    limits: SandboxLimits = Field(default_factory=SandboxLimits)
+    env: dict[str, str] = Field(default_factory=dict)
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class SandboxInfo(BaseModel):
+    """A sandbox container as Docker reports it."""
+
+    id: str
+    name: str
+    status: str  # created | running | exited | ...
+    image: str
+    host_id: str
+    key: list[str]
+    pool: str | None
+    volume: str
+    labels: dict[str, str]
+    exit_code: int | None = None
+    oom_killed: bool = False

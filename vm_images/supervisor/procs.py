@@ -1,0 +1,238 @@
+"""Starting, watching and killing processes inside the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from .errors import OpError
+from .reaper import Reaper
+from .tasks import background
+
+HOME = os.environ.get("HOME") or "/home/user"
+BASE_ENV = {
+    "HOME": HOME,
+    "USER": "user",
+    "LOGNAME": "user",
+    "SHELL": "/bin/bash",
+    "PATH": "/home/user/.local/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
+    "LANG": "C.UTF-8",
+    "TERM": "xterm-256color",
+}
+# Output kept per stream for a process nobody is attached to.
+TAIL_LIMIT = 256 * 1024
+READ_CHUNK = 256 * 1024
+# Exited processes remembered for wait/list.
+KEEP_EXITED = 256
+# After the main process exits, how long output may be quiet before the pipes are dropped.
+DRAIN_GRACE = 0.25
+
+Sink = Callable[[str, bytes], Awaitable[None]]
+
+
+def resolve(path: str) -> str:
+    """Relative paths resolve against the home directory."""
+    return path if os.path.isabs(path) else os.path.join(HOME, path)
+
+
+def build_argv(args: dict[str, Any]) -> list[str]:
+    command = args.get("command")
+    argv = args.get("argv")
+    if isinstance(command, str):
+        return ["/bin/bash", "-c", command]
+    if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
+        return argv
+    raise OpError("EINVAL", "need a non-empty 'argv' list of strings or a 'command' string")
+
+
+def build_env(extra: Any) -> dict[str, str]:
+    env = dict(BASE_ENV)
+    if extra:
+        if not isinstance(extra, dict):
+            raise OpError("EINVAL", "'env' must be an object of strings")
+        env.update({str(k): str(v) for k, v in extra.items()})
+    return env
+
+
+def exit_code_of(status: int) -> int:
+    """Shell convention: a signal-killed process reports 128 + signal number."""
+    return 128 - status if status < 0 else status
+
+
+def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
+    """Kill the process group and session led by ``pid`` (what a timeout must end)."""
+    try:
+        os.killpg(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    # Children that moved to their own process group keep the session id.
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            if int(fields[3]) == pid:  # field 6 overall: session id
+                os.kill(int(entry), sig)
+        except (OSError, IndexError, ValueError):
+            continue
+
+
+class Proc:
+    """One started process: its pipes, its exit, and where its output goes."""
+
+    def __init__(
+        self, popen: subprocess.Popen[bytes], argv: list[str], exited: asyncio.Future[int]
+    ):
+        self.popen = popen
+        self.pid = popen.pid
+        self.argv = argv
+        self.started_at = time.time()
+        self.exited = exited
+        self.exit_code: int | None = None
+        self.sink: Sink | None = None
+        self.tails: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
+        self.pumps: list[asyncio.Task[None]] = []
+        self.transports: list[asyncio.BaseTransport] = []
+        self.bytes_read = 0
+        self.sink_busy = 0
+        self.stdin: asyncio.StreamWriter | None = None
+        self.done = asyncio.get_running_loop().create_future()  # exit + output drained
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "argv": self.argv,
+            "running": self.exit_code is None,
+            "exit_code": self.exit_code,
+            "started_at": self.started_at,
+        }
+
+
+async def _reader_for(pipe: Any) -> tuple[asyncio.StreamReader, asyncio.BaseTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=READ_CHUNK * 2, loop=loop)
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader, transport
+
+
+async def _writer_for(pipe: Any) -> asyncio.StreamWriter:
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, pipe)
+    return asyncio.StreamWriter(transport, protocol, None, loop)
+
+
+def _blocked_on_sink(proc: Proc) -> bool:
+    """True while a pump waits for the host to take output (slow reader, not silence)."""
+    return proc.sink_busy > 0
+
+
+class ProcessTable:
+    def __init__(self, reaper: Reaper) -> None:
+        self.reaper = reaper
+        self.procs: dict[int, Proc] = {}
+
+    def start(self, args: dict[str, Any], stdin: bool) -> tuple[Proc | None, str]:
+        """Fork the process; ``(None, message)`` when the binary cannot run."""
+        argv = build_argv(args)
+        env = build_env(args.get("env"))
+        cwd = resolve(str(args.get("cwd") or HOME))
+        if not os.path.isdir(cwd):
+            raise OpError("ENOENT", f"working directory not found: {cwd}", cwd)
+        try:
+            popen = subprocess.Popen(
+                argv,
+                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=cwd,
+                env=env,
+                start_new_session=True,  # own session + group: a timeout kills them all
+            )
+        except FileNotFoundError:
+            return None, f"{argv[0]}: command not found\n"
+        except PermissionError:
+            return None, f"{argv[0]}: permission denied\n"
+        except BlockingIOError as exc:
+            # fork() failing with EAGAIN: the pids limit is reached.
+            raise OpError("EAGAIN", f"cannot start a process: {exc.strerror}") from exc
+        proc = Proc(popen, argv, self.reaper.watch(popen.pid))
+        self.procs[proc.pid] = proc
+        return proc, ""
+
+    async def attach_pipes(self, proc: Proc) -> None:
+        """Start pumping the process's output to its sink (or its tail buffers)."""
+        assert proc.popen.stdout is not None and proc.popen.stderr is not None
+        if proc.popen.stdin is not None:
+            proc.stdin = await _writer_for(proc.popen.stdin)
+        for stream, pipe in (("stdout", proc.popen.stdout), ("stderr", proc.popen.stderr)):
+            reader, transport = await _reader_for(pipe)
+            proc.transports.append(transport)
+            proc.pumps.append(asyncio.create_task(self._pump(proc, stream, reader)))
+        background(self._finish(proc))
+
+    async def _pump(self, proc: Proc, stream: str, reader: asyncio.StreamReader) -> None:
+        while True:
+            chunk = await reader.read(READ_CHUNK)
+            if not chunk:
+                return
+            proc.bytes_read += len(chunk)
+            sink = proc.sink
+            if sink is not None:
+                proc.sink_busy += 1
+                try:
+                    await sink(stream, chunk)
+                    continue
+                except ConnectionError:
+                    # The host went away: keep draining so the process never blocks.
+                    if proc.sink is sink:
+                        proc.sink = None
+                finally:
+                    proc.sink_busy -= 1
+            tail = proc.tails[stream]
+            tail += chunk
+            if len(tail) > TAIL_LIMIT:
+                del tail[: len(tail) - TAIL_LIMIT]
+
+    async def _finish(self, proc: Proc) -> None:
+        status = await proc.exited
+        proc.exit_code = exit_code_of(status)
+        proc.popen.returncode = status  # tell Popen it was reaped (no waitpid later)
+        # Background children may keep the pipes open: wait while output still
+        # flows, give up once it has been quiet for DRAIN_GRACE.
+        pending: set[asyncio.Task[None]] = set(proc.pumps)
+        while pending:
+            seen = proc.bytes_read
+            _, pending = await asyncio.wait(pending, timeout=DRAIN_GRACE)
+            if pending and proc.bytes_read == seen and not _blocked_on_sink(proc):
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+                break
+        for transport in proc.transports:
+            transport.close()
+        if proc.stdin is not None:
+            proc.stdin.close()
+        proc.done.set_result(proc.exit_code)
+        self._forget_old()
+
+    def _forget_old(self) -> None:
+        exited = [p for p in self.procs.values() if p.exit_code is not None]
+        for p in exited[: max(0, len(exited) - KEEP_EXITED)]:
+            self.procs.pop(p.pid, None)
+
+    def get(self, pid: Any) -> Proc:
+        proc = self.procs.get(pid) if isinstance(pid, int) else None
+        if proc is None:
+            raise OpError("ESRCH", f"no such process: {pid}")
+        return proc
+
+    def kill_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.exit_code is None:
+                kill_tree(proc.pid)
