@@ -1,0 +1,194 @@
+"""Build (once) the sandbox image for a bundle set, tagged by a hash of its inputs.
+
+Inputs of the hash: the base tag (itself a hash of the Debian package list), the
+Dockerfile template, every bundle definition, the files each bundle copies (the
+supervisor source among them) and its pip requirements. Same inputs, same tag:
+an existing image is reused; change anything and a new tag gets built.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+import docker
+import docker.errors
+
+from .base import base_tag, cache_dir, ensure_base
+from .bundles import PACKAGE_DIR, Bundle, resolve
+
+IMAGE_REPO = "agentvm-sandbox"
+DOCKERFILE = PACKAGE_DIR.parent / "images" / "Dockerfile.agent"
+MARKER = "# @BUNDLES@"
+LABEL_BUNDLES = "agentvm.bundles"
+LABEL_INPUTS = "agentvm.inputs"
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _files_of(bundle: Bundle) -> Iterator[tuple[str, Path]]:
+    """(path inside the bundle's context dir, host file) for every file it copies."""
+    for rel in bundle.files:
+        src = PACKAGE_DIR / rel
+        if src.is_file():
+            yield rel, src
+            continue
+        for path in sorted(src.rglob("*")):
+            if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc":
+                yield str(Path(rel) / path.relative_to(src)), path
+
+
+def render_dockerfile(bundles: Sequence[Bundle]) -> str:
+    template = DOCKERFILE.read_text()
+    if MARKER not in template:
+        raise RuntimeError(f"{DOCKERFILE} lacks the {MARKER!r} line")
+    steps = "".join(f"# bundle: {b.name}\n{b.dockerfile}\n" for b in bundles if b.dockerfile)
+    lines = [steps if line.startswith(MARKER) else line for line in template.splitlines(True)]
+    return "".join(lines)
+
+
+def apt_packages(bundles: Sequence[Bundle]) -> list[str]:
+    return sorted({pkg for b in bundles for pkg in b.apt})
+
+
+def image_tag(names: Sequence[str] | None = None) -> str:
+    """The tag the image for this bundle set has (whether or not it exists yet)."""
+    bundles = resolve(list(names) if names is not None else None)
+    digest = hashlib.sha256()
+    digest.update(base_tag(apt_packages(bundles)).encode())
+    digest.update(render_dockerfile(bundles).encode())
+    for bundle in bundles:
+        digest.update(json.dumps(asdict(bundle), sort_keys=True).encode())
+        for rel, path in _files_of(bundle):
+            digest.update(f"\0{bundle.name}/{rel}\0".encode())
+            digest.update(path.read_bytes())
+    return f"{IMAGE_REPO}:{digest.hexdigest()[:16]}"
+
+
+@contextmanager
+def _build_lock() -> Iterator[None]:
+    """One build at a time per machine (parallel test sessions share the result)."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with open(cache_dir() / "build.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _download_wheels(requirements: Sequence[str], dest: Path, progress: Progress) -> None:
+    """Fetch wheels for the image's python (Debian bookworm: CPython 3.11) on the host."""
+    dest.mkdir(parents=True, exist_ok=True)
+    pip = [sys.executable, "-m", "pip"]
+    if subprocess.run([*pip, "--version"], capture_output=True).returncode != 0:
+        uvx = shutil.which("uvx")
+        if uvx is None:
+            raise RuntimeError("downloading wheels needs pip or uvx on the host")
+        pip = [uvx, "pip"]
+    progress(f"downloading wheels: {' '.join(requirements)}")
+    subprocess.run(
+        [*pip, "download", "--quiet", "--dest", str(dest), "--only-binary=:all:",
+         "--python-version", "3.11", "--implementation", "cp",
+         "--platform", "manylinux2014_x86_64", "--platform", "any", *requirements],
+        check=True,
+    )  # fmt: skip
+
+
+def _prepare_context(ctx: Path, bundles: Sequence[Bundle], progress: Progress) -> None:
+    (ctx / "Dockerfile").write_text(render_dockerfile(bundles))
+    for bundle in bundles:
+        for rel, path in _files_of(bundle):
+            target = ctx / bundle.name / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        if bundle.pip:
+            _download_wheels(bundle.pip, ctx / bundle.name / "wheels", progress)
+
+
+def ensure_image(
+    bundles: Sequence[str] | None = None,
+    *,
+    progress: Progress | None = None,
+    client: docker.DockerClient | None = None,
+    rebuild: bool = False,
+) -> str:
+    """Return the tag of the image for ``bundles`` (default: common), building it if
+    missing. Blocking; from async code call it with ``asyncio.to_thread``."""
+    say = progress or _quiet
+    names = list(bundles) if bundles is not None else None
+    resolved = resolve(names)
+    tag = image_tag(names)
+    own_client = client is None
+    docker_client = client or docker.from_env()
+    try:
+        with _build_lock():
+            if not rebuild and _exists(docker_client, tag):
+                say(f"image {tag} is up to date")
+                return tag
+            say(f"building {tag} (bundles: {', '.join(b.name for b in resolved)})")
+            base = ensure_base(docker_client, apt_packages(resolved), say)
+            say(f"base image {base}")
+            with tempfile.TemporaryDirectory(prefix="agentvm-build-") as tmp:
+                ctx = Path(tmp)
+                _prepare_context(ctx, resolved, say)
+                _docker_build(docker_client, ctx, tag, base, resolved, say)
+            say(f"built {tag}")
+            return tag
+    finally:
+        if own_client:
+            docker_client.close()
+
+
+def _exists(client: docker.DockerClient, tag: str) -> bool:
+    try:
+        client.images.get(tag)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+def _docker_build(
+    client: docker.DockerClient,
+    ctx: Path,
+    tag: str,
+    base: str,
+    bundles: Sequence[Bundle],
+    say: Progress,
+) -> None:
+    labels = {LABEL_BUNDLES: ",".join(b.name for b in bundles), LABEL_INPUTS: tag.split(":")[1]}
+    stream = client.api.build(
+        path=str(ctx),
+        tag=tag,
+        buildargs={"BASE": base},
+        network_mode="none",  # the build must not need the network
+        labels=labels,
+        rm=True,
+        forcerm=True,
+        pull=False,
+        decode=True,
+    )
+    for chunk in stream:
+        if "error" in chunk:
+            raise RuntimeError(f"image build failed: {chunk['error']}")
+        text = str(chunk.get("stream", "")).rstrip()
+        if text:
+            say(text)
+    if not _exists(client, tag):
+        raise RuntimeError(f"image build finished but {tag} is missing")
+
+
+__all__ = ["ensure_image", "image_tag"]

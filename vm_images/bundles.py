@@ -1,0 +1,80 @@
+"""Software bundles: named units of software that go into a sandbox image.
+
+A vm declares the bundles it needs; the image for a bundle set is built once and
+tagged by a hash of everything that goes into it (see ``builder``). A bundle
+contributes Debian packages (installed into the base rootfs, the only step that
+uses the network), files copied into the build context, wheels downloaded on the
+host, and Dockerfile lines that run with no network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Bundle:
+    name: str
+    description: str
+    # Debian bookworm packages, installed when the base rootfs is made.
+    apt: tuple[str, ...] = ()
+    # Host paths (relative to vm_images/) copied into the build context as
+    # ``<bundle name>/<path>``; their contents are part of the image hash.
+    files: tuple[str, ...] = ()
+    # pip requirement specifiers; wheels are downloaded on the host into
+    # ``<bundle name>/wheels/`` so the build itself needs no network.
+    pip: tuple[str, ...] = ()
+    # Dockerfile lines run as root after the user exists (no network access).
+    dockerfile: str = ""
+    # ACP agent types this bundle provides: agent type -> command (sessions issue).
+    agents: dict[str, list[str]] = field(default_factory=dict)
+
+
+COMMON = Bundle(
+    name="common",
+    description="shell and everyday tools for agents",
+    apt=(
+        "bash", "coreutils", "git", "curl", "ca-certificates", "python3", "ripgrep", "jq",
+        "patch", "diffutils", "findutils", "sed", "grep", "tar", "gzip", "procps",
+    ),
+)  # fmt: skip
+
+SUPERVISOR = Bundle(
+    name="supervisor",
+    description="the in-sandbox supervisor (PID 1): exec, processes, files",
+    apt=("python3", "tar"),
+    files=("supervisor",),
+    # Installed as a top-level package on the system path so `python3 -I -m` finds it.
+    dockerfile=(
+        "COPY supervisor/supervisor /usr/lib/python3/dist-packages/agentvm_supervisor\n"
+        "RUN find /usr/lib/python3/dist-packages/agentvm_supervisor -name '__pycache__' "
+        "-prune -exec rm -rf {} + && python3 -m compileall -q "
+        "/usr/lib/python3/dist-packages/agentvm_supervisor\n"
+    ),
+)
+
+# The `coding-agent` bundle (the ACP coding agent) is added by the sessions
+# work: define a Bundle with its `files` (agent source), `pip` (its wheels),
+# `dockerfile` (install steps) and `agents` ({"coding-agent": [...command]}),
+# then register it here.
+BUNDLES: dict[str, Bundle] = {b.name: b for b in (COMMON, SUPERVISOR)}
+
+# Every image carries the supervisor; it is what the host talks to.
+ALWAYS = ("supervisor",)
+DEFAULT = ("common",)
+
+
+def register(bundle: Bundle) -> None:
+    BUNDLES[bundle.name] = bundle
+
+
+def resolve(names: tuple[str, ...] | list[str] | None = None) -> list[Bundle]:
+    """The bundles of a set, supervisor included, in a stable order."""
+    wanted = sorted(set(ALWAYS) | set(names if names is not None else DEFAULT))
+    unknown = [n for n in wanted if n not in BUNDLES]
+    if unknown:
+        raise KeyError(f"unknown bundle(s): {', '.join(unknown)}; known: {', '.join(BUNDLES)}")
+    return [BUNDLES[n] for n in wanted]
