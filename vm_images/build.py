@@ -6,8 +6,8 @@ import argparse
 import sys
 import time
 
-from .bundles import BUNDLES, DEFAULT
 from .builder import ensure_image
+from .bundles import BUNDLES, DEFAULT
 
 
 def main(argv: list[str] | None = None) -> int:
