@@ -151,13 +151,16 @@ class Engine:
         self._schedule_timers.clear()
         for inst in list(self.instances.values()):
             idle = inst.inflight == 0 and inst.active_fibers == 0
+            # Read the timers before stop_run: cancelling the run unwinds the waits
+            # that registered them, and a lost alarm means a durable sleep never fires.
+            alarm = inst.next_alarm()
             inst.alive = False
             inst._busy()
             await inst.stop_run()
             with contextlib.suppress(Exception):
                 await inst.run_hook(inst.definition.on_sleep)
             if idle:
-                self.store.submit_nowait([(base.SET_SLEEP, inst.actor_id, True, inst.next_alarm())])
+                self.store.submit_nowait([(base.SET_SLEEP, inst.actor_id, True, alarm)])
         for task in list(self._tasks):
             task.cancel()
         for fut in self._waiters.values():
@@ -353,13 +356,14 @@ class Engine:
                 or self.instances.get(inst.actor_id) is not inst
             ):
                 return
+            # Before stop_run, which unwinds the waits that registered the deadlines.
+            alarm = inst.next_alarm()
             inst.alive = False
             await inst.stop_run()
             try:
                 await inst.run_hook(inst.definition.on_sleep)
             except Exception:
                 log.exception("on_sleep of actor %s failed", inst.actor_id)
-            alarm = inst.next_alarm()
             await self.store.submit([(base.SET_SLEEP, inst.actor_id, True, alarm)])
             del self.instances[inst.actor_id]
             if alarm is not None:

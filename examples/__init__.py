@@ -1,0 +1,1 @@
+"""Runnable examples of agentvm's durable actors and workflows (exercised by ``tests/``)."""
