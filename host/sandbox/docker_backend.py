@@ -36,6 +36,7 @@ from .sandbox import Sandbox
 T = TypeVar("T")
 
 HOME = "/home/user"
+UID = 1000  # the image's `user` (images/Dockerfile.agent)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
 
@@ -82,7 +83,10 @@ def hardened_config(
         "memswap_limit": f"{limits.memory_mb}m",  # no swap beyond the memory limit
         "nano_cpus": int(limits.cpus * 1e9),
         "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={limits.tmp_mb}m,mode=1777"},
+        # Owned by the sandbox user: some kernels apply dockerd's umask to mode=1777.
+        "tmpfs": {
+            "/tmp": f"rw,nosuid,nodev,exec,size={limits.tmp_mb}m,uid={UID},gid={UID},mode=1777"
+        },
         "mounts": [
             Mount(HOME, volume, type="volume"),
             # Only the per-sandbox control directory, read-only: the socket lives there.

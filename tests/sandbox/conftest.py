@@ -1,0 +1,84 @@
+"""Fixtures for sandbox tests: a real Docker engine, the image built once per
+session, a backend and a fresh sandbox per test; nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec
+from host.sandbox.backend import LABEL_HOST
+from vm_images.builder import ensure_image
+
+ROOT = Path(__file__).resolve().parents[2]
+# One host id per test session: the leak check at the end looks for exactly these.
+HOST_ID = f"t{os.getpid()}-{uuid.uuid4().hex[:6]}"
+# Small limits keep the fork bomb and memory tests quick.
+TEST_LIMITS = SandboxLimits(memory_mb=256, cpus=1.0, pids=128, tmp_mb=64)
+
+
+def _engine_up() -> bool:
+    try:
+        client = docker.from_env()
+        client.ping()
+        client.close()
+        return True
+    except Exception:
+        return False
+
+
+@pytest.fixture(scope="session")
+def docker_engine() -> Iterator[docker.DockerClient]:
+    """A running engine (started with scripts/ensure-docker if needed), and at the end
+    of the session the check that no container or volume of this session is left."""
+    if not _engine_up():
+        proc = subprocess.run([str(ROOT / "scripts" / "ensure-docker")], capture_output=True)
+        if proc.returncode != 0:
+            pytest.fail(f"no Docker engine: {proc.stderr.decode(errors='replace')}")
+    client = docker.from_env()
+    yield client
+    label = {"label": f"{LABEL_HOST}={HOST_ID}"}
+    containers = client.containers.list(all=True, filters=label)
+    volumes = client.volumes.list(filters=label)
+    for container in containers:
+        container.remove(force=True)
+    for volume in volumes:
+        volume.remove(force=True)
+    client.close()
+    assert not containers, f"tests left containers behind: {[c.name for c in containers]}"
+    assert not volumes, f"tests left volumes behind: {[v.name for v in volumes]}"
+
+
+@pytest.fixture(scope="session")
+def image(docker_engine: docker.DockerClient) -> str:
+    """The sandbox image (common + supervisor), built once; later sessions reuse it."""
+    return ensure_image(["common"], client=docker_engine)
+
+
+@pytest.fixture
+async def backend(image: str) -> AsyncIterator[DockerBackend]:
+    be = await DockerBackend.connect(HOST_ID, connect_timeout=30.0)
+    try:
+        yield be
+    finally:
+        for info in await be.list_sandboxes():
+            await be.remove(info.id)
+        for volume in await be.list_volumes():
+            await be.remove_volume(volume)
+        await be.close()
+
+
+@pytest.fixture
+def spec(image: str, request: pytest.FixtureRequest) -> SandboxSpec:
+    return SandboxSpec(image=image, key=["test", request.node.name[:60]], limits=TEST_LIMITS)
+
+
+@pytest.fixture
+async def sandbox(backend: DockerBackend, spec: SandboxSpec) -> Sandbox:
+    return await backend.create(spec)
