@@ -381,9 +381,13 @@ class WorkflowContext(ActorContext):
                     else:
                         result = await result
             except CriticalError as exc:
+                inst.restore_state()
                 await self._record_failure(path, attempts + 1, first_started, exc, critical=True)
                 raise
             except Exception as exc:
+                # A failed attempt changes nothing: its half-made state changes would
+                # otherwise ride along with the next commit (a retry would apply them twice).
+                inst.restore_state()
                 attempts += 1
                 err: BaseException = exc
                 if isinstance(exc, TimeoutError) and limit is not None:
@@ -424,6 +428,7 @@ class WorkflowContext(ActorContext):
                     f"step {path!r} returned a value that is not JSON-serialisable: {exc}",
                     step=path,
                 )
+                inst.restore_state()
                 await self._record_failure(path, attempts + 1, first_started, err, not_json=True)
                 raise err from exc
             ops = tx.ops
