@@ -149,11 +149,11 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
             sig = signal.Signals["SIG" + name]
         except KeyError as exc:
             raise OpError("EINVAL", f"unknown signal: {name}") from exc
-        if proc.exit_code is None:
-            if args.get("group", True):
-                kill_tree(proc.pid, sig)
-            else:
-                proc.popen.send_signal(sig)
+        if args.get("group", True):
+            # Even after the leader exited: its group and session may live on.
+            kill_tree(proc.pid, sig)
+        elif proc.exit_code is None:
+            proc.popen.send_signal(sig)
         return None, b""
 
     async def op_list(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:

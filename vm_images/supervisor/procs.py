@@ -65,22 +65,31 @@ def exit_code_of(status: int) -> int:
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Kill the process group and session led by ``pid`` (what a timeout must end)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
-    # Children that moved to their own process group keep the session id.
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    """Signal the process group and session led by ``pid`` (what a timeout must end).
+
+    A few passes, because members may still be forking while the first lands.
+    """
+    for _ in range(3):
+        found = False
         try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                fields = fh.read().rsplit(b")", 1)[1].split()
-            if int(fields[3]) == pid:  # field 6 overall: session id
-                os.kill(int(entry), sig)
-        except (OSError, IndexError, ValueError):
-            continue
+            os.killpg(pid, sig)
+            found = True
+        except (ProcessLookupError, PermissionError):
+            pass
+        # Children that moved to their own process group keep the session id.
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as fh:
+                    fields = fh.read().rsplit(b")", 1)[1].split()
+                if int(fields[3]) == pid:  # field 6 overall: session id
+                    os.kill(int(entry), sig)
+                    found = True
+            except (OSError, IndexError, ValueError):
+                continue
+        if not found or sig != signal.SIGKILL:
+            return
 
 
 class Proc:
