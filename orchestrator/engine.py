@@ -27,7 +27,7 @@ from .errors import (
 from .keys import ActorKey, KeyLike, normalize_key
 from .queues import SendResult
 from .storage import SQLiteStore, Store, base
-from .storage.base import ActorRecord, ActorSnapshot, ScheduleRecord
+from .storage.base import ActorRecord, ActorSnapshot, HistoryRecord, ScheduleRecord
 
 if TYPE_CHECKING:
     from .client import Client
@@ -82,6 +82,18 @@ class QueuedMessage(BaseModel):
 
 def _loads(text: str | None) -> Any:
     return json.loads(text) if text is not None else None
+
+
+def _received_completable(history: list[HistoryRecord]) -> set[int]:
+    """Ids of completable messages a workflow has received (recorded) but may not
+    have completed yet: they are leased to it, not pending."""
+    ids: set[int] = set()
+    for h in history:
+        if h.kind == "message" and h.status == "completed" and h.output:
+            for m in json.loads(h.output):
+                if m.get("completable"):
+                    ids.add(m["id"])
+    return ids
 
 
 class Engine:
@@ -316,12 +328,7 @@ class Engine:
         inst = ActorInstance(self, definition, rec)
         # Completable messages recorded in workflow history are already received:
         # they are leased, not pending, or they would be delivered twice.
-        leased: set[int] = set()
-        for h in snap.history:
-            if h.kind == "message" and h.status == "completed" and h.output:
-                for m in json.loads(h.output):
-                    if m.get("completable"):
-                        leased.add(m["id"])
+        leased = _received_completable(snap.history)
         for m in snap.messages:
             if m.message_id in leased:
                 inst.leased[m.message_id] = m
@@ -598,7 +605,11 @@ class Engine:
     async def queue_contents(self, actor_id: str) -> list[QueuedMessage]:
         await self._record(actor_id)
         inst = self.instances.get(actor_id)
-        leased = set(inst.leased) if inst is not None else set()
+        if inst is not None:
+            leased = set(inst.leased)
+        else:
+            # Asleep: a message its workflow received is still in flight.
+            leased = _received_completable(await self.store.load_history(actor_id))
         return [
             QueuedMessage(
                 message_id=m.message_id,

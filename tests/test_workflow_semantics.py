@@ -214,6 +214,38 @@ async def test_critical_error_is_never_retried(make_engine):
     assert entry.error["critical"] is True
 
 
+async def test_retry_backoff_is_durable_across_restart(make_engine):
+    calls = {"n": 0}
+
+    def fails_once() -> str:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionError("transient")
+        return "ok"
+
+    async def body(ctx: WorkflowContext) -> Any:
+        return await ctx.step("call", fails_once, retry_backoff_base=0.4)
+
+    reg = _versioned_registry(body)
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        hist = await eventually(
+            h.history, lambda x: getattr(by_path(x).get("call"), "status", "") == "retrying"
+        )
+        entry = by_path(hist)["call"]
+        assert entry.attempts == 1
+        assert entry.error["type"] == "ConnectionError"
+        retry_at = entry.meta["retry_at"]
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        hist = await settled(h)
+        entry = by_path(hist)["call"]
+        assert (hist.output, entry.status, entry.attempts) == ("ok", "completed", 2)
+        # The retry waited for the recorded backoff, not a fresh one.
+        assert entry.finished_at >= retry_at
+    assert calls["n"] == 2
+
+
 async def test_step_timeout(make_engine):
     calls = {"n": 0}
 
@@ -421,6 +453,9 @@ async def test_completable_message_is_not_redelivered_after_restart(make_engine)
         )
     async with make_engine(reg) as engine:
         h = engine.client().wf.get_or_create("k")
+        # Asleep after the restart, the inspector still shows it held by the workflow.
+        assert not await awake(engine, "wf")
+        assert [(m.message_id, m.in_flight) for m in await h.queue_contents()] == [(first, True)]
         second = (await h.send("req", "two")).message_id
         queued = await h.queue_contents()
         # The first is still held by the workflow that received it before the restart.
@@ -473,6 +508,49 @@ async def test_unacked_message_of_plain_run_handler_is_redelivered(make_engine):
 
 async def _value(v: Any) -> Any:
     return v
+
+
+async def test_next_batch_records_the_whole_batch(make_engine):
+    async def body(ctx: WorkflowContext) -> Any:
+        batch = await ctx.queue.next_batch("take", count=3, names=["go"])
+        return [m.body for m in batch]
+
+    reg = _versioned_registry(body)
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        await h.resolve()
+        for n in range(5):
+            await h.send("go", n)
+        hist = await settled(h)
+        # At least one and at most three, in order; the rest stay queued.
+        taken = hist.output
+        assert 1 <= len(taken) <= 3 and taken == list(range(len(taken)))
+        assert [m.body for m in await h.queue_contents()] == list(range(len(taken), 5))
+        assert [m["body"] for m in by_path(hist)["take"].output] == taken
+
+
+async def test_join_collects_every_branch_failure(make_engine):
+    finished: list[str] = []
+
+    async def ok(b: WorkflowContext) -> int:
+        await b.sleep("pause", 0.01)
+        finished.append("ok")
+        return await b.step("value", lambda: 1)
+
+    async def bad(b: WorkflowContext) -> int:
+        return await b.step("boom", lambda: 1 / 0, max_retries=0)
+
+    async def body(ctx: WorkflowContext) -> Any:
+        return await ctx.join("both", {"ok": ok, "bad": bad})
+
+    async with make_engine(_versioned_registry(body)) as engine:
+        hist = await settled(engine.client().wf.get_or_create("k"))
+    assert hist.error["type"] == "JoinError"
+    assert list(hist.error["metadata"]["branches"]) == ["bad"]
+    # The healthy branch ran to the end before the join failed.
+    assert finished == ["ok"]
+    assert by_path(hist)["both/ok/value"].status == "completed"
+    assert by_path(hist)["both/bad/boom"].status == "failed"
 
 
 async def test_send_wait_timed_out_leaves_message_queued(make_engine):
