@@ -1,0 +1,48 @@
+"""The image for a bundle set: tagged by a content hash, built once, has the tools."""
+
+from __future__ import annotations
+
+import docker
+import pytest
+
+from host.sandbox import Sandbox
+from vm_images import bundles
+from vm_images.builder import ensure_image, image_tag, render_dockerfile
+
+pytestmark = pytest.mark.docker
+
+COMMON_TOOLS = ["bash", "git", "curl", "python3", "rg", "jq", "patch", "diff", "find", "sed",
+                "grep", "tar", "gzip", "ps", "ls", "sha256sum"]  # fmt: skip
+
+
+def test_tag_is_a_content_hash_of_the_inputs() -> None:
+    tag = image_tag(["common"])
+    assert tag == image_tag(["common"]) == image_tag(["common", "supervisor"])
+    extra = bundles.Bundle(name="zz-test", description="test only", dockerfile="RUN true\n")
+    bundles.register(extra)
+    try:
+        assert image_tag(["common", "zz-test"]) != tag
+        assert "# bundle: zz-test\nRUN true" in render_dockerfile(bundles.resolve(["zz-test"]))
+    finally:
+        del bundles.BUNDLES["zz-test"]
+    with pytest.raises(KeyError, match="unknown bundle"):
+        image_tag(["no-such-bundle"])
+
+
+def test_second_build_reuses_the_image(image: str, docker_engine: docker.DockerClient) -> None:
+    before = docker_engine.images.get(image).id
+    lines: list[str] = []
+    assert ensure_image(["common"], client=docker_engine, progress=lines.append) == image
+    assert docker_engine.images.get(image).id == before
+    assert lines == [f"image {image} is up to date"]
+    labels = docker_engine.images.get(image).labels
+    assert labels["agentvm.bundles"] == "common,supervisor"
+
+
+async def test_common_bundle_tools_are_installed(sandbox: Sandbox) -> None:
+    result = await sandbox.exec(["bash", "-c", 'for t in "$@"; do command -v "$t"; done', "-",
+                                 *COMMON_TOOLS])  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    assert len(result.stdout.split()) == len(COMMON_TOOLS)
+    tls = await sandbox.exec(["test", "-s", "/etc/ssl/certs/ca-certificates.crt"])
+    assert tls.exit_code == 0
