@@ -305,6 +305,36 @@ async def test_non_json_step_output_fails_naming_the_step(make_engine):
     assert "make-socket" in entry.error["message"]
 
 
+async def test_rollbacks_registered_before_a_restart_still_run_newest_first(make_engine):
+    calls: list[str] = []
+
+    def fail() -> None:
+        raise CriticalError("nope")
+
+    async def body(ctx: WorkflowContext) -> None:
+        await ctx.step("before-checkpoint", lambda: "kept", rollback=lambda c, o: calls.append(o))
+        await ctx.rollback_checkpoint("cp")
+        for name in ("one", "two"):
+            await ctx.step(name, lambda n=name: n, rollback=lambda c, o: calls.append(f"undo-{o}"))
+        await ctx.queue.next("wait-go", names=["go"])
+        await ctx.step("fail", fail)
+
+    reg = _versioned_registry(body)
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        await eventually(h.history, lambda x: "two" in by_path(x))
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        await h.send("go", {})
+        hist = await settled(h)
+    assert hist.error["type"] == "CriticalError"
+    # Replay re-registered the handlers; only those after the checkpoint ran.
+    assert calls == ["undo-two", "undo-one"]
+    statuses = {p: e.status for p, e in by_path(hist).items()}
+    assert statuses["one"] == statuses["two"] == "rolled_back"
+    assert statuses["before-checkpoint"] == "completed"
+
+
 # --- loops -------------------------------------------------------------------------------
 
 
