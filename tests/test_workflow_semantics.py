@@ -335,6 +335,46 @@ async def test_rollbacks_registered_before_a_restart_still_run_newest_first(make
     assert statuses["before-checkpoint"] == "completed"
 
 
+async def test_race_survives_restart_and_replays_its_winner(make_engine):
+    calls = {"fast": 0, "slow": 0}
+
+    async def fast(b: WorkflowContext) -> str:
+        calls["fast"] += 1
+        await b.sleep("delay", 0.3)
+        return await b.step("finish", lambda: "fast-done")
+
+    async def slow(b: WorkflowContext) -> str:
+        calls["slow"] += 1
+        await b.sleep("delay", 3600)
+        return "slow-done"
+
+    async def body(ctx: WorkflowContext) -> Any:
+        result = await ctx.race("first", [("fast", fast), ("slow", slow)])
+        await ctx.queue.next("wait-go", names=["go"])
+        return [result.winner, result.value]
+
+    reg = _versioned_registry(body)
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        hist = await eventually(h.history, lambda x: "first/fast/delay" in by_path(x))
+        wake_at = by_path(hist)["first/fast/delay"].meta["wake_at"]
+    # Restarted mid-race: both branches resume from their recorded timers.
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        hist = await eventually(h.history, lambda x: "first" in by_path(x))
+        assert by_path(hist)["first"].output == {"winner": "fast", "value": "fast-done"}
+        assert by_path(hist)["first/fast/delay"].meta["wake_at"] == wake_at
+        assert by_path(hist)["first/slow/delay"].status == "waiting"
+    assert calls == {"fast": 2, "slow": 2}
+    # Restarted after the race: the recorded winner is returned, no branch runs.
+    async with make_engine(reg) as engine:
+        h = engine.client().wf.get_or_create("k")
+        await h.send("go", {})
+        hist = await settled(h)
+        assert hist.output == ["fast", "fast-done"]
+    assert calls == {"fast": 2, "slow": 2}
+
+
 # --- loops -------------------------------------------------------------------------------
 
 
