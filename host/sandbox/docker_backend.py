@@ -54,6 +54,10 @@ def default_control_root() -> Path:
     return Path(tempfile.gettempdir()) / f"agentvm-{os.geteuid()}"
 
 
+def volume_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {k: labels[k] for k in (LABEL_MANAGED, LABEL_HOST, LABEL_KEY) if k in labels}
+
+
 def hardened_config(
     spec: SandboxSpec,
     *,
@@ -88,7 +92,9 @@ def hardened_config(
             "/tmp": f"rw,nosuid,nodev,exec,size={limits.tmp_mb}m,uid={UID},gid={UID},mode=1777"
         },
         "mounts": [
-            Mount(HOME, volume, type="volume"),
+            # Docker creates the volume on first use (one API call less), labelled
+            # so the orphan reaper finds it, and seeds it from the image's /home/user.
+            Mount(HOME, volume, type="volume", labels=volume_labels(labels)),
             # Only the per-sandbox control directory, read-only: the socket lives there.
             Mount(P.CONTAINER_CONTROL_DIR, str(control_dir), type="bind", read_only=True),
         ],
@@ -162,12 +168,6 @@ class DockerBackend(SandboxBackend):
         await control.start()  # listen before the supervisor can dial
         container = None
         try:
-            vol_labels = {
-                LABEL_MANAGED: "1",
-                LABEL_HOST: self.host_id,
-                LABEL_KEY: labels[LABEL_KEY],
-            }
-            await self._docker(self.client.volumes.create, name=volume, labels=vol_labels)
             config = hardened_config(
                 spec,
                 name=name,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from sandbox_helpers import eventually
 
-from host.sandbox import FileNotFoundInSandbox, Sandbox
+from host.sandbox import DockerBackend, FileNotFoundInSandbox, Sandbox, SandboxSpec
 
 pytestmark = pytest.mark.docker
 
@@ -42,6 +42,12 @@ async def test_missing_cwd_is_not_found_naming_it(sandbox: Sandbox) -> None:
 async def test_env(sandbox: Sandbox) -> None:
     result = await sandbox.exec('echo "$GREETING, $WHO"', env={"GREETING": "hi", "WHO": "there"})
     assert result.stdout == "hi, there\n"
+
+
+async def test_vm_environment_reaches_commands(backend: DockerBackend, spec: SandboxSpec) -> None:
+    sandbox = await backend.create(spec.model_copy(update={"env": {"VM_OPTION": "from-spec"}}))
+    result = await sandbox.exec('echo "$VM_OPTION"; env | grep -c ^AGENTVM_ || true')
+    assert result.stdout.split() == ["from-spec", "0"]
 
 
 async def test_stdin_is_binary_safe(sandbox: Sandbox) -> None:

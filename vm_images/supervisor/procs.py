@@ -50,8 +50,13 @@ def build_argv(args: dict[str, Any]) -> list[str]:
     raise OpError("EINVAL", "need a non-empty 'argv' list of strings or a 'command' string")
 
 
+def _inherited() -> dict[str, str]:
+    """The container's environment (its image and vm options), minus our internals."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("AGENTVM_")}
+
+
 def build_env(extra: Any) -> dict[str, str]:
-    env = dict(BASE_ENV)
+    env = {**BASE_ENV, **_inherited()}
     if extra:
         if not isinstance(extra, dict):
             raise OpError("EINVAL", "'env' must be an object of strings")
