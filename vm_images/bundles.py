@@ -33,6 +33,20 @@ class Bundle:
     agents: dict[str, list[str]] = field(default_factory=dict)
 
 
+def install_wheels(bundle_name: str) -> str:
+    """Dockerfile lines unpacking a bundle's downloaded wheels into the system site
+    directory (no pip needed in the image; console scripts are not generated, so run
+    such tools with ``python3 -m``)."""
+    src = f"/tmp/wheels-{bundle_name}"
+    return (
+        f"COPY {bundle_name}/wheels {src}\n"
+        f'RUN for w in {src}/*.whl; do python3 -m zipfile -e "$w" {SITE}/; done'
+        f" && rm -rf {src}\n"
+    )
+
+
+SITE = "/usr/local/lib/python3.11/dist-packages"
+
 COMMON = Bundle(
     name="common",
     description="shell and everyday tools for agents",

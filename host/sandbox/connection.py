@@ -48,6 +48,9 @@ class Channel:
         self.recv_window = RecvWindow()
         self.queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
         self.finished = False
+        # Data received but not yet taken by the consumer; never above the window we
+        # granted, so a misbehaving supervisor cannot make the host buffer more.
+        self.unconsumed = 0
 
     async def send_data(self, stream: str, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -72,6 +75,7 @@ class Channel:
             self.finished = True
             raise LinkClosed(a)
         if kind == _DATA:
+            self.unconsumed -= len(b)
             grant = self.recv_window.consumed(len(b))
             if grant and not self.finished:
                 with contextlib.suppress(ConnectionError):
@@ -209,6 +213,9 @@ class SupervisorConnection:
         if channel is None:
             return  # a late frame for a call we gave up on
         if kind == P.DATA:
+            channel.unconsumed += len(payload)
+            if channel.unconsumed > P.WINDOW:
+                raise P.ProtocolError(f"channel {ch} exceeded its flow-control window")
             channel.queue.put_nowait((_DATA, str(header.get("s", "")), payload))
         elif kind == P.EVENT:
             channel.queue.put_nowait((_EVENT, header, None))

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import docker
 import pytest
 
-from host.sandbox import Sandbox
+from host.sandbox import DockerBackend, Sandbox, SandboxSpec
 from vm_images import bundles
 from vm_images.builder import ensure_image, image_tag, render_dockerfile
 
@@ -46,3 +48,24 @@ async def test_common_bundle_tools_are_installed(sandbox: Sandbox) -> None:
     assert len(result.stdout.split()) == len(COMMON_TOOLS)
     tls = await sandbox.exec(["test", "-s", "/etc/ssl/certs/ca-certificates.crt"])
     assert tls.exit_code == 0
+
+
+async def test_bundle_wheels_are_fetched_on_the_host_and_installed_offline(
+    backend: DockerBackend, image: str, docker_engine: docker.DockerClient
+) -> None:
+    extra = bundles.Bundle(
+        name="zz-wheels",
+        description="test only: a pure-Python wheel from PyPI",
+        pip=("six==1.16.0",),
+        dockerfile=bundles.install_wheels("zz-wheels"),
+    )
+    bundles.register(extra)
+    try:
+        tag = await asyncio.to_thread(ensure_image, ["common", "zz-wheels"], client=docker_engine)
+        sandbox = await backend.create(SandboxSpec(image=tag))
+        result = await sandbox.exec(["python3", "-c", "import six; print(six.__version__)"])
+        assert result.stdout == "1.16.0\n"
+        await backend.remove(sandbox)
+        await asyncio.to_thread(docker_engine.images.remove, tag)
+    finally:
+        del bundles.BUNDLES["zz-wheels"]
