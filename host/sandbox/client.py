@@ -389,7 +389,7 @@ class _Pipe:
 
 
 async def _tar_local(root: Path) -> AsyncIterator[bytes]:
-    if not root.is_dir():  # noqa: ASYNC240
+    if not await asyncio.to_thread(root.is_dir):
         raise FileNotFoundError(f"local directory not found: {root}")
     pipe = _Pipe(asyncio.get_running_loop())
     failure: list[BaseException] = []
@@ -414,18 +414,23 @@ async def _tar_local(root: Path) -> AsyncIterator[bytes]:
 
 async def _untar_local(chunks: AsyncIterator[bytes], dest: Path) -> None:
     """Extract with the 'data' filter: no absolute paths, no escaping links, no devices."""
-    dest.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    await asyncio.to_thread(dest.mkdir, parents=True, exist_ok=True)
     read_fd, write_fd = os.pipe()
 
     def consume() -> None:
         with os.fdopen(read_fd, "rb") as src, tarfile.open(fileobj=src, mode="r|") as tar:
             tar.extractall(dest, filter="data")
 
-    consumer = asyncio.create_task(asyncio.to_thread(consume))
+    consumer = asyncio.ensure_future(asyncio.to_thread(consume))
     try:
-        with os.fdopen(write_fd, "wb", buffering=0) as sink:
+        with os.fdopen(write_fd, "wb") as sink:
             async for chunk in chunks:
                 await asyncio.to_thread(sink.write, chunk)
     except BrokenPipeError:
-        pass  # the consumer failed; its exception is the one to report
+        pass  # the consumer stopped early; its own error is the one to report
+    except BaseException:
+        # The download failed: the consumer sees a truncated archive; report ours.
+        with contextlib.suppress(Exception):
+            await consumer
+        raise
     await consumer
