@@ -565,7 +565,11 @@ class Engine:
     async def history(self, actor_id: str) -> WorkflowHistory:
         """The workflow history of an actor, as the inspector shows it."""
         rec = await self._record(actor_id)
-        definition = self._definition(rec.name)
+        definition = self.registry.get(rec.name)
+        # Inspecting works even for a type this process does not run.
+        is_workflow = (
+            definition.is_workflow if definition is not None else rec.workflow_status is not None
+        )
         entries = [
             HistoryEntry(
                 path=h.path,
@@ -595,7 +599,7 @@ class Engine:
             actor_id=actor_id,
             name=rec.name,
             key=list(rec.key),
-            is_workflow=definition.is_workflow,
+            is_workflow=is_workflow,
             workflow_status=rec.workflow_status,
             output=_loads(rec.workflow_output),
             error=_loads(rec.workflow_error),
