@@ -1,16 +1,21 @@
 # The two commands the README documents:
-#   make run   — set up and start agentvm (engine + example actors for now)
-#   make test  — set up and run the test suite with lint and type checks
+#   make run   — set up and start agentvm (Docker engine, sandbox image, engine)
+#   make test  — set up and run lint, type checks and the test suite
 SHELL := /bin/bash
-UV := $(shell command -v uv 2>/dev/null || echo "$$HOME/.local/bin/uv")
+UV := $(shell ./scripts/ensure-uv)
 
-.PHONY: setup run test lint typecheck test-slow bench-quick
+.PHONY: setup docker image run test lint typecheck test-slow bench-quick
 
 setup:
-	@command -v uv >/dev/null 2>&1 || [ -x "$$HOME/.local/bin/uv" ] || python3 -m pip install --quiet uv || python3 -m pip install --quiet --user uv
 	@$(UV) sync --all-groups --quiet
 
-run: setup
+docker:
+	@./scripts/ensure-docker
+
+image: setup docker
+	@$(UV) run agentvm images build
+
+run: image
 	$(UV) run agentvm serve
 
 lint: setup
@@ -20,8 +25,13 @@ lint: setup
 typecheck: setup
 	$(UV) run mypy
 
-test: setup lint typecheck
-	$(UV) run pytest -q
+test: setup lint typecheck docker
+	$(UV) run pytest -q -ra
 
-test-slow: setup
-	$(UV) run pytest -q -m slow
+# Long stress runs (kill -9 chaos with 100 kill points, ...).
+test-slow: setup docker
+	$(UV) run pytest -q -ra -m slow
+
+bench-quick: setup docker
+	$(UV) run python bench/engine.py --quick
+	$(UV) run python bench/sandbox.py --quick

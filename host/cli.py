@@ -117,7 +117,7 @@ def render_history(history: Any) -> Tree:
         f"[bold]{history.name}[/] {history.key} workflow: [{style}]{history.workflow_status}[/]"
     )
     nodes: dict[str, Tree] = {"": root}
-    for entry in sorted(history.entries, key=lambda e: e.path):
+    for entry in history.entries:  # already in the order they were first recorded
         parent_path, _, leaf = entry.path.rpartition("/")
         parent = nodes.get(parent_path)
         if parent is None:
