@@ -36,6 +36,11 @@ PRUNE = (
 )  # fmt: skip
 
 Progress = Callable[[str], None]
+# debootstrap prints one of these per package (hundreds); the phase headers are enough.
+_NOISY = tuple(
+    f"I: {verb} "
+    for verb in ("Retrieving", "Validating", "Extracting", "Unpacking", "Configuring", "Installing")
+)
 
 
 def base_tag(packages: list[str]) -> str:
@@ -148,10 +153,8 @@ def _from_debootstrap(
             for line in proc.stdout:
                 line = line.rstrip()
                 tail = [*tail[-20:], line]
-                if line.startswith(
-                    ("I: Retrieving", "I: Validating", "I: Unpacking", "I: Configuring")
-                ):
-                    continue  # hundreds of lines; the phase headers are enough
+                if line.startswith(_NOISY):
+                    continue
                 progress(line)
         if proc.returncode != 0:
             raise RuntimeError("debootstrap failed:\n" + "\n".join(tail))

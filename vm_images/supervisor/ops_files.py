@@ -235,7 +235,7 @@ def make_tar_handlers(table: ProcessTable) -> dict[str, Handler]:
     """tar runs as a child (it is in every Debian base) so archives stream both ways."""
 
     async def start_tar(argv: list[str], cwd: str, ch: Channel | None) -> tuple[Proc, bytearray]:
-        proc, missing = table.start({"argv": argv, "cwd": cwd}, stdin=True)
+        proc, missing = table.start({"argv": argv, "cwd": cwd}, stdin=True, listed=False)
         if proc is None:
             raise OpError("ENOENT", missing.strip(), "tar")
         errors = bytearray()
@@ -248,7 +248,6 @@ def make_tar_handlers(table: ProcessTable) -> dict[str, Handler]:
 
         proc.sink = sink
         await table.attach_pipes(proc)
-        table.procs.pop(proc.pid, None)  # internal child, not a listed process
         return proc, errors
 
     async def finish(proc: Proc, errors: bytearray, path: str) -> None:

@@ -45,7 +45,7 @@ def _timeout(args: dict[str, Any]) -> float | None:
 def make_handlers(table: ProcessTable) -> dict[str, Handler]:
     async def op_exec(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
         stdin_wanted = bool(payload) or bool(args.get("stdin"))
-        proc, missing = table.start(args, stdin=stdin_wanted)
+        proc, missing = table.start(args, stdin=stdin_wanted, listed=False)
         if proc is None:
             value = {
                 "exit_code": 127 if "not found" in missing else 126,
@@ -71,7 +71,6 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
             kill_tree(proc.pid)
             raise
         await asyncio.shield(proc.done)
-        table.procs.pop(proc.pid, None)  # exec children are not listed processes
         out, err = bytes(capture.buf["stdout"]), bytes(capture.buf["stderr"])
         value = {
             "exit_code": exit_code_of(proc.exited.result()),

@@ -151,8 +151,14 @@ class ProcessTable:
         self.reaper = reaper
         self.procs: dict[int, Proc] = {}
 
-    def start(self, args: dict[str, Any], stdin: bool) -> tuple[Proc | None, str]:
-        """Fork the process; ``(None, message)`` when the binary cannot run."""
+    def start(
+        self, args: dict[str, Any], stdin: bool, listed: bool = True
+    ) -> tuple[Proc | None, str]:
+        """Fork the process; ``(None, message)`` when the binary cannot run.
+
+        ``listed=False`` for exec and internal children: they are not the
+        spawn/wait/kill family's processes and never show in ``list_processes``.
+        """
         argv = build_argv(args)
         env = build_env(args.get("env"))
         cwd = resolve(str(args.get("cwd") or HOME))
@@ -176,7 +182,8 @@ class ProcessTable:
             # fork() failing with EAGAIN: the pids limit is reached.
             raise OpError("EAGAIN", f"cannot start a process: {exc.strerror}") from exc
         proc = Proc(popen, argv, self.reaper.watch(popen.pid))
-        self.procs[proc.pid] = proc
+        if listed:
+            self.procs[proc.pid] = proc
         return proc, ""
 
     async def attach_pipes(self, proc: Proc) -> None:
