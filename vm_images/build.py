@@ -6,7 +6,9 @@ import argparse
 import sys
 import time
 
-from .builder import ensure_image
+import docker
+
+from .builder import ensure_image, prune_images
 from .bundles import BUNDLES, DEFAULT
 
 
@@ -19,6 +21,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--rebuild", action="store_true", help="build even if the tag exists")
     parser.add_argument("--quiet", action="store_true", help="print only the tag")
+    parser.add_argument(
+        "--prune", action="store_true", help="then remove older sandbox images no container uses"
+    )
     args = parser.parse_args(argv)
     started = time.monotonic()
 
@@ -27,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{time.monotonic() - started:6.1f}s] {line}", file=sys.stderr, flush=True)
 
     tag = ensure_image(args.bundles or None, progress=progress, rebuild=args.rebuild)
+    if args.prune:
+        client = docker.from_env()
+        for old in prune_images(client, keep=[tag]):
+            progress(f"removed {old}")
+        client.close()
     print(tag)
     return 0
 

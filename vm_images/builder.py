@@ -153,6 +153,23 @@ def ensure_image(
             docker_client.close()
 
 
+def prune_images(client: docker.DockerClient, keep: Sequence[str] = ()) -> list[str]:
+    """Remove sandbox images other than ``keep`` that no container uses; return their tags.
+
+    Every change to a bundle or the supervisor makes a new tag, so old ones pile up."""
+    removed = []
+    for img in client.images.list(name=IMAGE_REPO):
+        for tag in img.tags:
+            if tag in keep:
+                continue
+            try:
+                client.images.remove(tag)  # refused (409) while a container uses it
+                removed.append(tag)
+            except docker.errors.APIError:
+                continue
+    return removed
+
+
 def _exists(client: docker.DockerClient, tag: str) -> bool:
     try:
         client.images.get(tag)
@@ -191,4 +208,4 @@ def _docker_build(
         raise RuntimeError(f"image build finished but {tag} is missing")
 
 
-__all__ = ["ensure_image", "image_tag"]
+__all__ = ["ensure_image", "image_tag", "prune_images"]

@@ -108,3 +108,10 @@ async def test_heavy_output_is_flow_controlled_and_complete(sandbox: Sandbox) ->
             if total < 8_000_000:
                 await asyncio.sleep(0)  # a slow reader early on: the window must hold
     assert total == 50_000_000
+
+
+async def test_exec_children_are_not_listed(sandbox: Sandbox) -> None:
+    await sandbox.exec("true")
+    running = asyncio.create_task(sandbox.exec("sleep 2"))
+    assert await sandbox.list_processes() == []
+    await running
