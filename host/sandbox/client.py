@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import tarfile
 import threading
@@ -355,8 +356,6 @@ async def _pump(handle: ProcessHandle, on_event: EventCallback) -> None:
 
 
 def _entries(res: Result) -> list[FileStat]:
-    import json
-
     out: list[FileStat] = []
     for chunk in res.data.get("entries", ()):
         out.extend(FileStat.model_validate(e) for e in json.loads(chunk))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
 from typing import TYPE_CHECKING
 
@@ -93,7 +92,3 @@ class Sandbox(SandboxClient):
     async def close(self) -> None:
         """Forget this handle: stop listening (the container keeps running)."""
         await self.control.close()
-
-    async def idle(self) -> None:
-        """Yield once; lets tests and callers interleave without sleeping."""
-        await asyncio.sleep(0)
