@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -272,6 +273,9 @@ class DockerBackend(SandboxBackend):
         for sandbox in list(self._sandboxes.values()):
             await sandbox.control.close()
         self._sandboxes.clear()
+        # Leave no empty per-host directory behind (sandboxes still running keep theirs).
+        with contextlib.suppress(OSError):
+            self.control_root.rmdir()
         await asyncio.to_thread(self.client.close)
 
     # -- inspection ------------------------------------------------------------------
