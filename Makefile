@@ -27,6 +27,8 @@ typecheck: setup
 
 test: setup lint typecheck docker
 	$(UV) run pytest -q -ra
+	@echo "--- short slow subset: kill -9 chaos with 20 kill points"
+	CRASH_KILLS=20 $(UV) run pytest -q -ra -m slow tests/test_crash_safety.py
 
 # Long stress runs (kill -9 chaos with 100 kill points, ...).
 test-slow: setup docker
