@@ -123,8 +123,12 @@ class ActorHandle:
             self._actor_id = None
             return await fn(await self.resolve())
 
-    async def call(self, action: str, *args: Any) -> Any:
-        return await self._with_id(lambda aid: self._transport.call(aid, action, list(args)))
+    async def call(self, action: str, *args: Any, **options: Any) -> Any:
+        """Call an action. Keyword arguments travel as one trailing options object:
+        ``exec("ls", cwd="/tmp")`` sends the arguments ``["ls", {"cwd": "/tmp"}]``,
+        exactly what an HTTP caller would send."""
+        arglist = [*args, options] if options else list(args)
+        return await self._with_id(lambda aid: self._transport.call(aid, action, arglist))
 
     async def send(
         self, queue: str, body: Any = None, *, wait: bool = False, timeout: float | None = None
@@ -159,8 +163,8 @@ class ActorHandle:
         if action.startswith("_"):
             raise AttributeError(action)
 
-        async def call_action(*args: Any) -> Any:
-            return await self.call(action, *args)
+        async def call_action(*args: Any, **options: Any) -> Any:
+            return await self.call(action, *args, **options)
 
         call_action.__name__ = action
         return call_action

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -86,6 +87,27 @@ class ActorContext:
     def actors(self) -> Client:
         """Shortcut: ``c.actors.vm.get_or_create(key)``."""
         return self._instance.engine.client()
+
+    @property
+    def engine_stopping(self) -> bool:
+        """True while the engine shuts down (``on_sleep`` then means "host restart",
+        not "idle"): keep external resources running for the next start to adopt."""
+        return not self._instance.engine.running
+
+    def hold(self) -> Callable[[], None]:
+        """Keep this actor awake (e.g. while a child process runs); call the
+        returned function to let it sleep again. Releasing twice is harmless."""
+        inst = self._instance
+        inst.begin()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                inst.end()
+
+        return release
 
     async def destroy(self) -> None:
         """Destroy this actor (after the current handler returns)."""

@@ -150,6 +150,10 @@ class Engine:
         for sched in await self.store.load_schedules():
             self.arm_schedule(sched)
 
+    @property
+    def running(self) -> bool:
+        return self._running
+
     async def stop(self) -> None:
         """Stop every actor; idle ones are put to sleep, busy ones recover on next start."""
         if not self._running:

@@ -93,3 +93,39 @@ async def test_queue_limits_refuse_and_store_nothing(make_engine):
             await h.send("jobs", {"i": 3})
         contents = await h.queue_contents()
         assert [m.body for m in contents] == [{"i": 0}, {"i": 1}, {"i": 2}]
+
+
+async def test_keyword_options_travel_as_a_trailing_object(make_engine):
+    def echo(c, *args):
+        return list(args)
+
+    reg = setup(use={"e": actor(actions={"echo": echo})})
+    async with make_engine(reg) as engine:
+        h = engine.client().e.get_or_create("x")
+        assert await h.echo("ls", cwd="/tmp") == ["ls", {"cwd": "/tmp"}]
+        assert await h.echo("ls") == ["ls"]
+
+
+async def test_hold_keeps_an_actor_awake(make_engine):
+    held: dict = {}
+
+    def grab(c):
+        held["release"] = c.hold()
+
+    def release(c):
+        held.pop("release")()
+
+    reg = setup(use={"h": actor(actions={"grab": grab, "release": release, "ping": lambda c: 1})})
+    async with make_engine(reg, sleep_timeout=0.01) as engine:
+        h = engine.client().h.get_or_create("x")
+        actor_id = await h.resolve()
+        await h.grab()
+        inst = engine.instances[actor_id]
+        assert not inst.is_idle()
+        await h.release()
+        from tests.support import eventually
+
+        async def awake():
+            return actor_id in engine.instances
+
+        assert await eventually(awake, lambda v: not v, what="actor asleep") is False
