@@ -116,6 +116,7 @@ class ActorInstance:
         self.run_task: asyncio.Task[None] | None = None
         self.workflow_run: WorkflowRun | None = None
         self._idle_handle: asyncio.TimerHandle | None = None
+        self.log_seqs: dict[str, int] = {}
         self.alive = True
         opts = definition.options
         cfg = engine.config

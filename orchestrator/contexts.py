@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from .logs import ActorLog
 from .queues import ActorQueue
 
 if TYPE_CHECKING:
@@ -87,6 +88,10 @@ class ActorContext:
     def actors(self) -> Client:
         """Shortcut: ``c.actors.vm.get_or_create(key)``."""
         return self._instance.engine.client()
+
+    def log(self, stream: str) -> ActorLog:
+        """This actor's numbered append-only log named ``stream``."""
+        return ActorLog(self._instance, stream)
 
     @property
     def engine_stopping(self) -> bool:

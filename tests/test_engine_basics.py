@@ -129,3 +129,20 @@ async def test_hold_keeps_an_actor_awake(make_engine):
             return actor_id in engine.instances
 
         assert await eventually(awake, lambda v: not v, what="actor asleep") is False
+
+
+async def test_actor_logs_are_numbered_and_survive_restart(make_engine):
+    async def note(c, text):
+        return await c.log("notes").append({"text": text})
+
+    async def notes(c, since=0):
+        return await c.log("notes").read(since)
+
+    reg = setup(use={"n": actor(actions={"note": note, "notes": notes})})
+    async with make_engine(reg) as engine:
+        h = engine.client().n.get_or_create("x")
+        assert [await h.note("a"), await h.note("b")] == [1, 2]
+    async with make_engine(reg) as engine:
+        h = engine.client().n.get_or_create("x")
+        assert await h.note("c") == 3
+        assert await h.notes(1) == [(2, {"text": "b"}), (3, {"text": "c"})]

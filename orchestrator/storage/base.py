@@ -67,6 +67,17 @@ class ScheduleRecord:
     created_at: float
 
 
+@dataclass(slots=True)
+class LogRecord:
+    """One numbered entry of an actor's append-only log (e.g. a session's updates)."""
+
+    actor_id: str
+    stream: str
+    seq: int
+    payload: str  # JSON text
+    created_at: float
+
+
 # --- operations --------------------------------------------------------------------
 # Plain tuples keep the hot path cheap: (opcode, *fields).
 
@@ -83,6 +94,7 @@ DELETE_MESSAGE = "delete_message"  # (op, message_id)
 PUT_SCHEDULE = "put_schedule"  # (op, ScheduleRecord)
 DELETE_SCHEDULE = "delete_schedule"  # (op, schedule_id)
 SET_META = "set_meta"  # (op, key, value)
+APPEND_LOG = "append_log"  # (op, LogRecord)
 
 Op = tuple[Any, ...]
 
@@ -149,6 +161,16 @@ class Store(ABC):
 
     @abstractmethod
     async def load_schedules(self, actor_id: str | None = None) -> list[ScheduleRecord]: ...
+
+    @abstractmethod
+    async def read_log(
+        self, actor_id: str, stream: str, since: int = 0, limit: int | None = None
+    ) -> list[LogRecord]:
+        """Entries of one log with ``seq > since``, oldest first."""
+
+    @abstractmethod
+    async def last_log_seq(self, actor_id: str, stream: str) -> int:
+        """The highest ``seq`` of a log (0 when empty)."""
 
     @abstractmethod
     async def actors_to_recover(self) -> list[ActorRecord]:

@@ -25,6 +25,7 @@ from .base import (
     ActorRecord,
     ActorSnapshot,
     HistoryRecord,
+    LogRecord,
     MessageRecord,
     Op,
     ScheduleRecord,
@@ -86,6 +87,14 @@ CREATE TABLE IF NOT EXISTS schedules (
     created_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS schedules_actor ON schedules (actor_id);
+CREATE TABLE IF NOT EXISTS actor_logs (
+    actor_id   TEXT NOT NULL,
+    stream     TEXT NOT NULL,
+    seq        INTEGER NOT NULL,
+    payload    TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    PRIMARY KEY (actor_id, stream, seq)
+) WITHOUT ROWID;
 """
 
 _ACTOR_COLS = (
@@ -199,6 +208,13 @@ def _apply(conn: sqlite3.Connection, op: Op) -> None:
         )
     elif code == base.DELETE_SCHEDULE:
         conn.execute("DELETE FROM schedules WHERE schedule_id = ?", (op[1],))
+    elif code == base.APPEND_LOG:
+        lg: LogRecord = op[1]
+        conn.execute(
+            "INSERT INTO actor_logs (actor_id, stream, seq, payload, created_at) "
+            "VALUES (?,?,?,?,?)",
+            (lg.actor_id, lg.stream, lg.seq, lg.payload, lg.created_at),
+        )
     elif code == base.SET_META:
         conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (op[1], op[2]))
     elif code == base.CLEAR_HISTORY:
@@ -208,6 +224,7 @@ def _apply(conn: sqlite3.Connection, op: Op) -> None:
         conn.execute("DELETE FROM workflow_history WHERE actor_id = ?", (aid,))
         conn.execute("DELETE FROM queue_messages WHERE actor_id = ?", (aid,))
         conn.execute("DELETE FROM schedules WHERE actor_id = ?", (aid,))
+        conn.execute("DELETE FROM actor_logs WHERE actor_id = ?", (aid,))
         conn.execute("DELETE FROM actors WHERE actor_id = ?", (aid,))
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown store operation {code!r}")
@@ -530,6 +547,27 @@ class SQLiteStore(Store):
                 ).fetchall()
             )
         return [ScheduleRecord(*r) for r in rows]
+
+    async def read_log(
+        self, actor_id: str, stream: str, since: int = 0, limit: int | None = None
+    ) -> list[LogRecord]:
+        rows = await self._read(
+            lambda c: c.execute(
+                "SELECT actor_id, stream, seq, payload, created_at FROM actor_logs "
+                "WHERE actor_id = ? AND stream = ? AND seq > ? ORDER BY seq LIMIT ?",
+                (actor_id, stream, since, -1 if limit is None else limit),
+            ).fetchall()
+        )
+        return [LogRecord(*r) for r in rows]
+
+    async def last_log_seq(self, actor_id: str, stream: str) -> int:
+        row = await self._read(
+            lambda c: c.execute(
+                "SELECT COALESCE(MAX(seq), 0) FROM actor_logs WHERE actor_id = ? AND stream = ?",
+                (actor_id, stream),
+            ).fetchone()
+        )
+        return int(row[0])
 
     async def actors_to_recover(self) -> list[ActorRecord]:
         rows = await self._read(

@@ -1,0 +1,56 @@
+"""Numbered, append-only logs per actor (e.g. an agent session's updates).
+
+``c.log(stream)`` gives an :class:`ActorLog`; ``append`` assigns the next number
+and (inside an action or step) commits with it, else commits at once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from ._tx import current_tx
+from .errors import NotSerializable
+from .storage import base
+from .storage.base import LogRecord
+
+if TYPE_CHECKING:
+    from ._instance import ActorInstance
+
+
+class ActorLog:
+    def __init__(self, instance: ActorInstance, stream: str) -> None:
+        self._instance = instance
+        self.stream = stream
+
+    async def _next_seq(self) -> int:
+        inst = self._instance
+        seqs = inst.log_seqs
+        if self.stream not in seqs:
+            seqs[self.stream] = await inst.store.last_log_seq(inst.actor_id, self.stream)
+        seqs[self.stream] += 1
+        return seqs[self.stream]
+
+    async def append(self, payload: Any) -> int:
+        """Append ``payload`` (JSON); returns its number (1, 2, ...)."""
+        try:
+            text = json.dumps(payload, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"log entry is not JSON: {exc}", field="payload") from exc
+        seq = await self._next_seq()
+        rec = LogRecord(self._instance.actor_id, self.stream, seq, text, time.time())
+        tx = current_tx.get()
+        if tx is not None:
+            tx.ops.append((base.APPEND_LOG, rec))
+        else:
+            await self._instance.store.submit([(base.APPEND_LOG, rec)])
+        return seq
+
+    async def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
+        """``(seq, payload)`` pairs with ``seq > since``, oldest first."""
+        await self._instance.store.flush()
+        recs = await self._instance.store.read_log(
+            self._instance.actor_id, self.stream, since, limit
+        )
+        return [(r.seq, json.loads(r.payload)) for r in recs]
