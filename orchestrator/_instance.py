@@ -16,6 +16,7 @@ from .contexts import ActorContext
 from .errors import (
     ActionNotFound,
     EventNotDeclared,
+    InvalidRequest,
     MessageTooLarge,
     NotSerializable,
     QueueFull,
@@ -32,6 +33,24 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentvm.actor")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def validate_body(model: Any, body: Any, queue: str) -> Any:
+    """Check a message against its queue's model; keep what the sender sent."""
+    from pydantic import ValidationError
+
+    try:
+        model.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        field = f"body.{loc}" if loc else "body"
+        raise InvalidRequest(
+            f"message for queue {queue!r} is invalid: {field}: {first.get('msg')}",
+            field=field,
+            queue=queue,
+        ) from exc
+    return body
 
 
 class Event:
@@ -309,6 +328,9 @@ class ActorInstance:
     def make_message(self, queue: str, body: Any) -> MessageRecord:
         """Validate a send and build its record; refuses before anything is stored."""
         self.check_queue_names([queue])
+        spec = self.definition.queues.get(queue)
+        if spec is not None and spec.body is not None:
+            body = validate_body(spec.body, body, queue)
         try:
             text = _dumps(body)
         except (TypeError, ValueError) as exc:

@@ -8,6 +8,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import BaseModel
+
 Handler = Callable[..., Any]
 
 _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
@@ -15,9 +17,10 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A declared queue. ``completable`` is advice for clients; receivers decide."""
+    """A declared queue; with ``body`` (a pydantic model) sends are validated."""
 
     description: str = ""
+    body: type[BaseModel] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,9 +30,10 @@ class EventSpec:
     description: str = ""
 
 
-def queue(description: str = "") -> QueueSpec:
-    """Declare a queue on an actor: ``queues={"jobs": queue()}``."""
-    return QueueSpec(description)
+def queue(description: str = "", *, body: type[BaseModel] | None = None) -> QueueSpec:
+    """Declare a queue on an actor: ``queues={"jobs": queue()}``. Give ``body`` a
+    pydantic model to refuse malformed messages at send time, naming the field."""
+    return QueueSpec(description, body)
 
 
 def event(description: str = "") -> EventSpec:

@@ -146,3 +146,20 @@ async def test_actor_logs_are_numbered_and_survive_restart(make_engine):
         h = engine.client().n.get_or_create("x")
         assert await h.note("c") == 3
         assert await h.notes(1) == [(2, {"text": "b"}), (3, {"text": "c"})]
+
+
+async def test_queue_body_model_refuses_malformed_messages(make_engine):
+    from pydantic import BaseModel
+
+    class Job(BaseModel):
+        repo: str
+        attempts: int = 1
+
+    reg = setup(use={"w": actor(queues={"jobs": queue(body=Job)})})
+    async with make_engine(reg) as engine:
+        h = engine.client().w.get_or_create("x")
+        with pytest.raises(InvalidRequest) as err:
+            await h.send("jobs", {"attempts": "many"})
+        assert err.value.metadata["field"] == "body.repo"
+        assert await h.queue_contents() == []
+        assert (await h.send("jobs", {"repo": "r"})).status == "queued"
