@@ -7,6 +7,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ._time import epoch, seconds
 from .logs import ActorLog
 from .queues import ActorQueue
 
@@ -24,13 +25,13 @@ class Schedule:
 
     async def at(self, when: float | datetime, action: str, *args: Any) -> int:
         """Call ``action(*args)`` at ``when`` (epoch seconds or datetime); returns an id."""
-        ts = when.timestamp() if isinstance(when, datetime) else float(when)
-        return await self._instance.schedule_action(ts, action, list(args))
+        return await self._instance.schedule_action(epoch(when), action, list(args))
 
     async def after(self, delay: float | timedelta, action: str, *args: Any) -> int:
         """Call ``action(*args)`` after ``delay`` seconds."""
-        seconds = delay.total_seconds() if isinstance(delay, timedelta) else float(delay)
-        return await self._instance.schedule_action(time.time() + seconds, action, list(args))
+        return await self._instance.schedule_action(
+            time.time() + seconds(delay), action, list(args)
+        )
 
     async def cancel(self, schedule_id: int) -> None:
         await self._instance.engine.cancel_schedule(schedule_id)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import AsyncIterator, Sequence
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
+from ._time import seconds
 from .errors import InvalidRequest, MessageNotCompletable
 
 if TYPE_CHECKING:
@@ -56,12 +59,6 @@ class Message:
 
     def __repr__(self) -> str:
         return f"Message(id={self.id}, name={self.name!r}, body={self.body!r})"
-
-
-def _seconds(value: float | timedelta | None) -> float | None:
-    if value is None:
-        return None
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
 
 
 class ActorQueue:
@@ -117,10 +114,7 @@ class ActorQueue:
             inst.check_queue_names(names)
         records = inst.take_messages(names, count)
         if not records:
-            t = _seconds(timeout)
-            import time
-
-            deadline = None if t is None else time.time() + t
+            deadline = None if timeout is None else time.time() + seconds(timeout)
             with inst.parked(deadline):
                 records = await inst.wait_messages(names, count, deadline)
         return self._wrap(records, completable)
@@ -148,8 +142,6 @@ class ActorQueue:
                 yield msg
 
     def _wrap(self, records: list[Any], completable: bool) -> list[Message]:
-        import json
-
         inst = self._instance
         out = []
         for r in records:

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from .._time import epoch, seconds
 from .._tx import Tx, current_tx
 from ..contexts import ActorContext
 from ..errors import (
@@ -271,14 +272,6 @@ def _check_name(name: str) -> None:
         )
 
 
-def _seconds(value: float | timedelta) -> float:
-    return value.total_seconds() if isinstance(value, timedelta) else float(value)
-
-
-def _epoch(value: float | datetime) -> float:
-    return value.timestamp() if isinstance(value, datetime) else float(value)
-
-
 # --- the context -------------------------------------------------------------------------
 
 
@@ -362,7 +355,7 @@ class WorkflowContext(ActorContext):
         first_started = rec.started_at if rec is not None else None
         if rec is not None and rec.status == "retrying" and rec.meta:
             retry_at = json.loads(rec.meta).get("retry_at")
-        limit = _seconds(timeout) if timeout is not None else None
+        limit = seconds(timeout) if timeout is not None else None
         inst = self._instance
         while True:
             if retry_at is not None:
@@ -587,12 +580,12 @@ class WorkflowContext(ActorContext):
     async def sleep(self, name: str, duration: float | timedelta) -> None:
         """Durable sleep of ``duration`` seconds; the deadline survives restarts."""
         path, rec = self._enter(name, "sleep")
-        await self._sleep(path, rec, lambda: time.time() + _seconds(duration))
+        await self._sleep(path, rec, lambda: time.time() + seconds(duration))
 
     async def sleep_until(self, name: str, when: float | datetime) -> None:
         """Durable sleep until ``when`` (epoch seconds or an aware datetime)."""
         path, rec = self._enter(name, "sleep")
-        await self._sleep(path, rec, lambda: _epoch(when))
+        await self._sleep(path, rec, lambda: epoch(when))
 
     async def _sleep(
         self, path: str, rec: HistoryRecord | None, deadline: Callable[[], float]
@@ -891,7 +884,7 @@ class WorkflowQueue:
             deadline = json.loads(rec.meta).get("deadline")
             started = rec.started_at or started
         elif timeout is not None:
-            deadline = started + _seconds(timeout)
+            deadline = started + seconds(timeout)
             # The deadline must survive a restart, or a timeout would never fire.
             ctx.store.submit_nowait(
                 [
