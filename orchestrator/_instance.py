@@ -22,6 +22,7 @@ from .errors import (
     QueueFull,
     QueueNotFound,
 )
+from .metrics import ACTION_SECONDS
 from .storage import base
 from .storage.base import ActorRecord, HistoryRecord, MessageRecord, ScheduleRecord
 
@@ -242,6 +243,7 @@ class ActorInstance:
                 available=sorted(self.definition.actions),
             )
         self.begin()
+        started = time.perf_counter()
         tx = Tx(list(extra_ops or ()))
         token = current_tx.set(tx)
         c = ActorContext(self)
@@ -271,6 +273,7 @@ class ActorInstance:
                 tx.run_after()
             return result
         finally:
+            ACTION_SECONDS.observe(time.perf_counter() - started, actor=self.name, action=name)
             self.end()
 
     async def run_hook(self, hook: Any, *args: Any) -> None:

@@ -37,6 +37,7 @@ from ..errors import (
     StepTimeoutError,
     WorkflowError,
 )
+from ..metrics import STEP_SECONDS
 from ..queues import Message
 from ..storage import base
 from ..storage.base import HistoryRecord
@@ -381,6 +382,7 @@ class WorkflowContext(ActorContext):
                 # A failed attempt changes nothing: its half-made state changes would
                 # otherwise ride along with the next commit (a retry would apply them twice).
                 inst.restore_state()
+                STEP_SECONDS.observe(time.time() - started, actor=inst.name, outcome="failed")
                 attempts += 1
                 err: BaseException = exc
                 if isinstance(exc, TimeoutError) and limit is not None:
@@ -438,6 +440,7 @@ class WorkflowContext(ActorContext):
             )
             ops.extend(inst.state_ops())
             await self.store.submit(ops)
+            STEP_SECONDS.observe(time.time() - started, actor=inst.name, outcome="completed")
             if tx.after:
                 tx.run_after()
             value = (
