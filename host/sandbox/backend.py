@@ -25,8 +25,20 @@ class SandboxBackend(ABC):
     host_id: str
 
     @abstractmethod
-    async def create(self, spec: SandboxSpec, *, start: bool = True) -> Sandbox:
-        """Create (and by default start and wait for) a new sandbox."""
+    async def create(
+        self,
+        spec: SandboxSpec,
+        *,
+        start: bool = True,
+        name: str | None = None,
+        volume: str | None = None,
+    ) -> Sandbox:
+        """Create (and by default start and wait for) a new sandbox; ``name`` (from
+        ``new_name()``) and an existing home ``volume`` to mount are optional."""
+
+    @abstractmethod
+    def new_name(self) -> str:
+        """A fresh, unique container name on this host."""
 
     @abstractmethod
     async def get(self, name_or_id: str) -> Sandbox:

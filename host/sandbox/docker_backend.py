@@ -160,9 +160,23 @@ class DockerBackend(SandboxBackend):
             LABEL_VOLUME: volume,
         }
 
-    async def create(self, spec: SandboxSpec, *, start: bool = True) -> Sandbox:
-        name = f"agentvm-{self.host_id}-{secrets.token_hex(5)}"
-        volume = f"{name}-home"
+    def new_name(self) -> str:
+        """A fresh container name for this host (pass it to :meth:`create`)."""
+        return f"agentvm-{self.host_id}-{secrets.token_hex(5)}"
+
+    async def create(
+        self,
+        spec: SandboxSpec,
+        *,
+        start: bool = True,
+        name: str | None = None,
+        volume: str | None = None,
+    ) -> Sandbox:
+        name = name or self.new_name()
+        # An existing ``volume`` (a vm recreated after its container vanished) is
+        # mounted as it is and survives a failed create; a new one is ours to clean.
+        keep_volume = volume is not None
+        volume = volume or f"{name}-home"
         token = secrets.token_urlsafe(24)
         labels = self._labels(spec, volume)
         control = ControlServer(self.control_root / name, token)
@@ -194,14 +208,16 @@ class DockerBackend(SandboxBackend):
         except BaseException:
             # Leave nothing half-created behind.
             self._sandboxes.pop(getattr(container, "id", ""), None)
-            await asyncio.shield(self._cleanup(name, volume, control))
+            await asyncio.shield(self._cleanup(name, None if keep_volume else volume, control))
             raise
 
-    async def _cleanup(self, name: str, volume: str, control: ControlServer) -> None:
-        for fn in (
-            lambda: self.client.containers.get(name).remove(force=True),
-            lambda: self.client.volumes.get(volume).remove(force=True),
-        ):
+    async def _cleanup(self, name: str, volume: str | None, control: ControlServer) -> None:
+        steps: list[Callable[[], None]] = [
+            lambda: self.client.containers.get(name).remove(force=True)
+        ]
+        if volume is not None:
+            steps.append(lambda: self.client.volumes.get(volume).remove(force=True))
+        for fn in steps:
             try:
                 await asyncio.to_thread(fn)
             except (docker.errors.DockerException, requests.exceptions.RequestException):

@@ -1,25 +1,63 @@
-"""Typed errors of the sandbox layer."""
+"""Typed errors of the sandbox layer.
+
+Every error is an :class:`orchestrator.errors.AgentVMError` of group ``sandbox``
+with a stable snake_case ``code`` and an ``http_status``, so the HTTP layer maps
+it like any engine error. The supervisor's errno name (``ENOENT``, ``EEXIST``, …)
+is kept in ``errno_name`` and in ``metadata["errno"]``; ``path`` names the path
+concerned when there is one.
+"""
 
 from __future__ import annotations
 
+from typing import Any
 
-class SandboxError(Exception):
-    """Base class; ``code`` is an errno-style name when the supervisor reported it."""
+from orchestrator.errors import AgentVMError
 
-    code = "ESANDBOX"
+# HTTP status for a failed operation inside the sandbox, by errno name.
+_ERRNO_STATUS = {
+    "ENOENT": 404,
+    "ESRCH": 404,
+    "EEXIST": 409,
+    "ENOTEMPTY": 409,
+    "EISDIR": 409,
+    "ENOTDIR": 409,
+    "EACCES": 403,
+    "EPERM": 403,
+    "EROFS": 403,
+    "EINVAL": 400,
+    "ETIMEDOUT": 504,
+    "ECANCELED": 499,
+}
 
-    def __init__(self, message: str, *, code: str | None = None, path: str | None = None):
-        super().__init__(message)
-        self.message = message
+
+class SandboxError(AgentVMError):
+    """Base class; ``errno_name`` is an errno-style name when the supervisor reported it."""
+
+    group = "sandbox"
+    code = "error"
+    http_status = 500
+    errno_name = "ESANDBOX"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, path: str | None = None, **metadata: Any
+    ) -> None:
+        # ``code`` is the errno-style name (the constructor predates the AgentVMError base).
         if code is not None:
-            self.code = code
+            self.errno_name = code
+        if self.errno_name != "ESANDBOX":
+            metadata.setdefault("errno", self.errno_name)
+        if path is not None:
+            metadata.setdefault("path", path)
+        super().__init__(message, **metadata)
         self.path = path
 
 
 class SandboxNotFound(SandboxError):
     """No container with that name or id exists (any more)."""
 
-    code = "ENOSANDBOX"
+    code = "sandbox_not_found"
+    http_status = 404
+    errno_name = "ENOSANDBOX"
 
 
 class SandboxLost(SandboxError):
@@ -28,43 +66,63 @@ class SandboxLost(SandboxError):
     The call's outcome is unknown; the next call may bring the sandbox back.
     """
 
-    code = "ELOST"
+    code = "lost"
+    http_status = 503
+    errno_name = "ELOST"
 
 
 class DockerUnavailable(SandboxError):
     """The Docker engine does not answer; ``address`` names the engine endpoint."""
 
-    code = "ENODOCKER"
+    code = "docker_unavailable"
+    http_status = 503
+    errno_name = "ENODOCKER"
 
     def __init__(self, address: str, detail: str = "") -> None:
         suffix = f": {detail}" if detail else ""
         super().__init__(
             f"Docker engine at {address} is not available{suffix} "
-            "(start it, e.g. with scripts/ensure-docker)"
+            "(start it, e.g. with scripts/ensure-docker)",
+            address=address,
         )
         self.address = address
 
 
 class SupervisorError(SandboxError):
-    """An operation failed inside the sandbox (errno-style ``code``, maybe ``path``)."""
+    """An operation failed inside the sandbox (errno-style ``errno_name``, maybe ``path``)."""
+
+    code = "operation_failed"
+
+    def __init__(
+        self, message: str, *, code: str | None = None, path: str | None = None, **metadata: Any
+    ) -> None:
+        super().__init__(message, code=code, path=path, **metadata)
+        # Instance attribute: the status follows the errno (EEXIST is a conflict, ...).
+        self.http_status = _ERRNO_STATUS.get(self.errno_name, type(self).http_status)
 
 
 class FileNotFoundInSandbox(SupervisorError, FileNotFoundError):
     """A path does not exist in the sandbox; ``path`` names it."""
 
-    code = "ENOENT"
+    code = "file_not_found"
+    http_status = 404
+    errno_name = "ENOENT"
 
 
 class ProcessNotFound(SupervisorError):
     """No process with that pid is known to the supervisor."""
 
-    code = "ESRCH"
+    code = "process_not_found"
+    http_status = 404
+    errno_name = "ESRCH"
 
 
 class SandboxTimeout(SupervisorError, TimeoutError):
     """A wait inside the sandbox ran out of time."""
 
-    code = "ETIMEDOUT"
+    code = "timeout"
+    http_status = 504
+    errno_name = "ETIMEDOUT"
 
 
 def from_wire(error: dict[str, object]) -> SupervisorError:

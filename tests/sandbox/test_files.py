@@ -83,7 +83,7 @@ async def test_mkdir_move_delete(sandbox: Sandbox) -> None:
     await sandbox.write_file("other", "o")
     with pytest.raises(SupervisorError) as info:
         await sandbox.move("other", "moved/z/f")
-    assert info.value.code == "EEXIST"
+    assert info.value.errno_name == "EEXIST"
     await sandbox.move("other", "moved/z/f", overwrite=True)
     assert await sandbox.read_file("moved/z/f") == b"o"
     # Across file systems (home volume -> /tmp tmpfs).
@@ -91,7 +91,7 @@ async def test_mkdir_move_delete(sandbox: Sandbox) -> None:
     assert await sandbox.exists("/tmp/moved/z/f")
     with pytest.raises(SupervisorError) as info:
         await sandbox.delete("/tmp/moved")
-    assert info.value.code == "ENOTEMPTY"
+    assert info.value.errno_name == "ENOTEMPTY"
     await sandbox.delete("/tmp/moved", recursive=True)
     assert not await sandbox.exists("/tmp/moved")
 
@@ -114,7 +114,7 @@ async def test_not_found_errors_name_the_path(sandbox: Sandbox) -> None:
 async def test_reading_a_directory_fails_clearly(sandbox: Sandbox) -> None:
     with pytest.raises(SupervisorError) as info:
         await sandbox.read_file("/home/user")
-    assert info.value.code == "EISDIR"
+    assert info.value.errno_name == "EISDIR"
 
 
 SIZE = 200 * 1024 * 1024
@@ -180,4 +180,4 @@ async def test_tar_errors(sandbox: Sandbox) -> None:
             pass
     with pytest.raises(SupervisorError) as info:
         await sandbox.upload_tar("target", b"this is not a tar archive" * 100)
-    assert info.value.code == "EIO" and "tar" in str(info.value)
+    assert info.value.errno_name == "EIO" and "tar" in str(info.value)
