@@ -1,8 +1,8 @@
 """The ``agentvm`` command line.
 
-``agentvm serve`` runs the engine with the built-in actors until interrupted;
-``agentvm images build`` builds the sandbox image; ``agentvm history`` shows a
-workflow's history from the local database.
+``agentvm serve`` runs the engine and its HTTP server; ``send``, ``call``, ``ps``,
+``history`` and ``vm ...`` talk to a running server (``--url``/``$AGENTVM_URL``,
+``--token``/``$AGENTVM_TOKEN``); ``images build`` builds the sandbox image.
 """
 
 from __future__ import annotations
@@ -10,70 +10,115 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import signal
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.table import Table
 from rich.tree import Tree
+
+from orchestrator import RemoteClient, WorkflowHistory
+
+from .cli_common import (
+    DEFAULT,
+    JsonOpt,
+    KeyArg,
+    TokenOpt,
+    UrlOpt,
+    console,
+    fail,
+    out,
+    parse_key,
+    parse_value,
+    print_json,
+    run_client,
+    spinner,
+    write_bytes,
+)
+from .cli_vm import vm_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 images_app = typer.Typer(no_args_is_help=True, help="Sandbox images.")
 app.add_typer(images_app, name="images")
-
-console = Console(stderr=True)
-out = Console()
+app.add_typer(vm_app, name="vm")
 
 
-def _registry() -> Any:
-    """The actor types this host runs: for now a few of the workflow examples
-    (the built-in orchestrators and the vm actor join them in later issues)."""
-    from examples import workflows as ex
-    from orchestrator import Registry
+def _registry(spec: str | None = None) -> Any:
+    """The registry to serve: ``spec`` ('module:function') or the built-in one."""
+    if spec:
+        from .server import load_registry
 
-    registry = Registry({})
-    for part in (
-        ex.counter_loop(),
-        ex.request_response(),
-        ex.queue_worker(),
-        ex.approval_gate(),
-        ex.progress_broadcast(),
-    ):
-        for name, definition in part.actors.items():
-            registry.add(name, definition)
-    return registry
+        return load_registry(spec)
+    from .registry import build_registry
+
+    return build_registry()
+
+
+# --- serve ---------------------------------------------------------------------------------
 
 
 @app.command()
 def serve(
-    db: str = typer.Option(None, help="SQLite file (default: $AGENTVM_DB)"),
+    db: Annotated[str | None, typer.Option(help="SQLite file (default: $AGENTVM_DB)")] = None,
+    bind: Annotated[str | None, typer.Option(help="address (default: $AGENTVM_BIND)")] = None,
+    port: Annotated[int | None, typer.Option(help="port, 0 = any free (default 6420)")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="require this bearer token (default: $AGENTVM_TOKEN)")
+    ] = None,
+    registry: Annotated[
+        str | None,
+        typer.Option(help="'module:function' returning the Registry (default: built-in)"),
+    ] = None,
 ) -> None:
-    """Run the engine (recovering every pending workflow) until Ctrl-C."""
+    """Run the engine (recovering every pending workflow) and the HTTP API until Ctrl-C."""
     from orchestrator import Engine, EngineConfig
 
+    from .server import InsecureBindError, ServerSettings, check_bind
+    from .server import serve as serve_http
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = ServerSettings()
+    updates: dict[str, Any] = {}
+    if bind is not None:
+        updates["bind"] = bind
+    if port is not None:
+        updates["port"] = port
+    if token is not None:
+        updates["token"] = token or None
+    if registry is not None:
+        updates["registry"] = registry
+    settings = settings.model_copy(update=updates)
+    try:
+        check_bind(settings.bind, settings.token)
+    except InsecureBindError as exc:
+        raise fail(str(exc), 2) from None
     config = EngineConfig()
     if db:
         config = config.model_copy(update={"db": db})
+    try:
+        reg = _registry(settings.registry)
+    except (ImportError, AttributeError, ValueError, TypeError) as exc:
+        raise fail(f"cannot load registry {settings.registry!r}: {exc}", 2) from None
+    engine = Engine(reg, config=config)
+    started = time.monotonic()
 
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        started = time.monotonic()
-        async with Engine(_registry(), config=config) as engine:
-            awake = len(engine.instances)
-            console.print(
-                f"[green]agentvm engine running[/] on {config.db} "
-                f"({awake} actors recovered in {time.monotonic() - started:.2f}s). Ctrl-C stops."
-            )
-            await stop.wait()
-        console.print("stopped")
+    def ready(url: str) -> None:
+        console.print(
+            f"[green]agentvm engine running[/] on {config.db} "
+            f"({len(engine.instances)} actors recovered in {time.monotonic() - started:.2f}s); "
+            f"listening on {url}"
+            + (" (token required)" if settings.token else "")
+            + ". Ctrl-C stops.",
+            highlight=False,
+            soft_wrap=True,
+        )
 
-    asyncio.run(main())
+    asyncio.run(serve_http(engine, settings, on_ready=ready))
+    console.print("stopped")
+
+
+# --- images ------------------------------------------------------------------------------
 
 
 @images_app.command("build")
@@ -92,6 +137,123 @@ def images_build(
 
         tag = ensure_image(bundles or None, progress=progress, rebuild=rebuild)
     out.print(tag)
+
+
+# --- actors: send, call, ps -----------------------------------------------------------------
+
+
+@app.command()
+def send(
+    actor: Annotated[str, typer.Argument(help="actor type")],
+    key: KeyArg,
+    queue: Annotated[str, typer.Argument(help="queue name")],
+    body: Annotated[str, typer.Argument(help="message body (JSON; else a string)")] = "null",
+    wait: Annotated[bool, typer.Option(help="wait for the consumer to complete it")] = False,
+    timeout: Annotated[float | None, typer.Option(help="seconds to wait (with --wait)")] = None,
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a message to an actor's queue (get-or-create the actor)."""
+    payload = parse_value(body)
+
+    async def go(client: RemoteClient) -> Any:
+        handle = client[actor].get_or_create(parse_key(key))
+        with spinner(f"waiting for {actor} to complete the message...") if wait else _null():
+            return await handle.send(queue, payload, wait=wait, timeout=timeout)
+
+    result = run_client(url, token, go)
+    if as_json:
+        print_json(result.model_dump())
+        return
+    if result.status == "completed":
+        console.print(f"[green]completed[/] (message {result.message_id})")
+        print_json(result.response)
+    elif result.status == "timed_out":
+        console.print(f"[yellow]timed out[/]: message {result.message_id} is still queued")
+        raise typer.Exit(3)
+    else:
+        out.print(f"queued message {result.message_id}", highlight=False)
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@app.command()
+def call(
+    actor: Annotated[str, typer.Argument(help="actor type")],
+    key: KeyArg,
+    action: Annotated[str, typer.Argument(help="action name")],
+    args: Annotated[
+        list[str] | None, typer.Argument(help="arguments, each JSON when it parses")
+    ] = None,
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Call an action: ``agentvm call counter main increment 5``."""
+    values = [parse_value(a) for a in args or []]
+
+    async def go(client: RemoteClient) -> Any:
+        with spinner(f"calling {actor}.{action}..."):
+            return await client[actor].get_or_create(parse_key(key)).call(action, *values)
+
+    output = run_client(url, token, go)
+    if as_json:
+        print_json({"output": output})
+    elif isinstance(output, bytes):
+        write_bytes(output)
+    elif isinstance(output, str):
+        out.print(output, highlight=False, markup=False)
+    else:
+        print_json(output)
+
+
+@app.command()
+def ps(
+    name: Annotated[str | None, typer.Option(help="only this actor type")] = None,
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List actors (and sandboxes: the ``vm`` actors)."""
+
+    async def go(client: RemoteClient) -> Any:
+        return await client.list_actors(name)
+
+    actors = run_client(url, token, go)
+    if as_json:
+        print_json({"actors": [a.model_dump() for a in actors]})
+        return
+    table = Table(title="actors", show_edge=False)
+    for col in ("name", "key", "awake", "workflow", "created", "actor_id"):
+        table.add_column(col)
+    for a in actors:
+        table.add_row(
+            a.name,
+            ",".join(a.key),
+            "yes" if a.awake else "asleep",
+            a.workflow_status or "-",
+            datetime.fromtimestamp(a.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
+            a.actor_id,
+        )
+    out.print(table)
+    vms = [a for a in actors if a.name == "vm"]
+    if vms:
+        sandboxes = Table(title="sandboxes", show_edge=False)
+        sandboxes.add_column("key")
+        sandboxes.add_column("state")
+        for a in vms:
+            sandboxes.add_row(",".join(a.key), "running" if a.awake else "stopped")
+        out.print(sandboxes)
+
+
+# --- history -----------------------------------------------------------------------------
 
 
 def _when(ts: float | None) -> str:
@@ -140,22 +302,14 @@ def render_history(history: Any) -> Tree:
     return root
 
 
-@app.command()
-def history(
-    actor: str = typer.Argument(..., help="actor type"),
-    key: str = typer.Argument(..., help="actor key (parts joined by ',')"),
-    db: str = typer.Option(None, help="SQLite file"),
-    as_json: bool = typer.Option(False, "--json", help="print JSON"),
-) -> None:
-    """Show an actor's workflow history as a tree."""
+def _local_history(actor: str, key: str, db: str) -> WorkflowHistory:
+    """Read the history straight from a database file (no server needed)."""
     from orchestrator import Engine, EngineConfig
     from orchestrator.keys import decode_key_path
 
-    config = EngineConfig()
-    if db:
-        config = config.model_copy(update={"db": db})
+    config = EngineConfig().model_copy(update={"db": db})
 
-    async def main() -> Any:
+    async def main() -> WorkflowHistory:
         engine = Engine(_registry(), config=config)
         await engine.store.open()
         try:
@@ -167,7 +321,29 @@ def history(
         finally:
             await engine.store.close()
 
-    result = asyncio.run(main())
+    return asyncio.run(main())
+
+
+@app.command()
+def history(
+    actor: Annotated[str, typer.Argument(help="actor type")],
+    key: KeyArg,
+    db: Annotated[
+        str | None, typer.Option(help="read this SQLite file directly instead of the server")
+    ] = None,
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Show an actor's workflow history as a tree (statuses, attempts, timings)."""
+    if db:
+        result = _local_history(actor, key, db)
+    else:
+
+        async def go(client: RemoteClient) -> WorkflowHistory:
+            return await client[actor].get(parse_key(key)).history()
+
+        result = run_client(url, token, go)
     if as_json:
         out.print_json(json.dumps(result.model_dump()))
     else:

@@ -1,7 +1,8 @@
 """agentvm's durable actor runtime: actors, state, queues, workflows and storage.
 
 Define actors with :func:`actor`, collect them with :func:`setup`, run them on an
-:class:`Engine`, and reach them through a :class:`Client`.
+:class:`Engine`, and reach them through a :class:`Client` — in-process (``engine.client()``) or
+over HTTP (``create_client(url)``).
 """
 
 from ._instance import Event, Subscription
@@ -30,6 +31,7 @@ from .errors import (
     WorkflowError,
 )
 from .queues import Message, SendResult
+from .remote import HttpTransport, RemoteClient, SyncClient, create_client, create_sync_client
 from .workflow import Loop, RaceResult, WorkflowContext, workflow
 
 __all__ = [
@@ -49,6 +51,7 @@ __all__ = [
     "Event",
     "HistoryDivergedError",
     "HistoryEntry",
+    "HttpTransport",
     "InvalidRequest",
     "JoinError",
     "Loop",
@@ -61,15 +64,19 @@ __all__ = [
     "RaceError",
     "RaceResult",
     "Registry",
+    "RemoteClient",
     "SendResult",
     "StepExhaustedError",
     "StepTimeoutError",
     "Subscription",
+    "SyncClient",
     "UnknownActorType",
     "WorkflowContext",
     "WorkflowError",
     "WorkflowHistory",
     "actor",
+    "create_client",
+    "create_sync_client",
     "event",
     "queue",
     "setup",

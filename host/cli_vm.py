@@ -1,0 +1,197 @@
+"""``agentvm vm ...``: a sandbox's exec, files and an interactive shell, over HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+
+import typer
+from rich.table import Table
+
+from orchestrator import RemoteClient
+from orchestrator.keys import encode_key_path
+
+from .cli_common import (
+    DEFAULT,
+    JsonOpt,
+    KeyArg,
+    TokenOpt,
+    UrlOpt,
+    check,
+    console,
+    out,
+    parse_key,
+    print_json,
+    raw_client,
+    run_client,
+    spinner,
+    write_bytes,
+)
+
+vm_app = typer.Typer(no_args_is_help=True, help="Sandboxes (the vm actor): exec, files, shell.")
+
+VM = "vm"
+
+
+def _files_url(key: str, path: str, kind: str = "files") -> str:
+    return f"/vms/{encode_key_path(parse_key(key))}/{kind}/{quote(path.lstrip('/'), safe='/')}"
+
+
+def _show_exec(result: Any, as_json: bool) -> int:
+    """Print an exec result; the process exit code to use."""
+    if as_json or not isinstance(result, dict) or "exit_code" not in result:
+        print_json(result)
+        return int(result.get("exit_code", 0)) if isinstance(result, dict) else 0
+    sys.stdout.write(result.get("stdout") or "")
+    sys.stdout.flush()
+    sys.stderr.write(result.get("stderr") or "")
+    sys.stderr.flush()
+    if result.get("timed_out"):
+        console.print("[yellow](timed out)[/]")
+    return int(result["exit_code"])
+
+
+@vm_app.command("exec", context_settings={"allow_extra_args": False})
+def vm_exec(
+    key: KeyArg,
+    command: Annotated[list[str], typer.Argument(help="the command (after --)")],
+    cwd: Annotated[str | None, typer.Option(help="working directory in the sandbox")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds before it is killed")] = None,
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a command in a sandbox: ``agentvm vm exec fix-42 -- git status``.
+
+    One argument is a shell command line; several are joined with shell quoting."""
+    line = command[0] if len(command) == 1 else shlex.join(command)
+    opts: dict[str, Any] = {}
+    if cwd:
+        opts["cwd"] = cwd
+    if timeout is not None:
+        opts["timeout"] = timeout
+
+    async def go(client: RemoteClient) -> Any:
+        with spinner(f"running in vm {key}..."):
+            return await client[VM].get_or_create(parse_key(key)).exec(line, **opts)
+
+    raise typer.Exit(_show_exec(run_client(url, token, go), as_json))
+
+
+@vm_app.command("ls")
+def vm_ls(
+    key: KeyArg,
+    path: Annotated[str, typer.Argument(help="directory in the sandbox")] = "/home/user",
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List a directory of a sandbox."""
+
+    async def go(_: RemoteClient) -> Any:
+        async with raw_client(url, token) as http:
+            return check(await http.get(_files_url(key, path, "ls"))).json()
+
+    listing = run_client(url, token, go)
+    entries = listing.get("entries")
+    if as_json:
+        print_json(listing)
+    elif isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries):
+        table = Table(title=listing.get("path"), show_edge=False)
+        columns = list(dict.fromkeys(k for e in entries for k in e))
+        for c in columns:
+            table.add_column(c)
+        for e in entries:
+            table.add_row(*(str(e.get(c, "")) for c in columns))
+        out.print(table)
+    elif isinstance(entries, list):
+        for e in entries:
+            out.print(str(e), highlight=False)
+    else:
+        print_json(entries)
+
+
+@vm_app.command("cat")
+def vm_cat(
+    key: KeyArg,
+    path: Annotated[str, typer.Argument(help="file in the sandbox")],
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+) -> None:
+    """Print a file of a sandbox (raw bytes to stdout)."""
+
+    async def go(_: RemoteClient) -> bytes:
+        async with raw_client(url, token) as http:
+            return check(await http.get(_files_url(key, path))).content
+
+    write_bytes(run_client(url, token, go))
+
+
+@vm_app.command("put")
+def vm_put(
+    key: KeyArg,
+    path: Annotated[str, typer.Argument(help="destination file in the sandbox")],
+    source: Annotated[str, typer.Argument(help="local file ('-' reads stdin)")] = "-",
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Upload a local file (or stdin) into a sandbox."""
+    data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+
+    async def go(_: RemoteClient) -> Any:
+        async with raw_client(url, token) as http:
+            with spinner(f"uploading {len(data)} bytes..."):
+                return check(await http.put(_files_url(key, path), content=data)).json()
+
+    written = run_client(url, token, go)
+    if as_json:
+        print_json(written)
+    else:
+        console.print(f"wrote {written['size']} bytes to {written['path']}")
+
+
+@vm_app.command("shell")
+def vm_shell(
+    key: KeyArg,
+    cwd: Annotated[str, typer.Option(help="starting directory")] = "/home/user",
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+) -> None:
+    """An interactive shell in a sandbox: each line runs through ``exec`` in the
+    current directory (``cd`` is remembered; ``exit`` or Ctrl-D leaves).
+
+    Each line is its own process: shell variables and background jobs do not
+    carry over between lines; the working directory does."""
+
+    async def go(client: RemoteClient) -> None:
+        handle = client[VM].get_or_create(parse_key(key))
+        here = cwd
+        interactive = sys.stdin.isatty()
+        while True:
+            prompt = f"{key}:{here}$ " if interactive else ""
+            try:
+                line = await asyncio.to_thread(input, prompt)
+            except EOFError:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("exit", "logout"):
+                break
+            words = shlex.split(line) if line.startswith("cd") else []
+            if words and words[0] == "cd" and len(words) <= 2:
+                target = words[1] if len(words) == 2 else "/home/user"
+                res = await handle.exec(f"cd {shlex.quote(target)} && pwd", cwd=here)
+                if isinstance(res, dict) and res.get("exit_code") == 0:
+                    here = str(res.get("stdout", "")).strip() or here
+                else:
+                    _show_exec(res, False)
+                continue
+            _show_exec(await handle.exec(line, cwd=here), False)
+
+    run_client(url, token, go)

@@ -1,0 +1,124 @@
+"""``create_app(engine)``: the FastAPI application serving the HTTP contract."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.middleware import Middleware
+from fastapi.openapi.utils import get_openapi
+from starlette.responses import Response
+
+from orchestrator import Engine
+from orchestrator.wire import from_wire
+
+from . import routes_actors, routes_events, routes_inspector, routes_ops, routes_vms
+from .arguments import ArgumentChecker
+from .common import json_response
+from .errors import install_error_handlers
+from .middleware import BearerAuthMiddleware, BodyLimitMiddleware, TimingMiddleware
+from .models import ActionRequest, ActionResponse, ErrorBody
+from .paths import RawPathMiddleware
+from .routes_ops import VERSION, register_engine_gauges
+from .settings import ServerSettings
+
+DESCRIPTION = """\
+agentvm: sandboxed agent VMs and the durable orchestrators that drive them.
+
+Actor keys in paths are their parts joined by `,`, each part percent-encoded.
+Bytes inside JSON travel as `{"$bytes": "<base64>"}`. Errors are
+`{"error": {"group", "code", "message", "metadata"}}`. Broadcasts stream as
+server-sent events at `/actors/{name}/{key}/events` and over a WebSocket at
+`/actors/{name}/{key}/connect`.
+"""
+
+
+def create_app(
+    engine: Engine,
+    *,
+    token: str | None = None,
+    max_body: int | None = None,
+    max_upload: int | None = None,
+    settings: ServerSettings | None = None,
+    bench_routes: bool = False,
+) -> FastAPI:
+    """The application for a started (or soon started) ``engine``.
+
+    ``token`` (default: ``settings.token``) is required as a bearer token on every
+    request but ``/healthz``; ``max_body`` bounds JSON request bodies (413 beyond).
+    ``bench_routes`` adds a bare echo route used by ``bench/http.py``.
+    """
+    base = settings or ServerSettings()
+    updates: dict[str, Any] = {}
+    if token is not None:
+        updates["token"] = token or None
+    if max_body is not None:
+        updates["max_body"] = max_body
+    if max_upload is not None:
+        updates["max_upload"] = max_upload
+    cfg = base.model_copy(update=updates) if updates else base
+
+    middleware = [
+        Middleware(TimingMiddleware),
+        *([Middleware(BearerAuthMiddleware, token=cfg.token)] if cfg.token else []),
+        Middleware(BodyLimitMiddleware, max_body=cfg.max_body, max_upload=cfg.max_upload),
+        Middleware(RawPathMiddleware),
+    ]
+    app = FastAPI(
+        title="agentvm",
+        version=VERSION,
+        description=DESCRIPTION,
+        middleware=middleware,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.engine = engine
+    app.state.settings = cfg
+    app.state.arguments = ArgumentChecker(engine.registry)
+    install_error_handlers(app)
+    for module in (routes_actors, routes_inspector, routes_events, routes_vms, routes_ops):
+        app.include_router(module.router)
+    if bench_routes:
+        _add_bench_routes(app)
+    register_engine_gauges(engine)
+    _override_openapi(app)
+    return app
+
+
+def _add_bench_routes(app: FastAPI) -> None:
+    @app.post("/_bench/echo", response_model=ActionResponse, include_in_schema=False)
+    async def echo(request: Request, body: ActionRequest | None = None) -> Response:
+        args = from_wire(body.args, where="args") if body is not None else []
+        return json_response({"output": args[0] if args else None})
+
+
+def _override_openapi(app: FastAPI) -> None:
+    """Validation errors are 400s in our error shape, not FastAPI's 422s."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        components = schema.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        components.setdefault(
+            "ErrorBody", ErrorBody.model_json_schema(ref_template="#/components/schemas/{model}")
+        )
+        for item in schema.get("paths", {}).values():
+            for op in item.values():
+                responses = op.get("responses", {})
+                responses.pop("422", None)
+        if app.state.settings.token:
+            components_root = schema["components"]
+            components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            schema["security"] = [{"bearer": []}]
+        app.openapi_schema = schema
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

@@ -1,0 +1,96 @@
+"""Helpers shared by the routes: the engine of a request, resolving actors, JSON replies."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import Request
+from starlette.responses import Response
+
+from orchestrator import ActorDefinition, Engine
+from orchestrator.errors import ActionNotFound, QueueNotFound, UnknownActorType
+from orchestrator.keys import ActorKey
+from orchestrator.wire import to_wire
+
+from .arguments import ArgumentChecker
+from .errors import error_response
+from .models import ErrorBody
+from .paths import parse_key, parse_name
+from .settings import ServerSettings
+
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+# Documented on every route: our error shape for 4xx and 5xx.
+ERRORS: dict[int | str, dict[str, Any]] = {
+    "4XX": {"model": ErrorBody, "description": "caller mistake"},
+    "5XX": {"model": ErrorBody, "description": "server fault"},
+}
+
+
+def engine_of(request: Request) -> Engine:
+    engine: Engine = request.app.state.engine
+    return engine
+
+
+def settings_of(request: Request) -> ServerSettings:
+    settings: ServerSettings = request.app.state.settings
+    return settings
+
+
+def checker_of(request: Request) -> ArgumentChecker:
+    checker: ArgumentChecker = request.app.state.arguments
+    return checker
+
+
+async def resolve(
+    engine: Engine, name_raw: str, key_raw: str, *, create: bool, input: Any = None
+) -> tuple[str, str, ActorKey]:
+    """``(actor_id, name, key)`` from raw path parameters."""
+    name = parse_name(name_raw, "name")
+    key = parse_key(key_raw)
+    actor_id = await engine.resolve(name, key, create=create, input=input)
+    return actor_id, name, key
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    """``payload`` as JSON with bytes as ``{"$bytes": ...}`` (skips response-model
+    validation: the payloads are built to match the declared models)."""
+    try:
+        body = _dumps(to_wire(payload))
+    except (TypeError, ValueError) as exc:
+        return error_response(
+            500, "serialization", "not_json", f"the result is not JSON-serialisable: {exc}"
+        )
+    return Response(body, status_code=status, media_type="application/json")
+
+
+def definition_of(engine: Engine, name: str) -> ActorDefinition:
+    definition = engine.registry.get(name)
+    if definition is None:
+        raise UnknownActorType(
+            f"no actor type named {name!r}", actor=name, known=sorted(engine.registry.actors)
+        )
+    return definition
+
+
+def check_action(engine: Engine, name: str, action: str) -> None:
+    """Refuse an unknown action before anything (such as creating the actor) happens."""
+    definition = definition_of(engine, name)
+    if action not in definition.actions:
+        raise ActionNotFound(
+            f"actor type {name!r} has no action {action!r}",
+            actor=name,
+            action=action,
+            available=sorted(definition.actions),
+        )
+
+
+def check_queue(engine: Engine, name: str, queue: str) -> None:
+    definition = definition_of(engine, name)
+    if definition.queues and queue not in definition.queues:
+        raise QueueNotFound(
+            f"actor type {name!r} has no queue {queue!r}",
+            queue=queue,
+            declared=sorted(definition.queues),
+        )

@@ -1,0 +1,176 @@
+"""Pure ASGI middleware: bearer-token auth, request body limits and request timing."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from typing import Any
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from orchestrator.metrics import REGISTRY
+
+from .errors import error_body
+
+HTTP_SECONDS = REGISTRY.histogram(
+    "agentvm_http_request_seconds", "HTTP request latency, by method, route and status."
+)
+
+UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+
+
+async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[Any]) -> None:
+    data = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(data)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": data})
+
+
+class BearerAuthMiddleware:
+    """Every request but ``/healthz`` needs ``Authorization: Bearer <token>``.
+
+    A refused HTTP request gets 401 in the error shape; a refused WebSocket is
+    closed before it is accepted (the client sees HTTP 403)."""
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    def _authorized(self, scope: Scope) -> bool:
+        for name, value in scope.get("headers", ()):
+            if name == b"authorization":
+                return hmac.compare_digest(value, self.expected)
+        return False
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind not in ("http", "websocket") or scope["path"] in UNAUTHENTICATED_PATHS:
+            await self.app(scope, receive, send)
+            return
+        if self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        if kind == "websocket":
+            await receive()  # websocket.connect
+            await send({"type": "websocket.close", "code": 1008, "reason": "unauthorized"})
+            return
+        body = error_body(
+            "auth",
+            "unauthorized",
+            "missing or wrong bearer token (send 'Authorization: Bearer <AGENTVM_TOKEN>')",
+        )
+        await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
+
+
+class BodyTooLarge(HTTPException):
+    """Raised while reading a streamed body past the limit; the error handlers turn
+    it into the 413 error shape (FastAPI re-raises HTTP exceptions from body parsing)."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            413, f"request body of over {size} bytes exceeds the limit of {limit} bytes"
+        )
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over ``max_body`` bytes (``max_upload`` for file uploads)
+    with 413, by ``Content-Length`` up front or by counting a streamed body."""
+
+    def __init__(self, app: ASGIApp, max_body: int, max_upload: int) -> None:
+        self.app = app
+        self.max_body = max_body
+        self.max_upload = max_upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        upload = scope["method"] == "PUT" and scope["path"].startswith("/vms/")
+        limit = self.max_upload if upload else self.max_body
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    declared = int(value)
+                except ValueError:
+                    declared = 0
+                if declared > limit:
+                    await _send_json(send, 413, _too_large(declared, limit), [])
+                    return
+                break
+        seen = 0
+        started = False
+
+        async def limited_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise BodyTooLarge(seen, limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except BodyTooLarge:
+            if started:
+                raise
+            await _send_json(send, 413, _too_large(seen, limit), [])
+
+
+def _too_large(size: int, limit: int) -> dict[str, Any]:
+    return error_body(
+        "request",
+        "body_too_large",
+        f"request body of {size} bytes exceeds the limit of {limit} bytes",
+        size=size,
+        limit=limit,
+    )
+
+
+class TimingMiddleware:
+    """Observe every HTTP request's latency by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("route")
+            path = getattr(route, "path", None) or "unmatched"
+            HTTP_SECONDS.observe(
+                time.perf_counter() - started,
+                method=scope["method"],
+                route=path,
+                status=str(status),
+            )

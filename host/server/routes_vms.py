@@ -1,0 +1,87 @@
+"""Sandbox files over plain HTTP, through the ``vm`` actor's actions.
+
+``GET /vms/{key}/files/{path}`` → ``read_file(path)`` as raw bytes,
+``PUT`` the same URL → ``write_file(path, content)`` with the raw request body,
+``GET /vms/{key}/ls/{path}`` → ``readdir(path)``. Paths are absolute inside the
+sandbox: ``/vms/fix-42/files/home/user/repo/README.md``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from orchestrator.errors import InvalidRequest
+
+from .common import ERRORS, engine_of, json_response, resolve
+from .models import FileListing, FileWritten
+from .paths import decode_part
+
+router = APIRouter(tags=["vms"], responses=ERRORS)
+
+VM = "vm"
+
+
+def _sandbox_path(raw: str) -> str:
+    path = decode_part(raw, "path")
+    if "\x00" in path:
+        raise InvalidRequest("a path must not contain NUL", field="path")
+    return path if path.startswith("/") else "/" + path
+
+
+def _as_bytes(value: Any) -> bytes:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    if isinstance(value, str):
+        return value.encode()
+    raise TypeError(f"read_file returned {type(value).__name__}, not bytes")
+
+
+@router.get(
+    "/vms/{key}/files/{path:path}",
+    summary="Download a file from a sandbox",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            "description": "the file's bytes",
+        }
+    },
+)
+async def download(request: Request, key: str, path: str) -> Response:
+    engine = engine_of(request)
+    file_path = _sandbox_path(path)
+    actor_id, _, _ = await resolve(engine, VM, key, create=False)
+    content = _as_bytes(await engine.call(actor_id, "read_file", [file_path]))
+    return Response(content, media_type="application/octet-stream")
+
+
+@router.put(
+    "/vms/{key}/files/{path:path}",
+    summary="Upload a file into a sandbox (raw request body)",
+    response_model=FileWritten,
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/octet-stream": {"schema": {"type": "string"}}},
+            "required": False,
+        }
+    },
+)
+async def upload(request: Request, key: str, path: str) -> Response:
+    engine = engine_of(request)
+    file_path = _sandbox_path(path)
+    content = await request.body()
+    actor_id, _, _ = await resolve(engine, VM, key, create=True)
+    await engine.call(actor_id, "write_file", [file_path, content])
+    return json_response({"path": file_path, "size": len(content)})
+
+
+@router.get("/vms/{key}/ls/{path:path}", response_model=FileListing, summary="List a directory")
+async def listdir(request: Request, key: str, path: str) -> Response:
+    engine = engine_of(request)
+    dir_path = _sandbox_path(path)
+    actor_id, _, _ = await resolve(engine, VM, key, create=False)
+    entries = await engine.call(actor_id, "readdir", [dir_path])
+    return json_response({"path": dir_path, "entries": entries})
