@@ -41,9 +41,12 @@ class ProcessHandle:
     """A spawned process. Iterate :meth:`events` (or pass ``on_event`` to spawn) to
     receive output; unread output stops the process once the window is full."""
 
-    def __init__(self, client: SandboxClient, channel: Channel, pid: int) -> None:
+    def __init__(self, client: SandboxClient, channel: Channel, pid: int, offset: int = 0) -> None:
         self.client = client
         self.pid = pid
+        # stdout byte offset of the first output this handle delivers (``retain``
+        # processes re-attached at an offset; 0 otherwise).
+        self.offset = offset
         self._channel = channel
         self.exit_code: int | None = None
 
@@ -161,22 +164,47 @@ class SandboxClient(ABC):
         env: Mapping[str, str] | None = None,
         stdin: bytes | str | None = None,
         on_event: EventCallback | None = None,
+        retain_output: bool = False,
     ) -> ProcessHandle:
         """Start a long-running process; returns once it runs (pid known).
 
         With ``on_event`` a background task delivers its events; otherwise
-        iterate ``handle.events()``.
+        iterate ``handle.events()``. With ``retain_output`` the supervisor keeps
+        stdout until :meth:`ack_output` (bounded: the process blocks when 8 MiB are
+        unacknowledged), so :meth:`attach` at an offset loses nothing across a host
+        restart.
         """
         args = _command_args(command)
-        args.update(cwd=cwd, env=_env(env))
+        args.update(cwd=cwd, env=_env(env), retain=True if retain_output else None)
         data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
         channel = await self._open("spawn", {k: v for k, v in args.items() if v is not None}, data)
         return await self._started(channel, on_event)
 
-    async def attach(self, pid: int, *, on_event: EventCallback | None = None) -> ProcessHandle:
-        """Listen to a process again (e.g. after a host restart): buffered tail, then live."""
-        channel = await self._open("attach", {"pid": pid})
+    async def attach(
+        self,
+        pid: int,
+        *,
+        on_event: EventCallback | None = None,
+        offset: int | None = None,
+        replace: bool = False,
+    ) -> ProcessHandle:
+        """Listen to a process again (e.g. after a host restart): buffered tail, then live.
+
+        For a ``retain_output`` process, stdout is replayed from ``offset`` (default:
+        the oldest unacknowledged byte); ``handle.offset`` says where it starts.
+        ``replace`` takes over from a listener that may still be attached."""
+        args: dict[str, Any] = {"pid": pid}
+        if offset is not None:
+            args["offset"] = offset
+        if replace:
+            args["replace"] = True
+        channel = await self._open("attach", args)
         return await self._started(channel, on_event)
+
+    async def ack_output(self, pid: int, offset: int) -> None:
+        """Tell the supervisor the host holds a ``retain_output`` process's stdout up to
+        ``offset``: it may forget those bytes."""
+        await self._call("ack_output", {"pid": pid, "offset": offset})
 
     async def _started(self, channel: Channel, on_event: EventCallback | None) -> ProcessHandle:
         try:
@@ -186,7 +214,7 @@ class SandboxClient(ABC):
         if kind == "result":
             Channel.check(a, b, {})
             raise SandboxError("process ended before it started")
-        handle = ProcessHandle(self, channel, int(a["pid"]))
+        handle = ProcessHandle(self, channel, int(a["pid"]), int(a.get("offset") or 0))
         if on_event is not None:
             task = asyncio.create_task(_pump(handle, on_event))
             _background.add(task)

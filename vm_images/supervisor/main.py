@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from . import protocol as P
+from .gateway import start_gateway
 from .link import Handler, Link
 from .ops_files import make_handlers as file_handlers
 from .ops_procs import make_handlers as proc_handlers
@@ -66,6 +67,7 @@ async def serve(control_dir: str, token: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_term)
 
+    gateway = await start_gateway(control_dir)
     path = os.path.join(control_dir, P.SOCKET_NAME)
     boot_id = os.urandom(8).hex()
     delay = BACKOFF_START
@@ -101,6 +103,8 @@ async def serve(control_dir: str, token: str) -> None:
         if not runner.done():
             link.close()
             runner.cancel()
+    if gateway is not None:
+        gateway.close()
     log.info("supervisor stopping")
 
 

@@ -90,8 +90,9 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
         proc, missing = table.start(args, stdin=True)
         if proc is None:
             raise OpError("ENOENT", missing.strip(), build_argv0(args))
+        proc.retain = bool(args.get("retain"))
         # "started" goes out before any output can (the pumps start after it).
-        await ch.send_event("started", pid=proc.pid)
+        await ch.send_event("started", pid=proc.pid, offset=0)
         await _stream_to(ch, proc)
         await table.attach_pipes(proc)
         if payload and proc.stdin is not None:
@@ -101,16 +102,45 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
     async def op_attach(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
         """Re-attach to a process after a reconnect: buffered tail first, then live output."""
         proc = table.get(args.get("pid"))
-        if proc.sink is not None:
+        if proc.sink is not None and not args.get("replace"):
             raise OpError("EBUSY", f"process {proc.pid} already has a listener")
-        await ch.send_event("started", pid=proc.pid)
+        proc.sink = None  # `replace`: the older listener gets nothing more
+        start = 0
+        if proc.retain:
+            end = proc.out_base + len(proc.retained)
+            offset = args.get("offset")
+            start = proc.out_base if offset is None else int(offset)
+            if not proc.out_base <= start <= end:
+                raise OpError(
+                    "EINVAL",
+                    f"stdout offset {start} of process {proc.pid} is not retained "
+                    f"(have {proc.out_base}..{end})",
+                )
+        await ch.send_event("started", pid=proc.pid, offset=start)
         for stream, tail in proc.tails.items():
             if tail:
                 data = bytes(tail)
                 tail.clear()
                 await ch.send_data(stream, data)
+        if proc.retain:
+            # Replay retained stdout from the host's offset; output produced meanwhile
+            # lands in `retained` too, so loop until caught up, then go live (no await
+            # between the last check and setting the sink: nothing slips through).
+            pos = start
+            while pos < proc.out_base + len(proc.retained):
+                data = bytes(proc.retained[pos - proc.out_base :])
+                pos += len(data)
+                await ch.send_data("stdout", data)
         await _stream_to(ch, proc)
         return await _follow(ch, proc)
+
+    async def op_ack_output(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
+        proc = table.get(args.get("pid"))
+        offset = args.get("offset")
+        if not isinstance(offset, int) or offset < 0:
+            raise OpError("EINVAL", "'offset' must be a non-negative integer")
+        table.ack(proc, offset)
+        return {"retained": len(proc.retained)}, b""
 
     async def op_write_stdin(
         link: Link, ch: Channel, args: dict[str, Any], payload: bytes
@@ -162,6 +192,7 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
         "exec": op_exec,
         "spawn": op_spawn,
         "attach": op_attach,
+        "ack_output": op_ack_output,
         "write_stdin": op_write_stdin,
         "close_stdin": op_close_stdin,
         "wait": op_wait,

@@ -10,7 +10,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from . import protocol as P
 from .errors import OpError
+from .gateway import gateway_port
 from .reaper import Reaper
 from .tasks import background
 
@@ -23,10 +25,17 @@ BASE_ENV = {
     "PATH": "/home/user/.local/bin:/usr/local/bin:/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin",
     "LANG": "C.UTF-8",
     "TERM": "xterm-256color",
+    # The host's LLM gateway through the loopback forwarder (docs/gateway.md); the
+    # placeholder key tells the gateway to inject the host's key.
+    "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{gateway_port()}",
+    "ANTHROPIC_API_KEY": P.GATEWAY_PLACEHOLDER_KEY,
 }
 # Output kept per stream for a process nobody is attached to.
 TAIL_LIMIT = 256 * 1024
 READ_CHUNK = 256 * 1024
+# stdout kept for a `retain` process until the host acknowledges it; when full, we stop
+# reading the pipe (the process blocks on write) rather than drop anything.
+RETAIN_LIMIT = 8 * 1024 * 1024
 # Exited processes remembered for wait/list.
 KEEP_EXITED = 256
 # After the main process exits, how long output may be quiet before the pipes are dropped.
@@ -116,6 +125,12 @@ class Proc:
         self.bytes_read = 0
         self.sink_busy = 0
         self.stdin: asyncio.StreamWriter | None = None
+        # `retain` processes: stdout bytes [out_base, out_base + len(retained)) are kept
+        # until `ack_output`, so a host that died mid-stream can replay from its offset.
+        self.retain = False
+        self.out_base = 0
+        self.retained = bytearray()
+        self.acked = asyncio.Event()
         self.done = asyncio.get_running_loop().create_future()  # exit + output drained
 
     def info(self) -> dict[str, Any]:
@@ -198,11 +213,32 @@ class ProcessTable:
         background(self._finish(proc))
 
     async def _pump(self, proc: Proc, stream: str, reader: asyncio.StreamReader) -> None:
+        retaining = proc.retain and stream == "stdout"
         while True:
+            while retaining and len(proc.retained) >= RETAIN_LIMIT:
+                proc.sink_busy += 1  # waiting for the host, not silent
+                try:
+                    proc.acked.clear()
+                    await proc.acked.wait()
+                finally:
+                    proc.sink_busy -= 1
             chunk = await reader.read(READ_CHUNK)
             if not chunk:
                 return
             proc.bytes_read += len(chunk)
+            if retaining:
+                proc.retained += chunk
+                sink = proc.sink
+                if sink is not None:
+                    proc.sink_busy += 1
+                    try:
+                        await sink(stream, chunk)
+                    except ConnectionError:
+                        if proc.sink is sink:
+                            proc.sink = None
+                    finally:
+                        proc.sink_busy -= 1
+                continue
             sink = proc.sink
             if sink is not None:
                 proc.sink_busy += 1
@@ -246,6 +282,15 @@ class ProcessTable:
         exited = [p for p in self.procs.values() if p.exit_code is not None]
         for p in exited[: max(0, len(exited) - KEEP_EXITED)]:
             self.procs.pop(p.pid, None)
+
+    @staticmethod
+    def ack(proc: Proc, offset: int) -> None:
+        """The host holds stdout up to ``offset``: forget it, let the pump read on."""
+        drop = min(max(0, offset - proc.out_base), len(proc.retained))
+        if drop:
+            del proc.retained[:drop]
+            proc.out_base += drop
+        proc.acked.set()
 
     def get(self, pid: Any) -> Proc:
         proc = self.procs.get(pid) if isinstance(pid, int) else None

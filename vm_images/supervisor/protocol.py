@@ -33,6 +33,14 @@ CREDIT_THRESHOLD = WINDOW // 4
 SOCKET_NAME = "control.sock"
 CONTAINER_CONTROL_DIR = "/run/agentvm"
 TOKEN_ENV = "AGENTVM_SUPERVISOR_TOKEN"
+# The host's LLM gateway: an HTTP socket beside control.sock; the supervisor exposes it
+# inside the sandbox on 127.0.0.1:<port> (docs/gateway.md).
+GATEWAY_SOCKET_NAME = "gateway.sock"
+GATEWAY_PORT_ENV = "AGENTVM_GATEWAY_PORT"
+GATEWAY_PORT = 4141
+# What in-sandbox processes send as their API key when they have none: the gateway
+# replaces it with the host's key (which never enters the sandbox).
+GATEWAY_PLACEHOLDER_KEY = "agentvm-gateway"
 
 # Frame types.
 HELLO = "hello"  # supervisor -> host, ch 0: {"version", "token", "pid", "boot_id"}
