@@ -148,6 +148,7 @@ class SessionManager:
         if system_prompt:
             agentvm_meta["systemPrompt"] = system_prompt
         try:
+            await self.sandbox.mkdir(workdir)  # the session's cwd exists from the start
             handle = await self.sandbox.spawn(
                 agent.command, cwd=workdir, env=proc_env, retain_output=True
             )
