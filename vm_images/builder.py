@@ -2,8 +2,8 @@
 
 Inputs of the hash: the base tag (itself a hash of the Debian package list), the
 Dockerfile template, every bundle definition, the files each bundle copies (the
-supervisor source among them) and its pip requirements. Same inputs, same tag:
-an existing image is reused; change anything and a new tag gets built.
+supervisor source among them), its pip requirements and npm packages. Same inputs,
+same tag: an existing image is reused; change anything and a new tag gets built.
 """
 
 from __future__ import annotations
@@ -108,6 +108,22 @@ def _download_wheels(requirements: Sequence[str], dest: Path, progress: Progress
     )  # fmt: skip
 
 
+def _install_npm(specs: Sequence[str], dest: Path, progress: Progress) -> None:
+    """Install npm packages (with their dependencies) on the host into ``dest``; the
+    image build copies the tree in, with no network."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise RuntimeError("bundles with npm packages need npm on the host")
+    dest.mkdir(parents=True, exist_ok=True)
+    progress(f"installing npm packages: {' '.join(specs)}")
+    subprocess.run(
+        [npm, "install", "--prefix", str(dest), "--no-audit", "--no-fund", "--omit=dev",
+         "--no-package-lock", "--loglevel=error", *specs],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
 def _prepare_context(ctx: Path, bundles: Sequence[Bundle], progress: Progress) -> None:
     (ctx / "Dockerfile").write_text(render_dockerfile(bundles))
     for bundle in bundles:
@@ -117,6 +133,8 @@ def _prepare_context(ctx: Path, bundles: Sequence[Bundle], progress: Progress) -
             shutil.copy2(path, target)
         if bundle.pip:
             _download_wheels(bundle.pip, ctx / bundle.name / "wheels", progress)
+        if bundle.npm:
+            _install_npm(bundle.npm, ctx / bundle.name / "npm", progress)
 
 
 def ensure_image(

@@ -27,6 +27,9 @@ class Bundle:
     # pip requirement specifiers; wheels are downloaded on the host into
     # ``<bundle name>/wheels/`` so the build itself needs no network.
     pip: tuple[str, ...] = ()
+    # npm package specs; installed on the host (``npm install --prefix``, so the host
+    # needs npm) into ``<bundle name>/npm/`` and copied in by ``install_npm``.
+    npm: tuple[str, ...] = ()
     # Dockerfile lines run as root after the user exists (no network access).
     dockerfile: str = ""
     # ACP agent types this bundle provides: agent type -> command (sessions issue).
@@ -46,6 +49,20 @@ def install_wheels(bundle_name: str) -> str:
 
 
 SITE = "/usr/local/lib/python3.11/dist-packages"
+NPM_ROOT = "/opt/agentvm/npm"
+
+
+def install_npm(bundle_name: str) -> str:
+    """Dockerfile lines copying a bundle's host-installed npm tree into the image and
+    linking its executables into /usr/local/bin (the bundle needs the ``nodejs`` apt
+    package to run them)."""
+    dest = f"{NPM_ROOT}/{bundle_name}"
+    return (
+        f"COPY {bundle_name}/npm {dest}\n"
+        f'RUN for f in {dest}/node_modules/.bin/*; do [ -e "$f" ] || continue; '
+        f'ln -sf "$(readlink -f "$f")" "/usr/local/bin/$(basename "$f")"; done\n'
+    )
+
 
 COMMON = Bundle(
     name="common",
@@ -70,11 +87,26 @@ SUPERVISOR = Bundle(
     ),
 )
 
-# The `coding-agent` bundle (the ACP coding agent) is added by the sessions
-# work: define a Bundle with its `files` (agent source), `pip` (its wheels),
-# `dockerfile` (install steps) and `agents` ({"coding-agent": [...command]}),
-# then register it here.
-BUNDLES: dict[str, Bundle] = {b.name: b for b in (COMMON, SUPERVISOR)}
+# The ACP coding agent (vm_images/coding_agent, docs/agents.md): its source as the
+# top-level package `coding_agent`, its dependencies as wheels fetched on the host
+# (pinned: the image hash covers this list, not the wheels), everything byte-compiled
+# at build time because the root filesystem is read-only at run time.
+CODING_AGENT = Bundle(
+    name="coding-agent",
+    description="the ACP coding agent (anthropic SDK; bash/read/write/edit/glob/grep)",
+    apt=("python3", "bash", "ripgrep"),
+    files=("coding_agent",),
+    pip=("agent-client-protocol==0.12.1", "anthropic==2.12.0"),
+    dockerfile=(
+        install_wheels("coding-agent")
+        + f"COPY coding-agent/coding_agent {SITE}/coding_agent\n"
+        + f"RUN python3 -m compileall -q -j 0 {SITE} >/dev/null\n"
+    ),
+    # -I: the session's cwd (a user repo) must not shadow the agent's modules.
+    agents={"coding-agent": ["python3", "-I", "-m", "coding_agent"]},
+)
+
+BUNDLES: dict[str, Bundle] = {b.name: b for b in (COMMON, SUPERVISOR, CODING_AGENT)}
 
 # Every image carries the supervisor; it is what the host talks to.
 ALWAYS = ("supervisor",)

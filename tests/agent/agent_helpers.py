@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -93,3 +94,42 @@ async def local_agent(
         ) as (conn, _proc):
             await conn.initialize(protocol_version=acp.PROTOCOL_VERSION)
             yield conn
+
+
+class ProcessTransport:
+    """An ``acp`` message transport over a sandbox process's stdin/stdout: one JSON
+    object per line each way (stderr is kept for failure messages)."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+        self.stderr = bytearray()
+        self._inbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+        self._pump = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        buf = b""
+        try:
+            async for event in self.handle.events():
+                if event.type != "process_output":
+                    break
+                if event.stream == "stderr":
+                    self.stderr.extend(event.data)
+                    continue
+                buf += event.data
+                *lines, buf = buf.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        await self._inbox.put(json.loads(line))
+        finally:
+            await self._inbox.put(None)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        await self.handle.write_stdin(json.dumps(message).encode() + b"\n")
+
+    async def receive(self) -> dict[str, Any] | None:
+        return await self._inbox.get()
+
+    async def close(self) -> None:
+        self._pump.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self._pump
