@@ -16,7 +16,7 @@ bundles that install them::
     [bundles.claude-agent-acp]
     description = "Zed's Claude Code ACP adapter (npm)"
     apt = ["nodejs", "npm"]
-    npm = ["@zed-industries/claude-code-acp@0.5.1"]
+    npm = ["@zed-industries/claude-agent-acp@0.23.1"]
 
 ``python -m vm_images.agents`` prints the registry as JSON
 (``{"coding-agent": {"command": [...], "bundles": [...], ...}}``).
