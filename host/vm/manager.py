@@ -1,0 +1,452 @@
+"""Containers for vm actors: images, a warm pool, adoption, recreation and the reaper.
+
+One :class:`SandboxManager` per host process. The vm actor (``host/vm/actor.py``)
+owns the key → container mapping in its state; the manager only keeps what a
+running process needs in memory (live handles, the pool, names being created).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import docker
+import docker.errors
+import requests
+
+from host.sandbox import (
+    DockerBackend,
+    DockerUnavailable,
+    Sandbox,
+    SandboxError,
+    SandboxInfo,
+    SandboxNotFound,
+    SandboxSpec,
+)
+from host.sandbox.docker_backend import engine_address
+from orchestrator.storage.base import Store
+from vm_images.builder import ensure_image
+
+from .options import VmOptions
+
+if TYPE_CHECKING:
+    from orchestrator import ActorDefinition, Engine
+
+log = logging.getLogger("agentvm.vm")
+
+# After a failed pool refill (e.g. Docker restarting), wait this long before retrying.
+_REFILL_BACKOFF = 5.0
+
+
+def _image_error(bundles: tuple[str, ...], exc: Exception) -> SandboxError:
+    """Docker being unreachable names the engine; anything else is a build failure."""
+    unreachable = isinstance(exc, requests.ConnectionError) or isinstance(
+        exc.__context__, requests.ConnectionError
+    )
+    if unreachable:
+        return DockerUnavailable(engine_address(), str(exc).splitlines()[0][:200])
+    return SandboxError(f"building the sandbox image for bundles {list(bundles)}: {exc}")
+
+
+@dataclass
+class SandboxRecord:
+    """What a vm actor stores about its container (JSON in its state)."""
+
+    name: str
+    id: str
+    volume: str
+    image: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"name": self.name, "id": self.id, "volume": self.volume, "image": self.image}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SandboxRecord:
+        return cls(name=data["name"], id=data["id"], volume=data["volume"], image=data["image"])
+
+
+@dataclass
+class _Pool:
+    """Started, unassigned containers for one set of container options."""
+
+    options: VmOptions
+    size: int
+    ready: deque[tuple[Sandbox, str]] = field(default_factory=deque)
+    wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    task: asyncio.Task[None] | None = None
+    creating: int = 0
+
+
+class SandboxManager:
+    """Hands containers to vm actors. Create with :meth:`open`; :meth:`attach` an
+    engine to start the orphan reaper; :meth:`close` on shutdown."""
+
+    def __init__(
+        self,
+        backend: DockerBackend,
+        *,
+        defaults: VmOptions,
+        pool_size: int,
+        pool_options: Sequence[VmOptions],
+        reap_interval: float | None,
+    ) -> None:
+        self.backend = backend
+        self.host_id = backend.host_id
+        self.defaults = defaults
+        self.pool_size = pool_size
+        self.reap_interval = reap_interval
+        self._images: dict[tuple[str, ...], str] = {}
+        self._image_lock = asyncio.Lock()
+        self._pools: dict[str, _Pool] = {}
+        for opts in pool_options:
+            if pool_size > 0:
+                self._pools.setdefault(opts.container_key(), _Pool(opts, pool_size))
+        # Container names handed to actors of this process (never reaped while known).
+        self._claimed: dict[str, Sandbox] = {}
+        # Container and volume names being created right now (the reaper skips them).
+        self._creating: set[str] = set()
+        self._store: Store | None = None
+        self._definitions: list[ActorDefinition] = []
+        self._reaper: asyncio.Task[None] | None = None
+        self._closed = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    @classmethod
+    async def open(
+        cls,
+        *,
+        host_id: str,
+        pool_size: int = 2,
+        defaults: VmOptions | None = None,
+        pool_options: Sequence[VmOptions] | None = None,
+        reap_interval: float | None = 300.0,
+        control_root: Path | None = None,
+        connect_timeout: float = 30.0,
+    ) -> SandboxManager:
+        """Connect to Docker (``DockerUnavailable`` naming the engine address if it is
+        down) and start filling the warm pool (``pool_size`` containers for each of
+        ``pool_options``, by default just the ``defaults``) in the background."""
+        backend = await DockerBackend.connect(
+            host_id, control_root=control_root, connect_timeout=connect_timeout
+        )
+        defaults = defaults or VmOptions()
+        manager = cls(
+            backend,
+            defaults=defaults,
+            pool_size=pool_size,
+            pool_options=list(pool_options) if pool_options is not None else [defaults],
+            reap_interval=reap_interval,
+        )
+        for pool in manager._pools.values():
+            pool.wanted.set()
+            pool.task = asyncio.create_task(manager._refill(pool), name="vm-pool-refill")
+        return manager
+
+    # -- wiring ------------------------------------------------------------------------
+
+    def register(self, definition: ActorDefinition) -> None:
+        """Called by ``vm_actor``: the reaper reads owners from actors of this type."""
+        self._definitions.append(definition)
+
+    def attach(self, engine: Engine) -> None:
+        """Use ``engine``'s store to tell owned containers from orphans, and start the
+        reaper: a pass right away, then every ``reap_interval`` seconds."""
+        self._store = engine.store
+        if self._reaper is None and not self._closed:
+            self._reaper = asyncio.create_task(self._reap_loop(), name="vm-reaper")
+
+    async def close(self, *, remove_pool: bool = True) -> None:
+        """Stop the reaper and the pool refills, remove the pool's containers, and stop
+        listening for the others (vm containers keep running, for the next start)."""
+        self._closed = True
+        tasks = [t for t in [self._reaper, *(p.task for p in self._pools.values())] if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if remove_pool:
+            for pool in self._pools.values():
+                while pool.ready:
+                    sandbox, _ = pool.ready.popleft()
+                    with contextlib.suppress(SandboxError):
+                        await self.backend.remove(sandbox)
+        await self.backend.close()
+
+    # -- images ------------------------------------------------------------------------
+
+    async def image_for(self, bundles: Sequence[str]) -> str:
+        """The image tag for a bundle set, built once (in a thread) and cached."""
+        key = tuple(sorted(set(bundles)))
+        tag = self._images.get(key)
+        if tag is None:
+            async with self._image_lock:
+                tag = self._images.get(key)
+                if tag is None:
+                    try:
+                        tag = await asyncio.to_thread(
+                            ensure_image, list(key), client=self.backend.client
+                        )
+                    except (docker.errors.DockerException, requests.RequestException) as exc:
+                        raise _image_error(key, exc) from exc
+                    self._images[key] = tag
+        return tag
+
+    def _spec(self, options: VmOptions, image: str, key: Sequence[str], pool: str | None) -> Any:
+        return SandboxSpec(
+            image=image,
+            key=list(key),
+            pool=pool,
+            network=options.network,
+            limits=options.limits,
+            env=options.env,
+        )
+
+    async def _create(
+        self, spec: SandboxSpec, *, volume: str | None = None, claim: bool = True
+    ) -> Sandbox:
+        name = self.backend.new_name()
+        marks = {name, volume or f"{name}-home"}
+        self._creating |= marks
+        try:
+            sandbox = await self.backend.create(spec, name=name, volume=volume)
+            if claim:
+                self._claimed[sandbox.name] = sandbox
+            return sandbox
+        finally:
+            self._creating -= marks
+
+    # -- the warm pool -------------------------------------------------------------------
+
+    def pool_ready(self, options: VmOptions | None = None) -> int:
+        """How many started containers wait in the pool for ``options`` (default: defaults)."""
+        pool = self._pools.get((options or self.defaults).container_key())
+        return len(pool.ready) if pool else 0
+
+    def pool_names(self) -> set[str]:
+        return {sb.name for pool in self._pools.values() for sb, _ in pool.ready}
+
+    async def _refill(self, pool: _Pool) -> None:
+        """Keep ``pool.size`` started containers ready, one creation at a time."""
+        while True:
+            await pool.wanted.wait()
+            pool.wanted.clear()
+            while len(pool.ready) < pool.size and not self._closed:
+                try:
+                    image = await self.image_for(pool.options.bundles)
+                    spec = self._spec(pool.options, image, [], pool.options.pool_id())
+                    pool.creating += 1
+                    try:
+                        sandbox = await self._create(spec, claim=False)
+                    finally:
+                        pool.creating -= 1
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("warm pool refill failed (retrying): %s", exc)
+                    await asyncio.sleep(_REFILL_BACKOFF)
+                    continue
+                pool.ready.append((sandbox, image))
+
+    def _take(self, options: VmOptions) -> tuple[Sandbox, str] | None:
+        pool = self._pools.get(options.container_key())
+        if pool is None:
+            return None
+        taken = None
+        while pool.ready and taken is None:
+            sandbox, image = pool.ready.popleft()
+            if sandbox.connected:
+                taken = (sandbox, image)
+            else:  # died while waiting in the pool
+                self._background(self.backend.remove(sandbox))
+        pool.wanted.set()
+        return taken
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- lifecycle of one vm's container ----------------------------------------------------
+
+    async def acquire(
+        self, key: Sequence[str], options: VmOptions
+    ) -> tuple[Sandbox, SandboxRecord]:
+        """A started container for a new vm: from the warm pool when its options
+        match the pool's, else created now."""
+        taken = self._take(options)
+        if taken is not None:
+            sandbox, image = taken
+            self._claimed[sandbox.name] = sandbox
+            return sandbox, self._record(sandbox, image)
+        image = await self.image_for(options.bundles)
+        sandbox = await self._create(self._spec(options, image, key, None))
+        return sandbox, self._record(sandbox, image)
+
+    async def adopt(self, record: SandboxRecord) -> Sandbox | None:
+        """Re-adopt a vm's container if it is running (after a host restart the
+        supervisor dials in again); never starts or recreates it. None if it is not
+        running or gone."""
+        try:
+            info = await self.backend.inspect(record.id)
+        except SandboxNotFound:
+            return None
+        if info.status != "running":
+            return None
+        sandbox = await self.backend.get(record.id)
+        self._claimed[sandbox.name] = sandbox
+        return sandbox
+
+    async def resume(
+        self, record: SandboxRecord, key: Sequence[str], options: VmOptions
+    ) -> tuple[Sandbox, SandboxRecord]:
+        """Bring a vm's container back: adopt it if running, start it if stopped, or
+        recreate it on the same home volume if it is gone (``/home/user`` intact)."""
+        try:
+            sandbox = await self.backend.get(record.id)
+        except SandboxNotFound:
+            sandbox = None
+        if sandbox is not None:
+            self._claimed[sandbox.name] = sandbox
+            await sandbox.ensure_running()
+            return sandbox, record
+        self._claimed.pop(record.name, None)
+        await self._forget(record.name)
+        image = await self.image_for(options.bundles)
+        sandbox = await self._create(self._spec(options, image, key, None), volume=record.volume)
+        log.info("recreated vm %s on volume %s as %s", list(key), record.volume, sandbox.name)
+        return sandbox, self._record(sandbox, image)
+
+    async def _forget(self, name: str) -> None:
+        """Drop the handle of a container that no longer exists (closes its socket)."""
+        for sandbox in list(self.backend._sandboxes.values()):
+            if sandbox.name == name:
+                await self.backend.remove(sandbox, volume=False)
+
+    async def stop(self, record: SandboxRecord) -> None:
+        """Stop a vm's container (its volume is kept) and stop listening for it."""
+        try:
+            sandbox = await self.backend.get(record.id)
+        except SandboxNotFound:
+            return
+        await self.backend.stop(sandbox)
+        await sandbox.control.close()
+
+    async def destroy(self, record: SandboxRecord | None, extra: Sandbox | None = None) -> None:
+        """Remove a vm's container and its home volume (missing ones are fine)."""
+        if extra is not None:
+            self._claimed.pop(extra.name, None)
+            await self.backend.remove(extra, volume=True)
+        if record is not None:
+            self._claimed.pop(record.name, None)
+            await self.backend.remove(record.id, volume=False)
+            await self.backend.remove_volume(record.volume)
+
+    async def status(self, record: SandboxRecord) -> str:
+        """Docker's status of the container (``running``, ``exited``, ...; ``missing``)."""
+        try:
+            return (await self.backend.inspect(record.id)).status
+        except SandboxNotFound:
+            return "missing"
+
+    @staticmethod
+    def _record(sandbox: Sandbox, image: str) -> SandboxRecord:
+        return SandboxRecord(name=sandbox.name, id=sandbox.id, volume=sandbox.volume, image=image)
+
+    # -- in-process access for streaming -------------------------------------------------------
+
+    @asynccontextmanager
+    async def sandbox_for(
+        self, engine: Engine, key: Sequence[str] | str, *, name: str = "vm", input: Any = None
+    ) -> AsyncIterator[Sandbox]:
+        """The live :class:`Sandbox` of vm ``key`` (created and started if needed), for
+        in-process streaming (``read_file_stream``, ``write_file`` of an async iterable,
+        ``download_tar``). The vm stays awake, so it is not idle-stopped, until the
+        block exits::
+
+            async with manager.sandbox_for(engine, ["fix-42"]) as sandbox:
+                async for chunk in sandbox.read_file_stream("big.bin"): ...
+        """
+        handle = engine.client()[name].get_or_create(key, input=input)
+        # A subscription keeps an actor awake; filter to an event that never fires.
+        subscription = await handle.connect(["__agentvm_hold__"])
+        try:
+            info = await handle.call("start")
+            yield self._claimed[info["container"]]
+        finally:
+            await subscription.close()
+
+    # -- the orphan reaper -----------------------------------------------------------------------
+
+    async def _reap_loop(self) -> None:
+        while True:
+            try:
+                removed = await self.reap()
+                if removed:
+                    log.info("reaped orphan sandboxes: %s", removed)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("orphan reaper pass failed: %s", exc)
+            if self.reap_interval is None:
+                return
+            await asyncio.sleep(self.reap_interval)
+
+    async def _owned(self) -> tuple[set[str], set[str]]:
+        """Container ids/names and volumes recorded in vm actors' states."""
+        containers: set[str] = set()
+        volumes: set[str] = set()
+        if self._store is None:
+            return containers, volumes
+        for type_name in {d.name for d in self._definitions if d.name}:
+            for rec in await self._store.list_actors(type_name):
+                data = json.loads(rec.state or "null")
+                sandbox = data.get("sandbox") if isinstance(data, dict) else None
+                if isinstance(sandbox, dict):
+                    containers.update(str(sandbox.get(k, "")) for k in ("name", "id"))
+                    volumes.add(str(sandbox.get("volume", "")))
+        return containers, volumes
+
+    def _in_use_here(self, info: SandboxInfo) -> bool:
+        return (
+            info.name in self._claimed
+            or info.name in self._creating
+            or info.name in self.pool_names()
+        )
+
+    async def reap(self) -> list[str]:
+        """Remove this host's containers and volumes that no vm actor owns; returns
+        their names. Skips the warm pool and containers being created. Needs
+        :meth:`attach` (without a store nothing is known to be an orphan)."""
+        if self._store is None:
+            return []
+        infos = await self.backend.list_sandboxes()
+        volumes = await self.backend.list_volumes()
+        # Read owners after listing: anything created since is claimed or creating.
+        owned, owned_volumes = await self._owned()
+        removed: list[str] = []
+        kept_volumes = set(owned_volumes) | self._creating
+        for info in infos:
+            if info.name in owned or info.id in owned or self._in_use_here(info):
+                kept_volumes.add(info.volume)
+                continue
+            with contextlib.suppress(SandboxNotFound):
+                await self.backend.remove(info.id, volume=False)
+                removed.append(info.name)
+        for volume in volumes:
+            if volume in kept_volumes or volume in self._creating:
+                continue
+            try:
+                await self.backend.remove_volume(volume)
+                removed.append(volume)
+            except SandboxError as exc:  # still mounted by a container created meanwhile
+                log.debug("kept volume %s: %s", volume, exc)
+        return removed
