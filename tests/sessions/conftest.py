@@ -69,6 +69,10 @@ def docker_engine() -> Iterator[docker.DockerClient]:
 
 @pytest.fixture(scope="session")
 def image(docker_engine: docker.DockerClient) -> str:
+    """common + coding-agent (whose wheels include the ACP package the echo agent
+    needs); a small acp-only bundle when the coding agent is not there."""
+    if "coding-agent" in BUNDLES:
+        return ensure_image(["common", "coding-agent"], client=docker_engine)
     if ACP_TEST.name not in BUNDLES:
         register(ACP_TEST)
     return ensure_image(["common", ACP_TEST.name], client=docker_engine)
@@ -124,6 +128,12 @@ async def served(gateway: LLMGateway, sandbox: Sandbox) -> AsyncIterator[LLMGate
     await gateway.serve(sandbox.name, sandbox.control.control_dir)
     yield gateway
     await gateway.stop(sandbox.name)
+
+
+@pytest.fixture
+def agents() -> dict[str, AgentCommand]:
+    """Agent types for the tests (the echo agent)."""
+    return AGENTS
 
 
 @pytest.fixture

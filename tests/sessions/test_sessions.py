@@ -8,11 +8,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
-from conftest import AGENTS
 
 from host.gateway import LLMGateway
 from host.sandbox import DockerBackend, Sandbox
 from host.sessions import (
+    AgentCommand,
     AgentExited,
     MemoryEventStore,
     SessionClosed,
@@ -184,7 +184,11 @@ async def test_two_sessions_share_the_sandbox_files(sessions: SessionManager) ->
 
 
 async def test_reattach_after_a_host_restart_loses_no_update(
-    sessions: SessionManager, sandbox: Sandbox, store: MemoryEventStore, host_key: str
+    sessions: SessionManager,
+    sandbox: Sandbox,
+    store: MemoryEventStore,
+    host_key: str,
+    agents: dict[str, AgentCommand],
 ) -> None:
     """The host goes away mid-prompt; the agent keeps writing; a new host process
     (new sandbox handle, new manager, same store) re-attaches and every update is
@@ -208,7 +212,7 @@ async def test_reattach_after_a_host_restart_loses_no_update(
     backend = await DockerBackend.connect(sandbox.backend.host_id)  # type: ignore[attr-defined]
     restarted = await backend.get(sandbox.name)
     try:
-        manager = SessionManager(restarted, store=store, agents=AGENTS, host_api_key=host_key)
+        manager = SessionManager(restarted, store=store, agents=agents, host_api_key=host_key)
         row = await manager.reattach(record)
         assert row.status == "ready"
 
@@ -251,11 +255,16 @@ async def test_supervisor_link_drop_is_survived_mid_prompt(
 
 
 async def test_key_never_enters_the_sandbox(
-    sandbox: Sandbox, served: LLMGateway, upstream: Any, host_key: str, store: MemoryEventStore
+    sandbox: Sandbox,
+    served: LLMGateway,
+    upstream: Any,
+    host_key: str,
+    store: MemoryEventStore,
+    agents: dict[str, AgentCommand],
 ) -> None:
     """Seeds pass the host key in env; it is replaced by the placeholder, the agent's
     model call still works through the gateway, and the key is nowhere in the sandbox."""
-    manager = SessionManager(sandbox, store=store, agents=AGENTS, host_api_key=host_key)
+    manager = SessionManager(sandbox, store=store, agents=agents, host_api_key=host_key)
     try:
         sid = (await manager.create_session("echo", env={"ANTHROPIC_API_KEY": host_key})).session_id
         result = await manager.send_prompt(sid, "model")
