@@ -11,6 +11,7 @@ import asyncio
 import importlib
 import logging
 import os
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -138,15 +139,27 @@ class CodingAgent:
         return self._conn
 
     def _preload_sdk(self) -> asyncio.Future[Any]:
-        """Import ``anthropic`` in a thread (it takes a while) once a session exists."""
+        """Import ``anthropic`` in a daemon thread (it takes a second or two) once a
+        session exists; a daemon, so that closing stdin ends the process at once."""
         if self._sdk is None:
             loop = asyncio.get_running_loop()
-            self._sdk = loop.run_in_executor(None, importlib.import_module, "anthropic")
+            future: asyncio.Future[Any] = loop.create_future()
+
+            def load() -> None:
+                try:
+                    module = importlib.import_module("anthropic")
+                except BaseException as exc:
+                    loop.call_soon_threadsafe(_settle, future, None, exc)
+                else:
+                    loop.call_soon_threadsafe(_settle, future, module, None)
+
+            threading.Thread(target=load, name="import-anthropic", daemon=True).start()
+            self._sdk = future
         return self._sdk
 
     async def _anthropic(self) -> anthropic.AsyncAnthropic:
         if self._model is None:
-            sdk = await self._preload_sdk()
+            sdk = await asyncio.shield(self._preload_sdk())
             self._model = sdk.AsyncAnthropic(
                 api_key=cfg.api_key(self._env),
                 base_url=self._env.get("ANTHROPIC_BASE_URL") or None,
@@ -405,6 +418,15 @@ class CodingAgent:
 
 
 # -- message helpers -----------------------------------------------------------------
+
+
+def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
 
 
 def _text(text: str) -> Any:
