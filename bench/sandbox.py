@@ -8,17 +8,20 @@ Both sides use the same running, hardened sandbox container:
    ``container.exec_run(["true"])`` (Docker's exec API); p50 of N calls each.
 2. **read_file** - reading a 4 KiB file: ``sandbox.read_file`` vs
    ``container.get_archive`` (+ reading the tar stream to the end); p50.
-3. **acquire (cold)** - a new sandbox to its first command: ``backend.create`` + first
-   ``exec`` vs ``containers.run`` (same image, same hardening, detached) + first
-   ``exec_run``; p50 of a few. The warm-pool variant needs the vm actor's pool and
-   is reported as ``null`` here.
+3. **acquire** - a new vm key to its first command, through the vm actor:
+   ``client.vm.get_or_create([new key]).exec(["true"])`` on a real engine (SQLite),
+   **warm** (a container from the warm pool; the pool is refilled between samples,
+   outside the timing) and **cold** (no pool: the container is created), vs
+   ``containers.run`` (same image, same hardening, detached) + first ``exec_run``;
+   p50 of a few. ``backend.create`` + first ``exec`` (no actor) is reported too.
 4. **idle memory** - the container cgroup's memory usage (``docker stats`` working set:
    usage minus inactive file cache) of an idle sandbox after start-up, and how many
    such sandboxes this machine's RAM would hold.
 
 The last line is one JSON object; ratios are "higher is better" for us:
-``exec_ratio`` = docker p50 / ours, ``read_ratio`` likewise, ``acquire_cold_ratio`` =
-ours / docker (lower is better, target <= 1.2).
+``exec_ratio`` = docker p50 / ours, ``read_ratio`` likewise, ``acquire_warm_ratio``
+= docker / ours warm (target >= 10); ``acquire_cold_ratio`` = ours cold / docker
+(lower is better, target <= 1.2).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import json
 import os
 import statistics
+import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -35,6 +39,8 @@ from typing import Any
 
 from host.sandbox import DockerBackend, SandboxSpec
 from host.sandbox.docker_backend import hardened_config
+from host.vm import SandboxManager, vm_actor
+from orchestrator import Engine, setup
 from vm_images.builder import ensure_image
 
 HOST_ID = f"bench{os.getpid()}"
@@ -66,38 +72,73 @@ def ms(seconds: float) -> float:
     return round(seconds * 1000, 3)
 
 
-async def acquire_docker(backend: DockerBackend, image: str, n: int) -> float:
+async def acquire_docker(backend: DockerBackend, image: str, i: int) -> float:
     """containers.run (same hardening, our entrypoint) + first exec_run, then remove."""
     client = backend.client
-    samples = []
-    for i in range(n):
-        name = f"agentvm-{HOST_ID}-raw{i}"
-        control = Path("/tmp") / f"agentvm-bench-raw{i}"
-        control.mkdir(exist_ok=True)
-        config = hardened_config(
-            SandboxSpec(image=image), name=name, volume=f"{name}-home",
-            control_dir=control, token="unused", labels={"agentvm.host": HOST_ID},
-        )  # fmt: skip
-        config["entrypoint"] = ["sleep", "infinity"]  # no supervisor: raw Docker only
-        start = time.perf_counter()
-        container = await asyncio.to_thread(client.containers.run, **config)
-        await asyncio.to_thread(container.exec_run, ["true"])
-        samples.append(time.perf_counter() - start)
-        await asyncio.to_thread(container.remove, force=True)
-        volume = await asyncio.to_thread(client.volumes.get, f"{name}-home")
-        await asyncio.to_thread(volume.remove, force=True)
-    return statistics.median(samples)
+    name = f"agentvm-{HOST_ID}-raw{i}"
+    control = Path("/tmp") / f"agentvm-bench-raw{i}"
+    control.mkdir(exist_ok=True)
+    config = hardened_config(
+        SandboxSpec(image=image), name=name, volume=f"{name}-home",
+        control_dir=control, token="unused", labels={"agentvm.host": HOST_ID},
+    )  # fmt: skip
+    config["entrypoint"] = ["sleep", "infinity"]  # no supervisor: raw Docker only
+    start = time.perf_counter()
+    container = await asyncio.to_thread(client.containers.run, **config)
+    await asyncio.to_thread(container.exec_run, ["true"])
+    elapsed = time.perf_counter() - start
+    await asyncio.to_thread(container.remove, force=True)
+    volume = await asyncio.to_thread(client.volumes.get, f"{name}-home")
+    await asyncio.to_thread(volume.remove, force=True)
+    control.rmdir()
+    return elapsed
 
 
-async def acquire_ours(backend: DockerBackend, image: str, n: int) -> float:
-    samples = []
-    for _ in range(n):
+async def acquire_backend(backend: DockerBackend, image: str) -> float:
+    """backend.create + first exec (the sandbox layer alone, no actor)."""
+    start = time.perf_counter()
+    sandbox = await backend.create(SandboxSpec(image=image))
+    await sandbox.exec(["true"])
+    elapsed = time.perf_counter() - start
+    await backend.remove(sandbox)
+    return elapsed
+
+
+class VmBench:
+    """A SandboxManager and an engine running the vm actor on a temporary database."""
+
+    def __init__(self, *, warm: bool) -> None:
+        self.warm = warm
+        self.count = 0
+
+    async def __aenter__(self) -> VmBench:
+        self.tmp = tempfile.TemporaryDirectory(prefix="agentvm-bench-")
+        self.manager = await SandboxManager.open(
+            host_id=f"{HOST_ID}{'w' if self.warm else 'c'}",
+            pool_size=1 if self.warm else 0,
+            reap_interval=None,
+        )
+        registry = setup(use={"vm": vm_actor(self.manager)})
+        self.engine = Engine(registry, db=f"{self.tmp.name}/bench.db")
+        await self.engine.start()
+        await self.once()  # warm the code paths (and build/cache the image tag)
+        return self
+
+    async def once(self) -> float:
+        """A new vm key to its first exec; the vm is destroyed afterwards (untimed)."""
+        await self.manager.wait_pool()  # the refill happens outside the timing
+        self.count += 1
         start = time.perf_counter()
-        sandbox = await backend.create(SandboxSpec(image=image))
-        await sandbox.exec(["true"])
-        samples.append(time.perf_counter() - start)
-        await backend.remove(sandbox)
-    return statistics.median(samples)
+        vm = self.engine.client().vm.get_or_create([f"bench-{self.count}"])
+        await vm.exec(["true"])
+        elapsed = time.perf_counter() - start
+        await vm.destroy()
+        return elapsed
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.engine.stop()
+        await self.manager.close()
+        self.tmp.cleanup()
 
 
 async def idle_memory(backend: DockerBackend, image: str) -> dict[str, float]:
@@ -128,7 +169,7 @@ def total_memory_mib() -> float:
 async def main(quick: bool) -> dict[str, Any]:
     n_exec = 40 if quick else 200
     n_docker = 20 if quick else 100
-    n_acquire = 3 if quick else 10
+    n_acquire = 5 if quick else 15
     image = await asyncio.to_thread(ensure_image, ["common"])
     backend = await DockerBackend.connect(HOST_ID)
     try:
@@ -150,9 +191,23 @@ async def main(quick: bool) -> dict[str, Any]:
         print(f"read 4 KiB p50: ours {ms(ours_read)} ms, docker get_archive {ms(docker_read)} ms")
         await backend.remove(sandbox)
 
-        ours_acq = await acquire_ours(backend, image, n_acquire)
-        docker_acq = await acquire_docker(backend, image, n_acquire)
-        print(f"acquire cold p50: ours {ms(ours_acq)} ms, docker run+exec {ms(docker_acq)} ms")
+        # Interleaved rounds, so the machine's load changes hit every side alike.
+        docker_s: list[float] = []
+        backend_s: list[float] = []
+        cold_s: list[float] = []
+        async with VmBench(warm=False) as cold:
+            for i in range(n_acquire):
+                docker_s.append(await acquire_docker(backend, image, i))
+                backend_s.append(await acquire_backend(backend, image))
+                cold_s.append(await cold.once())
+        async with VmBench(warm=True) as warm:
+            warm_s = [await warm.once() for _ in range(n_acquire)]
+        docker_acq, ours_acq = statistics.median(docker_s), statistics.median(backend_s)
+        vm_cold, vm_warm = statistics.median(cold_s), statistics.median(warm_s)
+        print(
+            f"new vm key to first exec p50: warm pool {ms(vm_warm)} ms, no pool {ms(vm_cold)} ms, "
+            f"backend.create+exec {ms(ours_acq)} ms, docker run+exec {ms(docker_acq)} ms"
+        )
 
         idle = await idle_memory(backend, image)
         capacity = int(total_memory_mib() // max(idle["working_set"], 1))
@@ -169,10 +224,12 @@ async def main(quick: bool) -> dict[str, Any]:
         "ours_read_4k_p50_ms": ms(ours_read),
         "docker_get_archive_p50_ms": ms(docker_read),
         "read_ratio": round(docker_read / ours_read, 1),
-        "ours_acquire_cold_p50_ms": ms(ours_acq),
+        "ours_acquire_warm_p50_ms": ms(vm_warm),
+        "ours_acquire_cold_p50_ms": ms(vm_cold),
+        "ours_backend_create_exec_p50_ms": ms(ours_acq),
         "docker_run_exec_p50_ms": ms(docker_acq),
-        "acquire_cold_ratio": round(ours_acq / docker_acq, 2),
-        "acquire_warm_ratio": None,
+        "acquire_warm_ratio": round(docker_acq / vm_warm, 1),
+        "acquire_cold_ratio": round(vm_cold / docker_acq, 2),
         "idle_sandbox_mib": idle["working_set"],
         "idle_sandbox_usage_mib": idle["usage"],
         "idle_sandboxes_in_ram": capacity,

@@ -418,11 +418,12 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
     async def exec_(c: ActorContext, command: Any, opts: Any = None) -> dict[str, Any]:
         o = parse_call_options(ExecOptions, opts, "exec")
         cmd = _command(command)
-        if isinstance(o.stdin, str | bytes) and len(o.stdin) > 4 * 2**20:
+        stdin = o.stdin.encode() if isinstance(o.stdin, str) else o.stdin
+        if stdin is not None and len(stdin) > 4 * 2**20:
             raise InvalidRequest("exec stdin is limited to 4 MiB; use spawn", field="stdin")
         sandbox = await sandbox_of(c)
         result = await sandbox.exec(
-            cmd, cwd=o.cwd, env=o.env, stdin=o.stdin, timeout=o.timeout, max_output=o.max_output
+            cmd, cwd=o.cwd, env=o.env, stdin=stdin, timeout=o.timeout, max_output=o.max_output
         )
         return result.model_dump()
 

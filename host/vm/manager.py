@@ -81,6 +81,7 @@ class _Pool:
     size: int
     ready: deque[tuple[Sandbox, str]] = field(default_factory=deque)
     wanted: asyncio.Event = field(default_factory=asyncio.Event)
+    added: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     creating: int = 0
 
@@ -231,6 +232,13 @@ class SandboxManager:
         pool = self._pools.get((options or self.defaults).container_key())
         return len(pool.ready) if pool else 0
 
+    async def wait_pool(self, options: VmOptions | None = None) -> None:
+        """Wait until the pool for ``options`` (default: defaults) is full."""
+        pool = self._pools.get((options or self.defaults).container_key())
+        while pool is not None and len(pool.ready) < pool.size:
+            pool.added.clear()
+            await pool.added.wait()
+
     def pool_names(self) -> set[str]:
         return {sb.name for pool in self._pools.values() for sb, _ in pool.ready}
 
@@ -255,6 +263,7 @@ class SandboxManager:
                     await asyncio.sleep(_REFILL_BACKOFF)
                     continue
                 pool.ready.append((sandbox, image))
+                pool.added.set()
 
     def _take(self, options: VmOptions) -> tuple[Sandbox, str] | None:
         pool = self._pools.get(options.container_key())

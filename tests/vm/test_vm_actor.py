@@ -195,6 +195,32 @@ async def test_idle_stop_keeps_home_and_next_call_restarts(vm_host: VmHostFactor
         assert (await h.record(["sleepy"])).id == record.id
 
 
+async def test_a_longer_idle_timeout_of_one_vm_is_kept(vm_host: VmHostFactory) -> None:
+    async with vm_host(idle_timeout=0.3) as h:
+        patient = h.client.vm.get_or_create(["patient"], input={"idle_timeout": 5})
+        quick = h.client.vm.get_or_create(["quick"])
+        await patient.exec("true")
+        await quick.exec("true")
+        # Both actors sleep after 0.3 s; only the quick vm's container stops then.
+        await eventually(lambda: h.status(["quick"]), lambda s: s == "exited", what="quick stop")
+        assert await h.status(["patient"]) == "running"
+        state = await patient.fetch_state()
+        assert state["idle_schedule"] is not None  # a durable wake-up for the remainder
+        await eventually(
+            lambda: h.status(["patient"]), lambda s: s == "exited", timeout=30, what="late stop"
+        )
+
+
+async def test_idle_stop_fires_after_a_restart(vm_host: VmHostFactory) -> None:
+    async with vm_host(idle_timeout=2) as h:
+        await h.client.vm.get_or_create(["restarted"]).exec("true")
+    # The engine stopped with the vm running; the next host stops it when idle.
+    async with vm_host(idle_timeout=2) as h2:
+        await eventually(
+            lambda: h2.status(["restarted"]), lambda s: s == "exited", timeout=30, what="stop"
+        )
+
+
 async def test_adoption_after_host_restart(vm_host: VmHostFactory, docker_client: Any) -> None:
     async with vm_host() as h:
         vm = h.client.vm.get_or_create(["adopt"])
