@@ -91,10 +91,15 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
         if proc is None:
             raise OpError("ENOENT", missing.strip(), build_argv0(args))
         proc.retain = bool(args.get("retain"))
-        # "started" goes out before any output can (the pumps start after it).
-        await ch.send_event("started", pid=proc.pid, offset=0)
-        await _stream_to(ch, proc)
-        await table.attach_pipes(proc)
+        try:
+            # "started" goes out before any output can (the pumps start after it).
+            await ch.send_event("started", pid=proc.pid, offset=0)
+            await _stream_to(ch, proc)
+        finally:
+            # Even if the host went away (or cancelled) right after "started", the
+            # process must be pumped and reaped: unread pipes would block it forever
+            # and its exit would never be recorded.
+            await asyncio.shield(table.attach_pipes(proc))
         if payload and proc.stdin is not None:
             proc.stdin.write(payload)
         return await _follow(ch, proc)
