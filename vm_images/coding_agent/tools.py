@@ -89,22 +89,34 @@ async def bash(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
         raise ToolError("command is required")
     timeout = float(args.get("timeout") or ctx.bash_timeout)
     timeout = max(1.0, min(timeout, MAX_BASH_TIMEOUT))
-    proc = await asyncio.create_subprocess_exec(
-        "bash",
-        "-c",
-        command,
-        cwd=ctx.cwd,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        start_new_session=True,  # its own process group: timeout/cancel kill all of it
+    # Our own pipe, not asyncio's: with asyncio-owned pipes (Python 3.11) wait()
+    # blocks until every holder of the pipe exits, background children included.
+    rfd, wfd = os.pipe()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "bash",
+            "-c",
+            command,
+            cwd=ctx.cwd,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=wfd,
+            stderr=wfd,
+            start_new_session=True,  # its own process group: timeout/cancel kill all of it
+        )
+    except BaseException:
+        os.close(rfd)
+        raise
+    finally:
+        os.close(wfd)
+    loop = asyncio.get_running_loop()
+    stream = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(stream), os.fdopen(rfd, "rb", buffering=0)
     )
-    assert proc.stdout is not None
     buf = bytearray()
 
     async def pump() -> None:
-        assert proc.stdout is not None
-        while chunk := await proc.stdout.read(65536):
+        while chunk := await stream.read(65536):
             buf.extend(chunk)
             if len(buf) > CAPTURE_LIMIT:
                 del buf[: len(buf) - CAPTURE_LIMIT]
@@ -120,12 +132,13 @@ async def bash(ctx: ToolContext, args: dict[str, Any]) -> ToolResult:
             code = await proc.wait()
         # Background children may keep the pipe open; do not wait for them for long.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.shield(reader), 1.0)
+            await asyncio.wait_for(asyncio.shield(reader), 0.25)
     except BaseException:
         _killpg(proc.pid)
         raise
     finally:
         reader.cancel()
+        transport.close()
     output = clip(buf.decode("utf-8", errors="replace"))
     if timed_out:
         head = f"Command timed out after {timeout:g}s and was killed."
