@@ -41,7 +41,7 @@ async def test_history_prints_the_workflow_tree(db_path):
 def test_serve_starts_and_stops_on_sigint(tmp_path):
     db = str(tmp_path / "serve.db")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "host.cli", "serve", "--db", db],
+        [sys.executable, "-m", "host.cli", "serve", "--db", db, "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "COLUMNS": "200"},

@@ -1,5 +1,7 @@
 """Check action arguments against the action's signature before calling it.
 
+Annotated parameters are validated (and converted) with pydantic in lax mode.
+
 A wrong number of arguments, or an argument that does not match the action's type
 annotation, is the caller's mistake: it gets a 400 naming the parameter instead of
 a ``TypeError`` from inside the actor (which would be a 500).
@@ -25,9 +27,9 @@ class _Checker:
     adapters: tuple[tuple[int, str, TypeAdapter[Any]], ...]
     params: tuple[str, ...]
 
-    def check(self, actor: str, action: str, args: list[Any]) -> None:
+    def check(self, actor: str, action: str, args: list[Any]) -> list[Any]:
         if self.signature is None:
-            return
+            return args
         try:
             self.signature.bind(None, *args)
         except TypeError as exc:
@@ -37,10 +39,13 @@ class _Checker:
                 action=action,
                 parameters=list(self.params),
             ) from exc
+        if not self.adapters:
+            return args
+        out = list(args)
         for index, pname, adapter in self.adapters:
             if index < len(args):
                 try:
-                    adapter.validate_python(args[index])
+                    out[index] = adapter.validate_python(args[index])
                 except ValidationError as exc:
                     first = exc.errors()[0]
                     raise InvalidRequest(
@@ -49,6 +54,7 @@ class _Checker:
                         parameter=pname,
                         action=action,
                     ) from exc
+        return out
 
 
 _NO_CHECK = _Checker(None, (), ())
@@ -100,12 +106,14 @@ class ArgumentChecker:
         self.registry = registry
         self._cache: dict[tuple[str, str], _Checker] = {}
 
-    def check(self, actor: str, action: str, args: list[Any]) -> None:
+    def check(self, actor: str, action: str, args: list[Any]) -> list[Any]:
+        """``args`` validated against the action's annotations (converted where the
+        annotation asks, e.g. a string for a ``bytes`` parameter)."""
         checker = self._cache.get((actor, action))
         if checker is None:
             definition = self.registry.get(actor)
             fn = definition.actions.get(action) if definition is not None else None
             if fn is None:
-                return  # the engine reports the unknown type or action
+                return args  # the engine reports the unknown type or action
             checker = self._cache[(actor, action)] = _build(fn)
-        checker.check(actor, action, args)
+        return checker.check(actor, action, args)

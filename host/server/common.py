@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 from fastapi import Request
+from starlette.requests import HTTPConnection
 from starlette.responses import Response
 
 from orchestrator import ActorDefinition, Engine
-from orchestrator.errors import ActionNotFound, QueueNotFound, UnknownActorType
+from orchestrator.errors import ActionNotFound, InvalidRequest, QueueNotFound, UnknownActorType
 from orchestrator.keys import ActorKey
 from orchestrator.wire import to_wire
 
@@ -94,3 +96,35 @@ def check_queue(engine: Engine, name: str, queue: str) -> None:
             queue=queue,
             declared=sorted(definition.queues),
         )
+
+
+_QUERY_NAMES: dict[int, frozenset[str]] = {}
+
+
+def _query_names(dependant: Any) -> Iterator[str]:
+    for param in dependant.query_params:
+        yield param.alias
+    for sub in dependant.dependencies:
+        yield from _query_names(sub)
+
+
+def reject_unknown_query(request: HTTPConnection) -> None:
+    """A router dependency: an unknown query parameter (a typo such as ``?wiat=true``)
+    is a 400 naming it, not silently ignored."""
+    if not request.query_params:
+        return
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = _QUERY_NAMES.get(id(route))
+    if allowed is None:
+        allowed = _QUERY_NAMES[id(route)] = frozenset(_query_names(dependant))
+    for name in request.query_params:
+        if name not in allowed:
+            raise InvalidRequest(
+                f"unknown query parameter {name!r}"
+                + (f" (this route takes: {', '.join(sorted(allowed))})" if allowed else ""),
+                field=f"query.{name}",
+                allowed=sorted(allowed),
+            )

@@ -5,9 +5,9 @@ Values typed ``Any`` are JSON in which bytes travel as ``{"$bytes": "<base64>"}`
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from orchestrator.engine import ActorInfo, HistoryEntry, QueuedMessage, WorkflowHistory
 
@@ -33,6 +33,16 @@ __all__ = [
     "StateResponse",
     "WorkflowHistory",
 ]
+
+
+def _json_integer(value: Any) -> Any:
+    """An integer as JSON Schema means it: ``5`` or ``5.0``; not ``"5"`` nor ``true``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("Input should be a valid integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 
 
 class _Request(BaseModel):
@@ -75,8 +85,8 @@ class ActionResponse(BaseModel):
 
 class SendRequest(_Request):
     body: Any = None
-    wait: bool = Field(False, description="wait for the consumer to complete the message")
-    timeout_ms: int | None = Field(
+    wait: StrictBool = Field(False, description="wait for the consumer to complete the message")
+    timeout_ms: JsonInt | None = Field(
         None,
         ge=0,
         le=86_400_000,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
 
 from orchestrator.errors import ActorAlreadyExists, ActorNotFound
@@ -18,6 +18,7 @@ from .common import (
     checker_of,
     engine_of,
     json_response,
+    reject_unknown_query,
     resolve,
     settings_of,
 )
@@ -35,7 +36,7 @@ from .models import (
 )
 from .paths import parse_key, parse_name
 
-router = APIRouter(tags=["actors"], responses=ERRORS)
+router = APIRouter(tags=["actors"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
 KEY_DOC = "key parts joined by ',', each percent-encoded (',' in a part is %2C)"
 CREATE_DOC = "create the actor if it does not exist (get-or-create); false: 404 instead"
@@ -125,7 +126,7 @@ async def call_action(
     action_name = parse_name(action, "action")
     check_action(engine, actor_name, action_name)
     args = from_wire(body.args, where="args") if body is not None else []
-    checker_of(request).check(actor_name, action_name, args)
+    args = checker_of(request).check(actor_name, action_name, args)
     actor_id, _, _ = await resolve(engine, name, key, create=create)
     output = await engine.call(actor_id, action_name, args)
     return json_response({"output": output})

@@ -16,16 +16,16 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Query, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
 from starlette.responses import StreamingResponse
 
 from orchestrator import Subscription
 from orchestrator.errors import AgentVMError
 from orchestrator.wire import to_wire
 
-from .common import ERRORS, engine_of, resolve
+from .common import ERRORS, engine_of, reject_unknown_query, resolve
 
-router = APIRouter(tags=["events"], responses=ERRORS)
+router = APIRouter(tags=["events"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
 PING_SECONDS = 15.0
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=repr).encode

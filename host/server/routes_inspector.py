@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from collections import Counter
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from orchestrator.errors import ActorNotFound
 
-from .common import ERRORS, engine_of, json_response, resolve
+from .common import ERRORS, engine_of, json_response, reject_unknown_query, resolve
 from .models import ActorSummary, QueueContents, WorkflowHistory
 
-router = APIRouter(tags=["inspector"], responses=ERRORS)
+router = APIRouter(
+    tags=["inspector"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)]
+)
 
 
 @router.get(

@@ -5,16 +5,18 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from orchestrator import Engine
 from orchestrator.metrics import REGISTRY
 
-from .common import ERRORS, engine_of, json_response
+from .common import ERRORS, engine_of, json_response, reject_unknown_query
 from .models import Health
 
-router = APIRouter(tags=["operations"], responses=ERRORS)
+router = APIRouter(
+    tags=["operations"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)]
+)
 
 VERSION = "0.1.0"
 _STARTED = time.time()

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
 from orchestrator.errors import InvalidRequest
 
-from .common import ERRORS, engine_of, json_response, resolve
+from .common import ERRORS, engine_of, json_response, reject_unknown_query, resolve
 from .models import FileListing, FileWritten
 from .paths import decode_part
 
-router = APIRouter(tags=["vms"], responses=ERRORS)
+router = APIRouter(tags=["vms"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
 VM = "vm"
 

@@ -126,3 +126,10 @@ def test_query_parameter_types(http: httpx.Client, unique: str) -> None:
     assert err["metadata"]["field"] == "query.create"
     err = _error(http.post(f"/actors/counter/{unique}", params={"if_exists": "explode"}), 400)
     assert err["metadata"]["field"] == "query.if_exists"
+
+
+def test_unknown_query_parameter(http: httpx.Client, unique: str) -> None:
+    err = _error(
+        http.post(f"/actors/counter/{unique}/queues/jobs", params={"wiat": "true"}, json={}), 400
+    )
+    assert err["metadata"]["field"] == "query.wiat" and "create" in err["message"]
