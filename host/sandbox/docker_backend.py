@@ -253,8 +253,8 @@ class DockerBackend(SandboxBackend):
 
     async def start(self, sandbox: Sandbox, *, timeout: float = 30.0) -> None:
         await sandbox.control.start()
-        container = await self._docker(self.client.containers.get, sandbox.id)
-        await self._docker(container.start)
+        # The low-level call: no inspect round trip before the start.
+        await self._docker(self.client.api.start, sandbox.id)
         await sandbox.wait_ready(timeout)
 
     async def stop(self, sandbox: Sandbox, *, timeout: float = 5.0) -> None:

@@ -169,6 +169,7 @@ class SandboxManager:
         listening for the others (vm containers keep running, for the next start)."""
         self._closed = True
         tasks = [t for t in [self._reaper, *(p.task for p in self._pools.values())] if t]
+        tasks += list(self._tasks)  # process re-attachments still waiting
         for task in tasks:
             task.cancel()
         for task in tasks:

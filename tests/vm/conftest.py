@@ -20,6 +20,7 @@ from typing import Any
 import docker
 import pytest
 
+from host.sandbox import SandboxLimits
 from host.sandbox.backend import LABEL_HOST
 from host.vm import SandboxManager, VmOptions, vm_actor
 from host.vm.manager import SandboxRecord
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[2]
 HOST_ID = f"v{os.getpid()}-{uuid.uuid4().hex[:6]}"
 # A second host id: the reaper must leave its containers alone.
 OTHER_HOST_ID = f"{HOST_ID}-x"
-TEST_LIMITS = {"memory_mb": 256, "cpus": 1.0, "pids": 128, "tmp_mb": 64}
+TEST_LIMITS = SandboxLimits(memory_mb=256, cpus=1.0, pids=128, tmp_mb=64)
 
 pytestmark = pytest.mark.docker
 
@@ -107,7 +108,7 @@ def vm_host(make_engine: Callable[..., Any], image: str) -> Callable[..., Any]:
         reap_interval: float | None = None,
         **overrides: Any,
     ) -> AsyncIterator[VmHost]:
-        defaults = VmOptions(limits=TEST_LIMITS, idle_timeout=idle_timeout)  # type: ignore[arg-type]
+        defaults = VmOptions(limits=TEST_LIMITS, idle_timeout=idle_timeout)
         manager = await SandboxManager.open(
             host_id=host_id, pool_size=pool_size, defaults=defaults, reap_interval=reap_interval
         )
