@@ -5,6 +5,8 @@ Define actors with :func:`actor`, collect them with :func:`setup`, run them on a
 over HTTP (``create_client(url)``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._instance import Event, Subscription
 from .client import ActorAccessor, ActorHandle, Client
 from .config import EngineConfig
@@ -31,8 +33,28 @@ from .errors import (
     WorkflowError,
 )
 from .queues import Message, SendResult
-from .remote import HttpTransport, RemoteClient, SyncClient, create_client, create_sync_client
 from .workflow import Loop, RaceResult, WorkflowContext, workflow
+
+if TYPE_CHECKING:
+    from .remote import (
+        HttpTransport,
+        RemoteClient,
+        SyncClient,
+        create_client,
+        create_sync_client,
+    )
+
+# The HTTP client (and httpx) load on first use, not with the engine.
+_REMOTE = {"HttpTransport", "RemoteClient", "SyncClient", "create_client", "create_sync_client"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _REMOTE:
+        from . import remote
+
+        return getattr(remote, name)
+    raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+
 
 __all__ = [
     "ActionNotFound",
