@@ -21,11 +21,12 @@ from host.sandbox import (
     SandboxSpec,
 )
 from host.sandbox.backend import LABEL_HOST, LABEL_KEY, LABEL_MANAGED, LABEL_POOL
-from host.vm import SandboxManager, VmOptions
+from host.vm import SandboxManager, VmOptions, vm_actor
+from orchestrator import Loop, actor, queue, setup, workflow
 from orchestrator.errors import InvalidRequest
 from tests.support import eventually
 
-from .conftest import HOST_ID, OTHER_HOST_ID
+from .conftest import HOST_ID, OTHER_HOST_ID, TEST_LIMITS
 
 pytestmark = pytest.mark.docker
 
@@ -401,3 +402,39 @@ async def test_sandbox_for_streams_in_process(vm_host: VmHostFactory) -> None:
                 total += len(chunk)
             assert total == 3 * 2**20
         assert (await h.client.vm.get_or_create(["stream"]).stat("big.bin"))["size"] == total
+
+
+async def test_a_workflow_drives_a_vm_in_steps(make_engine: Any, image: str) -> None:
+    """The seed's pattern: an orchestrator's steps call the vm actor."""
+
+    async def run(ctx: Any) -> None:
+        async def body(loop_ctx: Any) -> Any:
+            msg = await loop_ctx.queue.next("wait", names=["jobs"], completable=True)
+            vm = loop_ctx.client().vm.get_or_create([f"job-{msg.body['id']}"])
+            await loop_ctx.step("write", lambda: vm.write_file("in.txt", msg.body["text"]))
+            tests = await loop_ctx.step("run", lambda: vm.exec("tr a-z A-Z < in.txt"))
+
+            async def read() -> str:
+                return (await vm.read_file("in.txt")).decode()
+
+            original = await loop_ctx.step("read", read)
+            await msg.complete(
+                {"exit_code": tests["exit_code"], "out": tests["stdout"], "in": original}
+            )
+            return Loop.continue_()
+
+        await ctx.loop("jobs", body)
+
+    orchestrator_actor = actor(queues={"jobs": queue()}, run=workflow(run))
+    manager = await SandboxManager.open(
+        host_id=HOST_ID, pool_size=0, defaults=VmOptions(limits=TEST_LIMITS), reap_interval=None
+    )
+    try:
+        registry = setup(use={"vm": vm_actor(manager), "automator": orchestrator_actor})
+        async with make_engine(registry) as engine:
+            handle = engine.client().automator.get_or_create("main")
+            result = await handle.send("jobs", {"id": 7, "text": "abc"}, wait=True, timeout=60)
+            assert result.status == "completed"
+            assert result.response == {"exit_code": 0, "out": "ABC", "in": "abc"}
+    finally:
+        await manager.close()
