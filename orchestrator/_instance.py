@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from ._tx import Tx, current_tx
+from ._tx import Tx, current_tx, open_tx
 from .contexts import ActorContext
 from .errors import (
     ActionNotFound,
@@ -264,6 +264,7 @@ class ActorInstance:
                 raise
             finally:
                 current_tx.reset(token)
+                tx.closed = True
                 c.queue._ack()
             ops = tx.ops
             ops.extend(self.state_ops())
@@ -288,6 +289,7 @@ class ActorInstance:
                 await result
         finally:
             current_tx.reset(token)
+            tx.closed = True
         ops = tx.ops + self.state_ops()
         if ops:
             await self.store.submit(ops)
@@ -362,7 +364,7 @@ class ActorInstance:
 
     async def send_to_self(self, queue: str, body: Any) -> int:
         rec = self.make_message(queue, body)
-        tx = current_tx.get()
+        tx = open_tx()
         if tx is not None:
             tx.ops.append((base.PUT_MESSAGE, rec))
             tx.after.append(lambda: self.deliver(rec))
@@ -456,7 +458,7 @@ class ActorInstance:
         rec = ScheduleRecord(
             self.store.next_schedule_id(), self.actor_id, when, action, args_json, time.time()
         )
-        tx = current_tx.get()
+        tx = open_tx()
         if tx is not None:
             tx.ops.append((base.PUT_SCHEDULE, rec))
             tx.after.append(lambda: self.engine.arm_schedule(rec))

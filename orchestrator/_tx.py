@@ -18,6 +18,9 @@ from .storage.base import Op
 class Tx:
     ops: list[Op] = field(default_factory=list)
     after: list[Callable[[], None]] = field(default_factory=list)
+    # A task started inside an action inherits its context, and so this Tx; once the
+    # action has committed, the Tx is closed and such late writes commit on their own.
+    closed: bool = False
 
     def run_after(self) -> None:
         for fn in self.after:
@@ -25,3 +28,9 @@ class Tx:
 
 
 current_tx: ContextVar[Tx | None] = ContextVar("agentvm_tx", default=None)
+
+
+def open_tx() -> Tx | None:
+    """The transaction of the running action or step, if it is still open."""
+    tx = current_tx.get()
+    return tx if tx is not None and not tx.closed else None

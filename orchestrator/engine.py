@@ -299,6 +299,7 @@ class Engine:
                     await result
         finally:
             current_tx.reset(token)
+            tx.closed = True
         record.state = _dumps(inst.state)
         inst._persisted_state = record.state
         await self.store.submit([(base.PUT_ACTOR, record), *tx.ops])

@@ -1,7 +1,7 @@
 """Numbered, append-only logs per actor (e.g. an agent session's updates).
 
 ``c.log(stream)`` gives an :class:`ActorLog`; ``append`` assigns the next number
-and (inside an action or step) commits with it, else commits at once.
+and commits the entry at once (even inside an action), so readers see it live.
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._tx import current_tx
 from .errors import NotSerializable
 from .storage import base
 from .storage.base import LogRecord
@@ -40,11 +39,9 @@ class ActorLog:
             raise NotSerializable(f"log entry is not JSON: {exc}", field="payload") from exc
         seq = await self._next_seq()
         rec = LogRecord(self._instance.actor_id, self.stream, seq, text, time.time())
-        tx = current_tx.get()
-        if tx is not None:
-            tx.ops.append((base.APPEND_LOG, rec))
-        else:
-            await self._instance.store.submit([(base.APPEND_LOG, rec)])
+        # Committed on its own, at once: a log is a stream others read while the
+        # action that writes it (e.g. a long prompt) is still running.
+        await self._instance.store.submit([(base.APPEND_LOG, rec)])
         return seq
 
     async def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:

@@ -415,6 +415,7 @@ class WorkflowContext(ActorContext):
                 continue
             finally:
                 current_tx.reset(token)
+                tx.closed = True
                 run.running_steps.pop(path, None)
             try:
                 output = _dumps(result)
