@@ -18,7 +18,7 @@ import typer
 from rich.table import Table
 from rich.tree import Tree
 
-from orchestrator import RemoteClient, WorkflowHistory
+from orchestrator import AgentVMError, RemoteClient, WorkflowHistory
 
 from .cli_common import (
     DEFAULT,
@@ -96,17 +96,23 @@ def serve(
     config = EngineConfig()
     if db:
         config = config.model_copy(update={"db": db})
-    try:
-        reg = _registry(settings.registry)
-    except (ImportError, AttributeError, ValueError, TypeError) as exc:
-        raise fail(f"cannot load registry {settings.registry!r}: {exc}", 2) from None
-    engine = Engine(reg, config=config)
+    runtime: Any
+    if settings.registry:
+        # A custom registry runs on the engine alone (no sandbox manager).
+        try:
+            runtime = Engine(_registry(settings.registry), config=config)
+        except (ImportError, AttributeError, ValueError, TypeError) as exc:
+            raise fail(f"cannot load registry {settings.registry!r}: {exc}", 2) from None
+    else:
+        from .app import host_runtime
+
+        runtime = host_runtime(config)
     started = time.monotonic()
 
     def ready(url: str) -> None:
         console.print(
             f"[green]agentvm engine running[/] on {config.db} "
-            f"({len(engine.instances)} actors recovered in {time.monotonic() - started:.2f}s); "
+            f"(started in {time.monotonic() - started:.2f}s); "
             f"listening on {url}"
             + (" (token required)" if settings.token else "")
             + ". Ctrl-C stops.",
@@ -114,7 +120,10 @@ def serve(
             soft_wrap=True,
         )
 
-    asyncio.run(serve_http(engine, settings, on_ready=ready))
+    try:
+        asyncio.run(serve_http(runtime, settings, on_ready=ready))
+    except AgentVMError as exc:  # e.g. the Docker engine is down
+        raise fail(f"cannot start: {exc}", 1) from None
     console.print("stopped")
 
 

@@ -1,28 +1,19 @@
-"""The actor types ``agentvm serve`` runs, assembled in one place.
+"""The actor types ``agentvm serve`` runs when no ``--registry`` is given.
 
-Add new built-in actor types (the vm actor, the built-in orchestrators) here;
+The host (``host/app.py``) serves the vm actor and the built-in orchestrators;
 ``agentvm serve --registry module:function`` (or ``AGENTVM_REGISTRY``) serves a
-different registry instead.
+different registry instead, without a sandbox manager.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestrator import Registry
 
+from .app import build_registry as _build
 
-def build_registry() -> Registry:
-    """For now a few of the workflow examples; the vm actor and the built-in
-    orchestrators join them in later issues."""
-    from examples import workflows as ex
 
-    registry = Registry({})
-    for part in (
-        ex.counter_loop(),
-        ex.request_response(),
-        ex.queue_worker(),
-        ex.approval_gate(),
-        ex.progress_broadcast(),
-    ):
-        for name, definition in part.actors.items():
-            registry.add(name, definition)
-    return registry
+def build_registry(manager: Any | None = None) -> Registry:
+    """The built-in orchestrators, plus the vm actor when ``manager`` is given."""
+    return _build(manager)

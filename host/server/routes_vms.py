@@ -1,7 +1,7 @@
 """Sandbox files over plain HTTP, through the ``vm`` actor's actions.
 
 ``GET /vms/{key}/files/{path}`` → ``read_file(path)`` as raw bytes,
-``PUT`` the same URL → ``write_file(path, content)`` with the raw request body,
+``PUT`` the same URL → ``write_file(path, content, {"parents": True})`` with the raw body,
 ``GET /vms/{key}/ls/{path}`` → ``readdir(path)``. Paths are absolute inside the
 sandbox: ``/vms/fix-42/files/home/user/repo/README.md``.
 """
@@ -74,7 +74,8 @@ async def upload(request: Request, key: str, path: str) -> Response:
     file_path = _sandbox_path(path)
     content = await request.body()
     actor_id, _, _ = await resolve(engine, VM, key, create=True)
-    await engine.call(actor_id, "write_file", [file_path, content])
+    # Like any upload: the directories on the way are created.
+    await engine.call(actor_id, "write_file", [file_path, content, {"parents": True}])
     return json_response({"path": file_path, "size": len(content)})
 
 

@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import uvicorn
@@ -36,7 +37,7 @@ def load_registry(spec: str) -> Registry:
 
 
 async def serve(
-    engine: Engine,
+    runtime: Engine | AbstractAsyncContextManager[Engine],
     settings: ServerSettings,
     *,
     on_ready: Callable[[str], None] | None = None,
@@ -50,6 +51,23 @@ async def serve(
     socket listens (with the real port when ``settings.port`` is 0).
     """
     check_bind(settings.bind, settings.token)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(sig, stop.set)
+    # ``runtime`` is an Engine or anything that starts one (e.g. the whole host).
+    async with runtime as engine:
+        await _serve_engine(engine, settings, on_ready, stop, bench_routes)
+
+
+async def _serve_engine(
+    engine: Engine,
+    settings: ServerSettings,
+    on_ready: Callable[[str], None] | None,
+    stop: asyncio.Event,
+    bench_routes: bool,
+) -> None:
     app = create_app(engine, settings=settings, bench_routes=bench_routes or settings.bench_routes)
     config = uvicorn.Config(
         app,
@@ -61,33 +79,27 @@ async def serve(
         timeout_graceful_shutdown=5,
         ws="websockets-sansio",
     )
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-    async with engine:
-        server = _Server(config)
-        # uvicorn's public serve() installs its own signal handlers and re-raises the
-        # signal afterwards; _serve() is the same without that.
-        task = asyncio.create_task(server._serve())
-        waiter = asyncio.create_task(stop.wait())
-        ready = asyncio.create_task(server.ready.wait())
-        await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
-        if not server.started:
-            ready.cancel()
-            waiter.cancel()
-            await task  # uvicorn exits (SystemExit) when it cannot bind
-            raise OSError(f"could not listen on {settings.bind}:{settings.port}")
-        try:
-            if on_ready is not None:
-                on_ready(_url(server, settings))
-            await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            server.should_exit = True
-            await _end_streams(engine)
-            await task
+    server = _Server(config)
+    # uvicorn's public serve() installs its own signal handlers and re-raises the
+    # signal afterwards; _serve() is the same without that.
+    task = asyncio.create_task(server._serve())
+    waiter = asyncio.create_task(stop.wait())
+    ready = asyncio.create_task(server.ready.wait())
+    await asyncio.wait([task, ready], return_when=asyncio.FIRST_COMPLETED)
+    if not server.started:
+        ready.cancel()
+        waiter.cancel()
+        await task  # uvicorn exits (SystemExit) when it cannot bind
+        raise OSError(f"could not listen on {settings.bind}:{settings.port}")
+    try:
+        if on_ready is not None:
+            on_ready(_url(server, settings))
+        await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        server.should_exit = True
+        await _end_streams(engine)
+        await task
 
 
 class _Server(uvicorn.Server):

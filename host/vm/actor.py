@@ -27,6 +27,14 @@ from orchestrator.errors import InvalidRequest
 
 from .manager import SandboxManager, SandboxRecord
 from .options import VmOptions, parse_call_options, parse_options
+from .sessions import (
+    SessionState,
+    detach_sessions,
+    gateway_down,
+    gateway_up,
+    reattach_sessions,
+    session_actions,
+)
 
 log = logging.getLogger("agentvm.vm")
 
@@ -50,6 +58,7 @@ class _Vars:
         self.last_used: float | None = None
         self.pumps: dict[int, asyncio.Task[None]] = {}
         self.options: VmOptions | None = None
+        self.sessions = SessionState()
 
 
 # --- option models of the actions ----------------------------------------------------------
@@ -157,6 +166,7 @@ async def sandbox_of(c: ActorContext) -> Sandbox:
                 else:
                     sandbox, record = await v.manager.resume(record, list(c.key), _options(c))
                 v.sandbox, v.record = sandbox, record
+                await gateway_up(c, v.manager.gateway, sandbox, c.state.get("token_budget"))
     _remember(c, v.record)
     return sandbox
 
@@ -332,6 +342,8 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
         v = _vars(c)
         v.sandbox = sandbox
         if sandbox is not None:
+            await gateway_up(c, manager.gateway, sandbox, c.state.get("token_budget"))
+            await reattach_sessions(c, v.sessions, sandbox)
             task = asyncio.create_task(_reattach(c, sandbox))
             manager._tasks.add(task)
             task.add_done_callback(manager._tasks.discard)
@@ -340,6 +352,8 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
         v = _vars(c)
         for task in list(v.pumps.values()):
             task.cancel()  # the processes keep running in the sandbox
+        await detach_sessions(v.sessions)  # and so do the agents
+        await gateway_down(c, manager.gateway, forget=False)
         record = _current(c)
         if record is None:
             return
@@ -365,6 +379,8 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
         v = _vars(c)
         for task in list(v.pumps.values()):
             task.cancel()
+        await detach_sessions(v.sessions)
+        await gateway_down(c, manager.gateway, forget=True)
         record = _current(c)
         extra = v.sandbox if v.sandbox is not None and (
             record is None or v.sandbox.name != record.name
@@ -562,10 +578,12 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
             "delete_file": delete_file,
             "upload_dir": upload_dir,
             "download_dir": download_dir,
+            **session_actions(lambda c: _vars(c).sessions, sandbox_of, manager.gateway),
         },
         events={
             "process_output": event("{pid, stream, data[, data_b64]} of a spawned process"),
             "process_exit": event("{pid, exit_code}: a spawned process ended"),
+            "session_event": event("{session_id, seq, kind, data}: a stored session update"),
         },
         on_wake=on_wake,
         on_sleep=on_sleep,

@@ -22,6 +22,7 @@ import docker
 import docker.errors
 import requests
 
+from host.gateway import LLMGateway
 from host.sandbox import (
     DockerBackend,
     DockerUnavailable,
@@ -98,8 +99,11 @@ class SandboxManager:
         pool_size: int,
         pool_options: Sequence[VmOptions],
         reap_interval: float | None,
+        gateway: LLMGateway | None = None,
     ) -> None:
         self.backend = backend
+        # Serves the LLM endpoint into every sandbox that goes live (None: no gateway).
+        self.gateway = gateway
         self.host_id = backend.host_id
         self.defaults = defaults
         self.pool_size = pool_size
@@ -131,6 +135,7 @@ class SandboxManager:
         reap_interval: float | None = 300.0,
         control_root: Path | None = None,
         connect_timeout: float = 30.0,
+        gateway: LLMGateway | None = None,
     ) -> SandboxManager:
         """Connect to Docker (``DockerUnavailable`` naming the engine address if it is
         down) and start filling the warm pool (``pool_size`` containers for each of
@@ -145,6 +150,7 @@ class SandboxManager:
             pool_size=pool_size,
             pool_options=list(pool_options) if pool_options is not None else [defaults],
             reap_interval=reap_interval,
+            gateway=gateway,
         )
         for pool in manager._pools.values():
             pool.wanted.set()

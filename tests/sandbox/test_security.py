@@ -107,7 +107,9 @@ async def test_fork_bomb_is_contained(backend: DockerBackend, spec: SandboxSpec)
     bomb_box = await backend.create(spec)
     limit = spec.limits.pids
     assert (await bomb_box.read_file("/sys/fs/cgroup/pids/pids.max")).strip() == str(limit).encode()
-    bomb = await bomb_box.spawn(":(){ :|:& };:")
+    # Its stdio goes to /dev/null: the supervisor closes a finished leader's pipes, and
+    # the bomb's "fork: retry" errors would otherwise end it by SIGPIPE, not the limit.
+    bomb = await bomb_box.spawn("exec >/dev/null 2>&1; :(){ :|:& };:")
 
     async def exhausted() -> bool:
         current = int(await bomb_box.read_file("/sys/fs/cgroup/pids/pids.current"))

@@ -60,6 +60,7 @@ def start_server(
     args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
     deadline_s: float = 60.0,
+    registry: str | None = REGISTRY,
 ) -> LiveServer:
     """Start a server on a free port and wait (polling /healthz) until it answers."""
     full_env = {**os.environ, "COLUMNS": "300", **(env or {})}
@@ -67,7 +68,9 @@ def start_server(
     if token:
         full_env["AGENTVM_TOKEN"] = token
     cmd = [sys.executable, "-m", "host.cli", "serve", "--db", str(db), "--port", "0"]
-    cmd += ["--registry", REGISTRY, *args]
+    if registry is not None:  # None: the real host (vm actor, orchestrators, Docker)
+        cmd += ["--registry", registry]
+    cmd += list(args)
     proc = subprocess.Popen(cmd, cwd=ROOT, stderr=subprocess.PIPE, text=True, env=full_env)
     lines: queue.Queue[str] = queue.Queue()
 

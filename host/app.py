@@ -1,0 +1,110 @@
+"""The host runtime: what ``agentvm serve`` runs, assembled and torn down in order.
+
+``async with host_runtime(config) as engine:`` opens the LLM gateway and the
+sandbox manager (Docker, warm pool, reaper), builds the registry (the vm actor
+and the built-in orchestrators), starts the engine (recovering every pending
+workflow and re-adopting running sandboxes) and, on exit, stops them in reverse
+order — running sandboxes are left for the next start to adopt.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator import Engine, EngineConfig, Registry
+
+log = logging.getLogger("agentvm.host")
+
+
+class HostSettings(BaseSettings):
+    """Sandbox-host settings from ``AGENTVM_*`` variables; every one has a safe default."""
+
+    model_config = SettingsConfigDict(env_prefix="AGENTVM_", extra="ignore")
+
+    host_id: str | None = Field(
+        None,
+        description="labels this host's containers; default derived from the database "
+        "path, so a restart on the same database re-adopts its sandboxes",
+    )
+    warm_pool: int = Field(2, ge=0, description="started containers kept ready per image")
+    vm_bundles: list[str] = Field(
+        default_factory=lambda: ["common", "coding-agent"],
+        description="software bundles of a vm unless its create input says otherwise",
+    )
+    vm_idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle vm stops")
+    reap_interval: float = Field(300.0, gt=0, description="seconds between orphan sweeps")
+
+
+def default_host_id(db: str) -> str:
+    return "h" + hashlib.sha256(os.path.abspath(db).encode()).hexdigest()[:10]
+
+
+def build_registry(manager: Any | None) -> Registry:
+    """The vm actor (when a sandbox manager is given) and the built-in orchestrators."""
+    from orchestrator.builtin import builtin_orchestrators
+
+    actors = dict(builtin_orchestrators())
+    if manager is not None:
+        from .vm import vm_actor
+
+        actors["vm"] = vm_actor(manager)
+    return Registry(actors)
+
+
+@asynccontextmanager
+async def host_runtime(
+    config: EngineConfig | None = None,
+    settings: HostSettings | None = None,
+    *,
+    registry: Registry | Callable[[Any], Registry] | None = None,
+) -> AsyncIterator[Engine]:
+    """Run the whole host; yields the started engine. ``registry`` replaces the
+    built-in one (a Registry, or a function of the sandbox manager)."""
+    from host.gateway import LLMGateway
+
+    from .vm import SandboxManager, VmOptions
+
+    config = config or EngineConfig()
+    settings = settings or HostSettings()
+    engine_ref: list[Engine] = []
+
+    def on_usage(record: Any) -> None:
+        # Token usage as a live event of the vm whose agent made the request.
+        if engine_ref:
+            inst = engine_ref[0].instances.get(record.sandbox)
+            if inst is not None:
+                inst.broadcast_internal("llm_usage", record.model_dump(mode="json"))
+
+    gateway = LLMGateway.from_env(on_usage=on_usage)
+    manager = None
+    try:
+        manager = await SandboxManager.open(
+            host_id=settings.host_id or default_host_id(config.db),
+            pool_size=settings.warm_pool,
+            defaults=VmOptions(bundles=settings.vm_bundles, idle_timeout=settings.vm_idle_timeout),
+            reap_interval=settings.reap_interval,
+            gateway=gateway,
+        )
+        if registry is None:
+            reg = build_registry(manager)
+        elif isinstance(registry, Registry):
+            reg = registry
+        else:
+            reg = registry(manager)
+        engine = Engine(reg, config=config)
+        engine_ref.append(engine)
+        async with engine:
+            manager.attach(engine)
+            yield engine
+    finally:
+        if manager is not None:
+            await manager.close(remove_pool=True)
+        await gateway.close()

@@ -1,0 +1,239 @@
+"""Agent sessions and the LLM gateway, as actions and hooks of the vm actor.
+
+The vm actor keeps one :class:`~host.sessions.SessionManager` per live sandbox.
+Every session update is stored in the actor's numbered log ``session:<id>`` and
+broadcast as ``session_event``; a session's record sits in the actor state so a
+host restart re-attaches to the agent process, which kept running. An open
+session keeps the vm awake (its agent process runs in the container).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from host.gateway import LLMGateway, Usage
+from host.sandbox import Sandbox
+from host.sessions import (
+    ActorLogEventStore,
+    SessionEvent,
+    SessionManager,
+    SessionNotFound,
+    SessionRecord,
+)
+from orchestrator import ActorContext
+from orchestrator.errors import InvalidRequest
+
+from .options import parse_call_options
+
+log = logging.getLogger("agentvm.vm.sessions")
+
+SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
+
+
+class CreateSessionOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    env: dict[str, str] | None = None
+    cwd: str | None = None
+    model: str | None = None
+    additional_instructions: str | None = None
+    system_prompt: str | None = None
+    permission_policy: Literal["allow", "ask"] = "allow"
+
+
+class EventsOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: int = Field(0, ge=0)
+
+
+class _Holding(ActorLogEventStore):
+    """The actor-log sink, which also lets the vm sleep once a session's agent is gone."""
+
+    def __init__(self, c: ActorContext, holds: dict[str, Callable[[], None]]) -> None:
+        super().__init__(c)
+        self._holds = holds
+
+    async def append(self, event: SessionEvent) -> int:
+        seq = await super().append(event)
+        if event.kind in ("agent_exit", "session_closed"):
+            release = self._holds.pop(event.session_id, None)
+            if release is not None:
+                release()
+        return seq
+
+
+class SessionState:
+    """Per-wake session bookkeeping, kept in the vm actor's vars."""
+
+    def __init__(self) -> None:
+        self.manager: SessionManager | None = None
+        self.sandbox: Sandbox | None = None
+        self.holds: dict[str, Callable[[], None]] = {}
+
+
+def _text(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise InvalidRequest(f"{field} must be a non-empty string", field=field)
+    return value
+
+
+def _records(c: ActorContext) -> dict[str, Any]:
+    sessions: dict[str, Any] = c.state.setdefault("sessions", {})
+    return sessions
+
+
+async def gateway_up(
+    c: ActorContext, gateway: LLMGateway | None, sandbox: Sandbox, budget: int | None
+) -> None:
+    """Serve the LLM gateway into a sandbox that just became live (created, started
+    or adopted), restoring the usage recorded before a restart."""
+    if gateway is None:
+        return
+    used = c.state.get("llm_usage")
+    await gateway.serve(
+        c.actor_id,
+        sandbox.control.control_dir,
+        budget_tokens=budget,
+        used=Usage.model_validate(used) if used else None,
+    )
+
+
+async def gateway_down(c: ActorContext, gateway: LLMGateway | None, *, forget: bool) -> None:
+    if gateway is None:
+        return
+    c.state["llm_usage"] = gateway.usage(c.actor_id).total.model_dump()
+    await gateway.stop(c.actor_id, forget=forget)
+
+
+def session_actions(
+    st: Callable[[ActorContext], SessionState],
+    sandbox_of: SandboxOf,
+    gateway: LLMGateway | None,
+) -> dict[str, Callable[..., Any]]:
+    """The session actions of the vm actor (see docs/sessions.md)."""
+
+    async def manager(c: ActorContext) -> SessionManager:
+        sandbox = await sandbox_of(c)
+        s = st(c)
+        if s.manager is None or s.sandbox is not sandbox:
+            s.manager = SessionManager(sandbox, store=_Holding(c, s.holds))
+            s.sandbox = sandbox
+        return s.manager
+
+    async def create_session(c: ActorContext, agent_type: Any, opts: Any = None) -> dict[str, Any]:
+        """Start an agent (``agent_type``, e.g. ``coding-agent``) in the sandbox →
+        ``{session_id, agent_type, capabilities, agent_info}``."""
+        o = parse_call_options(CreateSessionOptions, opts, "create_session")
+        sm = await manager(c)
+        info = await sm.create_session(_text(agent_type, "agent_type"), **o.model_dump())
+        _records(c)[info.session_id] = sm.record(info.session_id).model_dump(mode="json")
+        st(c).holds[info.session_id] = c.hold()
+        return info.model_dump(mode="json")
+
+    async def send_prompt(c: ActorContext, session_id: Any, text: Any) -> dict[str, Any]:
+        """Prompt the agent and wait for the turn to end → ``{stop_reason, text, usage}``."""
+        sm = await manager(c)
+        result = await sm.send_prompt(_text(session_id, "session_id"), _text(text, "text"))
+        return result.model_dump(mode="json")
+
+    async def cancel_prompt(c: ActorContext, session_id: Any) -> None:
+        sm = await manager(c)
+        await sm.cancel_prompt(_text(session_id, "session_id"))
+
+    async def respond_permission(
+        c: ActorContext, session_id: Any, permission_id: Any, reply: Any
+    ) -> None:
+        """Answer a ``permission_request`` event: ``once``, ``always`` or ``reject``."""
+        if reply not in ("once", "always", "reject"):
+            raise InvalidRequest("reply must be 'once', 'always' or 'reject'", field="reply")
+        sm = await manager(c)
+        await sm.respond_permission(
+            _text(session_id, "session_id"), _text(permission_id, "permission_id"), reply
+        )
+
+    async def close_session(c: ActorContext, session_id: Any) -> None:
+        sid = _text(session_id, "session_id")
+        sm = await manager(c)
+        try:
+            await sm.close_session(sid)
+        finally:
+            _records(c).pop(sid, None)
+            release = st(c).holds.pop(sid, None)
+            if release is not None:
+                release()
+
+    async def list_sessions(c: ActorContext) -> list[dict[str, Any]]:
+        s = st(c)
+        if s.manager is None:
+            return []
+        return [x.model_dump(mode="json") for x in await s.manager.list_sessions()]
+
+    async def get_session_events(
+        c: ActorContext, session_id: Any, opts: Any = None
+    ) -> list[dict[str, Any]]:
+        """Stored updates of a session with ``seq > since`` (works after it closed)."""
+        sid = _text(session_id, "session_id")
+        since = parse_call_options(EventsOptions, opts, "get_session_events").since
+        events = await ActorLogEventStore(c).read(sid, since)
+        if not events and sid not in _records(c) and since == 0:
+            raise SessionNotFound(f"no session {sid!r}", session_id=sid)
+        return [e.model_dump(mode="json") for e in events]
+
+    async def llm_usage(c: ActorContext) -> dict[str, Any]:
+        """Tokens used through the gateway, in total and per session."""
+        if gateway is None:
+            return {"total": c.state.get("llm_usage") or Usage().model_dump(), "sessions": {}}
+        return gateway.usage(c.actor_id).model_dump(mode="json")
+
+    async def set_token_budget(c: ActorContext, budget: Any) -> None:
+        """Cap the tokens this vm may use through the gateway (None: no cap)."""
+        if budget is not None and (not isinstance(budget, int) or budget < 0):
+            raise InvalidRequest("budget must be a non-negative integer or null", field="budget")
+        c.state["token_budget"] = budget
+        if gateway is not None:
+            gateway.set_budget(c.actor_id, budget)
+
+    return {
+        "create_session": create_session,
+        "send_prompt": send_prompt,
+        "cancel_prompt": cancel_prompt,
+        "respond_permission": respond_permission,
+        "close_session": close_session,
+        "list_sessions": list_sessions,
+        "get_session_events": get_session_events,
+        "llm_usage": llm_usage,
+        "set_token_budget": set_token_budget,
+    }
+
+
+async def reattach_sessions(c: ActorContext, s: SessionState, sandbox: Sandbox) -> None:
+    """After a host restart: listen to the agents that kept running."""
+    records = _records(c)
+    if not records:
+        return
+    sm = SessionManager(sandbox, store=_Holding(c, s.holds))
+    s.manager, s.sandbox = sm, sandbox
+    for sid, data in list(records.items()):
+        try:
+            summary = await sm.reattach(SessionRecord.model_validate(data))
+        except Exception:
+            log.exception("re-attaching session %s of vm %s failed", sid, list(c.key))
+            continue
+        if summary.status not in ("exited", "closed"):
+            s.holds[sid] = c.hold()
+
+
+async def detach_sessions(s: SessionState) -> None:
+    """Host shutting down or vm sleeping: stop listening; agents keep running."""
+    if s.manager is not None:
+        await s.manager.close()
+    s.manager = None
+    s.sandbox = None
+    for release in list(s.holds.values()):
+        release()
+    s.holds.clear()
