@@ -44,7 +44,7 @@ def test_serve_starts_and_stops_on_sigint(tmp_path):
         [sys.executable, "-m", "host.cli", "serve", "--db", db, "--port", "0"],
         stderr=subprocess.PIPE,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env={**os.environ, "COLUMNS": "200", "AGENTVM_WARM_POOL": "0"},
     )
     try:
         deadline = time.monotonic() + 30
