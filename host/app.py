@@ -20,6 +20,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator import Engine, EngineConfig, Registry
+from orchestrator.metrics import REGISTRY
 
 log = logging.getLogger("agentvm.host")
 
@@ -101,10 +102,31 @@ async def host_runtime(
             reg = registry(manager)
         engine = Engine(reg, config=config)
         engine_ref.append(engine)
+        _register_sandbox_gauge(engine, manager)
         async with engine:
             manager.attach(engine)
             yield engine
     finally:
+        REGISTRY.unregister(SANDBOX_GAUGE)
         if manager is not None:
             await manager.close(remove_pool=True)
         await gateway.close()
+
+
+SANDBOX_GAUGE = "agentvm_sandboxes_running"
+
+
+def _register_sandbox_gauge(engine: Engine, manager: Any) -> None:
+    """``/metrics``: sandboxes with a live connection, of vms and in the warm pool."""
+
+    def running() -> list[tuple[dict[str, str], float]]:
+        live = sum(
+            1
+            for inst in list(engine.instances.values())
+            if inst.name == "vm"
+            and getattr(getattr(inst.vars, "sandbox", None), "connected", False)
+        )
+        return [({"kind": "vm"}, live), ({"kind": "warm_pool"}, manager.pool_ready())]
+
+    REGISTRY.unregister(SANDBOX_GAUGE)
+    REGISTRY.gauge(SANDBOX_GAUGE, "Running sandboxes: of vm actors, and warm in the pool.", running)

@@ -4,6 +4,7 @@ through the client, never by importing the host."""
 from __future__ import annotations
 
 from ..definitions import ActorDefinition
+from ._agent import REPO_DIR, put_repo, run_agent_task, vm_input_for
 from .automator import FixBugRequest, automator
 from .issue_worker import issue_worker
 from .pipeline import CodeReviewRequest, pipeline
@@ -23,12 +24,16 @@ def builtin_orchestrators() -> dict[str, ActorDefinition]:
 
 
 __all__ = [
+    "REPO_DIR",
     "CodeReviewRequest",
     "FixBugRequest",
     "automator",
     "builtin_orchestrators",
     "issue_worker",
     "pipeline",
+    "put_repo",
     "reviewer",
+    "run_agent_task",
     "task_runner",
+    "vm_input_for",
 ]
