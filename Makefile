@@ -13,7 +13,7 @@ docker:
 	@./scripts/ensure-docker
 
 image: setup docker
-	@$(UV) run agentvm images build
+	@$(UV) run agentvm images build common coding-agent
 
 run: image
 	$(UV) run agentvm serve
