@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ from agent_helpers import ProcessTransport, RecordingClient
 
 from host.gateway import LLMGateway
 from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec
-from host.sandbox.backend import LABEL_HOST
+from tests.support.docker import docker_client, remove_host
 from tests.support.fake_anthropic import FakeAnthropic, Turn, tool_use
 from vm_images.agents import get_agent
 from vm_images.builder import ensure_image
@@ -35,23 +34,11 @@ FIXED = "def add(a, b):\n    return a + b\n"
 
 @pytest.fixture(scope="module")
 def docker_engine() -> Iterator[docker.DockerClient]:
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception:
-        proc = subprocess.run([str(ROOT / "scripts" / "ensure-docker")], capture_output=True)
-        if proc.returncode != 0:
-            pytest.fail(f"no Docker engine: {proc.stderr.decode(errors='replace')}")
-        client = docker.from_env()
+    client = docker_client()
     yield client
-    label = {"label": f"{LABEL_HOST}={HOST_ID}"}
-    leftovers = client.containers.list(all=True, filters=label)
-    for container in leftovers:
-        container.remove(force=True)
-    for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
+    leftovers, _ = remove_host(client, HOST_ID)
     client.close()
-    assert not leftovers, f"tests left containers behind: {[c.name for c in leftovers]}"
+    assert not leftovers, f"tests left containers behind: {leftovers}"
 
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ from pathlib import Path
 import docker
 import pytest
 
-from host.sandbox.backend import LABEL_HOST
 from tests.server.live import LiveServer, start_server
+from tests.support.docker import docker_client, remove_host
 from tests.support.fake_anthropic import FakeAnthropic
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -25,15 +25,7 @@ HOST_KEY = "sk-ant-e2e-host-key-5d2b9c0e7a41"
 def e2e_images() -> None:
     """Docker up and the vm image (common + coding-agent) built before any server
     starts, so no test's deadline includes the one-time image build."""
-    client: docker.DockerClient | None = None
-    try:
-        client = docker.from_env()
-        client.ping()
-    except Exception:
-        proc = subprocess.run([str(ROOT / "scripts" / "ensure-docker")], capture_output=True)
-        if proc.returncode != 0:
-            pytest.fail(f"no Docker engine: {proc.stderr.decode(errors='replace')}")
-        client = docker.from_env()
+    client = docker_client()
     from vm_images.builder import ensure_image
 
     ensure_image(["common", "coding-agent"], client=client)
@@ -46,11 +38,7 @@ def host_id() -> Iterator[str]:
     hid = f"e2e-{uuid.uuid4().hex[:8]}"
     yield hid
     client = docker.from_env()
-    label = {"label": f"{LABEL_HOST}={hid}"}
-    for container in client.containers.list(all=True, filters=label):
-        container.remove(force=True)
-    for volume in client.volumes.list(filters=label):
-        volume.remove(force=True)
+    remove_host(client, hid)
     client.close()
 
 

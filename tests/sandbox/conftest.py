@@ -4,7 +4,6 @@ session, a backend and a fresh sandbox per test; nothing is left behind."""
 from __future__ import annotations
 
 import os
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -13,7 +12,7 @@ import docker
 import pytest
 
 from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec
-from host.sandbox.backend import LABEL_HOST
+from tests.support.docker import docker_client, remove_host
 from vm_images.builder import ensure_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,36 +22,16 @@ HOST_ID = f"t{os.getpid()}-{uuid.uuid4().hex[:6]}"
 TEST_LIMITS = SandboxLimits(memory_mb=256, cpus=1.0, pids=128, tmp_mb=64)
 
 
-def _engine_up() -> bool:
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.close()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[docker.DockerClient]:
     """A running engine (started with scripts/ensure-docker if needed), and at the end
     of the session the check that no container or volume of this session is left."""
-    if not _engine_up():
-        proc = subprocess.run([str(ROOT / "scripts" / "ensure-docker")], capture_output=True)
-        if proc.returncode != 0:
-            pytest.fail(f"no Docker engine: {proc.stderr.decode(errors='replace')}")
-    client = docker.from_env()
+    client = docker_client()
     yield client
-    label = {"label": f"{LABEL_HOST}={HOST_ID}"}
-    containers = client.containers.list(all=True, filters=label)
-    volumes = client.volumes.list(filters=label)
-    for container in containers:
-        container.remove(force=True)
-    for volume in volumes:
-        volume.remove(force=True)
+    containers, volumes = remove_host(client, HOST_ID)
     client.close()
-    assert not containers, f"tests left containers behind: {[c.name for c in containers]}"
-    assert not volumes, f"tests left volumes behind: {[v.name for v in volumes]}"
+    assert not containers, f"tests left containers behind: {containers}"
+    assert not volumes, f"tests left volumes behind: {volumes}"
 
 
 @pytest.fixture(scope="session")

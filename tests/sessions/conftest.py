@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import subprocess
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -17,8 +16,8 @@ from sessions_stub import StubUpstream
 
 from host.gateway import LLMGateway
 from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec
-from host.sandbox.backend import LABEL_HOST
 from host.sessions import AgentCommand, MemoryEventStore, SessionManager
+from tests.support.docker import docker_client, remove_host
 from vm_images.builder import ensure_image
 from vm_images.bundles import BUNDLES, Bundle, install_wheels, register
 
@@ -37,34 +36,14 @@ ACP_TEST = Bundle(
 AGENTS = {"echo": AgentCommand(command=["python3", ECHO_PATH])}
 
 
-def _engine_up() -> bool:
-    try:
-        client = docker.from_env()
-        client.ping()
-        client.close()
-        return True
-    except Exception:
-        return False
-
-
 @pytest.fixture(scope="session")
 def docker_engine() -> Iterator[docker.DockerClient]:
-    if not _engine_up():
-        proc = subprocess.run([str(ROOT / "scripts" / "ensure-docker")], capture_output=True)
-        if proc.returncode != 0:
-            pytest.fail(f"no Docker engine: {proc.stderr.decode(errors='replace')}")
-    client = docker.from_env()
+    client = docker_client()
     yield client
-    label = {"label": f"{LABEL_HOST}={HOST_ID}"}
-    containers = client.containers.list(all=True, filters=label)
-    volumes = client.volumes.list(filters=label)
-    for container in containers:
-        container.remove(force=True)
-    for volume in volumes:
-        volume.remove(force=True)
+    containers, volumes = remove_host(client, HOST_ID)
     client.close()
-    assert not containers, f"tests left containers behind: {[c.name for c in containers]}"
-    assert not volumes, f"tests left volumes behind: {[v.name for v in volumes]}"
+    assert not containers, f"tests left containers behind: {containers}"
+    assert not volumes, f"tests left volumes behind: {volumes}"
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,40 @@
+"""Docker for tests: a running engine (started with scripts/ensure-docker when
+needed) and the removal of everything one test host id created."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import docker
+import pytest
+
+from host.sandbox.backend import LABEL_HOST
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def docker_client() -> docker.DockerClient:
+    """A client of a running engine; fails the test when none can be started."""
+    try:
+        client = docker.from_env()
+        client.ping()
+        return client
+    except Exception:
+        proc = subprocess.run([str(ROOT / "scripts" / "ensure-docker")], capture_output=True)
+        if proc.returncode != 0:
+            pytest.fail(f"no Docker engine: {proc.stderr.decode(errors='replace')}")
+        return docker.from_env()
+
+
+def remove_host(client: docker.DockerClient, host_id: str) -> tuple[list[str], list[str]]:
+    """Remove the containers and volumes labelled with ``host_id``; return their names
+    (so a fixture can assert that its tests left nothing behind)."""
+    label = {"label": f"{LABEL_HOST}={host_id}"}
+    containers = client.containers.list(all=True, filters=label)
+    for container in containers:
+        container.remove(force=True)
+    volumes = client.volumes.list(filters=label)
+    for volume in volumes:
+        volume.remove(force=True)
+    return [c.name for c in containers], [v.name for v in volumes]
