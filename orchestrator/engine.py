@@ -13,7 +13,9 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel
 
 from ._instance import ActorInstance, Subscription
+from ._tx import Tx, current_tx
 from .config import EngineConfig
+from .contexts import ActorContext
 from .definitions import Registry
 from .errors import (
     ActorAlreadyExists,
@@ -287,9 +289,6 @@ class Engine:
         )
         inst = ActorInstance(self, definition, record)
         # on_create's changes commit together with the actor row: all or nothing.
-        from ._tx import Tx, current_tx
-        from .contexts import ActorContext
-
         tx = Tx()
         token = current_tx.set(tx)
         try:
