@@ -569,11 +569,12 @@ class Engine:
     async def history(self, actor_id: str) -> WorkflowHistory:
         """The workflow history of an actor, as the inspector shows it."""
         rec = await self._record(actor_id)
+        # The outcome is read before the entries: the live record may change while
+        # the entries load, and "completed" must never come with older entries.
+        status, output, error = rec.workflow_status, rec.workflow_output, rec.workflow_error
         definition = self.registry.get(rec.name)
         # Inspecting works even for a type this process does not run.
-        is_workflow = (
-            definition.is_workflow if definition is not None else rec.workflow_status is not None
-        )
+        is_workflow = definition.is_workflow if definition is not None else status is not None
         entries = [
             HistoryEntry(
                 path=h.path,
@@ -604,9 +605,9 @@ class Engine:
             name=rec.name,
             key=list(rec.key),
             is_workflow=is_workflow,
-            workflow_status=rec.workflow_status,
-            output=_loads(rec.workflow_output),
-            error=_loads(rec.workflow_error),
+            workflow_status=status,
+            output=_loads(output),
+            error=_loads(error),
             entries=entries,
         )
 

@@ -46,7 +46,7 @@ def create_app(
 
     ``token`` (default: ``settings.token``) is required as a bearer token on every
     request but ``/healthz``; ``max_body`` bounds JSON request bodies (413 beyond).
-    ``bench_routes`` adds a bare echo route used by ``bench/http.py``.
+    ``bench_routes`` adds a bare echo route used by ``bench/http_api.py``.
     """
     base = settings or ServerSettings()
     updates: dict[str, Any] = {}

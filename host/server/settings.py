@@ -23,7 +23,7 @@ class ServerSettings(BaseSettings):
     max_wait_ms: int = Field(
         3_600_000, ge=0, description="longest a queue send with wait=true may wait"
     )
-    bench_routes: bool = Field(False, description="add the bare echo route bench/http.py uses")
+    bench_routes: bool = Field(False, description="add the bare echo route bench/http_api.py uses")
     registry: str | None = Field(
         None, description="'module:function' returning the Registry to serve"
     )

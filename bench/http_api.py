@@ -1,6 +1,6 @@
 """agentvm's HTTP API side by side with a bare FastAPI echo route, in one server run.
 
-    uv run python bench/http.py [--quick]
+    uv run python bench/http_api.py [--quick]
 
 One ``agentvm serve`` subprocess (a fresh SQLite file, ``AGENTVM_BENCH_ROUTES=1``)
 serves both:
