@@ -18,7 +18,7 @@ import logging
 import os
 import posixpath
 import secrets
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from acp import PROTOCOL_VERSION, RequestError, text_block
@@ -27,7 +27,7 @@ from acp.schema import ClientCapabilities, FileSystemCapabilities, Implementatio
 from host.gateway import PLACEHOLDER_KEY
 from host.sandbox import ProcessNotFound, Sandbox, SandboxError
 
-from .agents import AgentOverrides, resolve_agent
+from .agents import AgentCommand, AgentOverrides, resolve_agent
 from .errors import AgentError, AgentStartFailed, SessionBusy, SessionNotFound
 from .events import EventStore, MemoryEventStore
 from .models import (
@@ -44,6 +44,8 @@ from .session import Session
 log = logging.getLogger("agentvm.sessions")
 
 HOME = "/home/user"
+# In the environment of pre-started agents (to find strays after a host crash).
+PRESTARTED_ENV = "AGENTVM_PRESTARTED"
 CLIENT_INFO = Implementation(name="agentvm", title="agentvm host", version="0.1.0")
 
 
@@ -61,7 +63,10 @@ class SessionManager:
     ``agents`` adds or overrides agent types (type -> argv);
     ``host_api_key`` is the host's key (default ``$ANTHROPIC_API_KEY``): a caller who
     passes that same key in ``env`` gets the gateway placeholder instead, so the key
-    never enters the sandbox.
+    never enters the sandbox;
+    ``prestart`` names agent types (which must take their per-session settings from
+    ``session/new`` ``_meta.agentvm``) of which one process is kept started and
+    initialized, ready for the next ``create_session`` (call :meth:`warm_up`).
     """
 
     def __init__(
@@ -72,6 +77,7 @@ class SessionManager:
         agents: AgentOverrides | None = None,
         host_api_key: str | None = None,
         start_timeout: float = 60.0,
+        prestart: Collection[str] = (),
     ) -> None:
         self.sandbox = sandbox
         self.store: EventStore = store if store is not None else MemoryEventStore()
@@ -81,6 +87,11 @@ class SessionManager:
         )
         self.start_timeout = start_timeout
         self.sessions: dict[str, Session] = {}
+        # Agent types kept pre-started (see docs/sessions.md, "Pre-started agents").
+        self.prestart = tuple(prestart)
+        self._warm: dict[str, asyncio.Task[tuple[Session, Any]]] = {}
+        self._warm_failed: set[str] = set()
+        self._closed = False
 
     # -- helpers -------------------------------------------------------------------
 
@@ -147,6 +158,59 @@ class SessionManager:
             )
         if system_prompt:
             agentvm_meta["systemPrompt"] = system_prompt
+        taken = None
+        if self._agent_env(env) == self._agent_env(None):  # a custom env needs a new process
+            taken = await self._take_prestarted(agent_type)
+        if taken is not None:
+            session, init = taken
+            session_id = agentvm_meta["sessionId"] = session.id
+            session.prestarted = False
+            session.record.cwd = workdir
+            session.record.permission_policy = permission_policy
+            self.sessions[session_id] = session
+            try:
+                await self.sandbox.mkdir(workdir)
+            except SandboxError as exc:
+                await self._abandon(session)
+                raise AgentStartFailed(
+                    f"cannot create the working directory {workdir}: {exc}",
+                    agent_type=agent_type,
+                ) from exc
+        else:
+            session, init = await self._start(
+                agent_type, agent, session_id, proc_env, workdir, permission_policy
+            )
+        conn = session.conn
+        assert conn is not None
+        try:
+            async with asyncio.timeout(self.start_timeout):
+                new = await conn.new_session(cwd=workdir, mcp_servers=[], agentvm=agentvm_meta)
+        except BaseException as exc:
+            raise await self._start_failed(session, agent_type, exc) from None
+        record = session.record
+        record.acp_session_id = new.session_id
+        record.capabilities = _dump(init.agent_capabilities)
+        record.agent_info = _dump(init.agent_info) or None
+        session.status = "ready"
+        return SessionInfo(
+            session_id=session_id,
+            agent_type=agent_type,
+            capabilities=record.capabilities,
+            agent_info=record.agent_info,
+        )
+
+    async def _start(
+        self,
+        agent_type: str,
+        agent: AgentCommand,
+        session_id: str,
+        proc_env: dict[str, str],
+        workdir: str,
+        permission_policy: PermissionPolicy,
+        *,
+        prestarted: bool = False,
+    ) -> tuple[Session, Any]:
+        """Spawn the agent and run ACP ``initialize`` → (session, its answer)."""
         try:
             await self.sandbox.mkdir(workdir)  # the session's cwd exists from the start
             handle = await self.sandbox.spawn(
@@ -166,8 +230,10 @@ class SessionManager:
             permission_policy=permission_policy,
         )
         session = Session(self, record)
+        session.prestarted = prestarted
         conn = session.start(handle)
-        self.sessions[session_id] = session
+        if not prestarted:
+            self.sessions[session_id] = session
         try:
             async with asyncio.timeout(self.start_timeout):
                 init = await conn.initialize(
@@ -178,34 +244,117 @@ class SessionManager:
                     ),
                     client_info=CLIENT_INFO,
                 )
-                new = await conn.new_session(cwd=workdir, mcp_servers=[], agentvm=agentvm_meta)
         except BaseException as exc:
-            await self._abandon(session)
-            if isinstance(exc, asyncio.CancelledError):
-                raise
-            detail = (
-                "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            )
-            err = session.exit_error() if session.status == "exited" else None
-            message = f"agent {agent_type!r} did not start a session: {detail}"
-            if err is not None:
-                message = f"{message}; {err.message}"
-            raise AgentStartFailed(
-                message,
-                agent_type=agent_type,
-                exit_code=session.exit_code,
-                stderr_tail=err.metadata.get("stderr_tail") if err else None,
-            ) from None
-        record.acp_session_id = new.session_id
-        record.capabilities = _dump(init.agent_capabilities)
-        record.agent_info = _dump(init.agent_info) or None
-        session.status = "ready"
-        return SessionInfo(
-            session_id=session_id,
+            raise await self._start_failed(session, agent_type, exc) from None
+        return session, init
+
+    async def _start_failed(
+        self, session: Session, agent_type: str, exc: BaseException
+    ) -> BaseException:
+        """Kill an agent that failed to start; the error to raise."""
+        await self._abandon(session)
+        if isinstance(exc, asyncio.CancelledError):
+            return exc
+        detail = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
+        err = session.exit_error() if session.status == "exited" else None
+        message = f"agent {agent_type!r} did not start a session: {detail}"
+        if err is not None:
+            message = f"{message}; {err.message}"
+        return AgentStartFailed(
+            message,
             agent_type=agent_type,
-            capabilities=record.capabilities,
-            agent_info=record.agent_info,
+            exit_code=session.exit_code,
+            stderr_tail=err.metadata.get("stderr_tail") if err else None,
         )
+
+    # -- pre-started agents --------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Start (in the background) one agent process of each ``prestart`` type that
+        has none; ``create_session`` takes it and starts the next."""
+        for agent_type in self.prestart:
+            if agent_type not in self._warm:
+                self._refill(agent_type)
+
+    async def _take_prestarted(self, agent_type: str) -> tuple[Session, Any] | None:
+        """The pre-started agent of this type (waiting for it if it is still starting,
+        which is never slower than a new one), and start the next; None: none usable."""
+        warm = self._warm.pop(agent_type, None)
+        if warm is None:
+            return None
+        self._refill(agent_type)
+        try:
+            session, init = await warm
+        except AgentStartFailed as exc:
+            log.warning("pre-started %s agent failed; starting a new one: %s", agent_type, exc)
+            return None
+        if session.exited.is_set():
+            await self._abandon(session)
+            return None
+        return session, init
+
+    def _refill(self, agent_type: str) -> None:
+        if self._closed or agent_type in self._warm_failed or agent_type not in self.prestart:
+            return
+        task = asyncio.create_task(self._prestart(agent_type), name=f"prestart-{agent_type}")
+        task.add_done_callback(_ignore_result)
+        self._warm[agent_type] = task
+
+    async def _prestart(self, agent_type: str) -> tuple[Session, Any]:
+        try:
+            agent = resolve_agent(agent_type, self.agents)
+            session_id = "s-" + secrets.token_hex(8)
+            env = {
+                **agent.env,
+                **self._agent_env(None),
+                "AGENTVM_SESSION_ID": session_id,
+                PRESTARTED_ENV: "1",
+            }
+            return await self._start(
+                agent_type, agent, session_id, env, HOME, "allow", prestarted=True
+            )
+        except Exception:
+            self._warm_failed.add(agent_type)  # no retry loop (e.g. not in the image)
+            raise
+
+    async def wait_prestarted(self) -> None:
+        """Until the pre-started agents are initialized (or failed); for benchmarks."""
+        for task in list(self._warm.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    async def _drop_prestarted(self) -> None:
+        """Kill the pre-started agents (nobody will take them)."""
+        tasks = list(self._warm.values())
+        self._warm.clear()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            try:
+                session, _ = await task
+            except (asyncio.CancelledError, Exception):  # nothing to kill
+                continue
+            await self._abandon(session)
+
+    async def kill_stale_prestarted(self) -> list[int]:
+        """Kill agents pre-started by an earlier host process that ended without
+        :meth:`close` (e.g. killed): running processes with the pre-start marker in
+        their environment that are not sessions of this manager."""
+        known = {s.record.pid for s in self.sessions.values()}
+        known |= {t.result()[0].record.pid for t in self._warm.values() if _ok(t)}
+        killed: list[int] = []
+        for proc in await self.sandbox.list_processes():
+            if not proc.running or proc.pid in known:
+                continue
+            try:
+                environ = await self.sandbox.read_file(f"/proc/{proc.pid}/environ")
+            except SandboxError:
+                continue
+            if f"{PRESTARTED_ENV}=1".encode() in environ.split(b"\0"):
+                with contextlib.suppress(SandboxError):
+                    await self.sandbox.kill_process(proc.pid)
+                killed.append(proc.pid)
+        return killed
 
     async def _abandon(self, session: Session) -> None:
         session.closing = True
@@ -339,10 +488,22 @@ class SessionManager:
         return session.summary()
 
     async def close(self) -> None:
-        """Detach from every session (host shutting down); agents keep running."""
+        """Detach from every session (host shutting down); agents keep running.
+        Pre-started agents (no session yet) are killed."""
+        self._closed = True
+        await self._drop_prestarted()
         for session in list(self.sessions.values()):
             await session.detach()
         self.sessions.clear()
+
+
+def _ok(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed pre-start is logged when taken
 
 
 async def _settle(session: Session) -> None:

@@ -151,6 +151,8 @@ class Session:
         self.exit_reason: str | None = None
         self.exited = asyncio.Event()
         self.closing = False
+        # Pre-started, not yet handed to a caller: nothing is stored or broadcast.
+        self.prestarted = False
         self.text_parts: list[str] = []
         self.prompt_lock = asyncio.Lock()
         self.permissions: dict[str, _Permission] = {}
@@ -227,6 +229,8 @@ class Session:
         self, kind: EventKind, data: Mapping[str, Any], offset: int | None = None
     ) -> SessionEvent:
         event = SessionEvent(session_id=self.id, kind=kind, data=dict(data), offset=offset)
+        if self.prestarted:
+            return event
         async with self._emit_lock:
             await self.manager.store.append(event)
         return event

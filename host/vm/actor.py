@@ -32,8 +32,8 @@ from .sessions import (
     detach_sessions,
     gateway_down,
     gateway_up,
-    reattach_sessions,
     session_actions,
+    sessions_up,
 )
 
 log = logging.getLogger("agentvm.vm")
@@ -167,6 +167,7 @@ async def sandbox_of(c: ActorContext) -> Sandbox:
                     sandbox, record = await v.manager.resume(record, list(c.key), _options(c))
                 v.sandbox, v.record = sandbox, record
                 await gateway_up(c, v.manager.gateway, sandbox, c.state.get("token_budget"))
+                await sessions_up(c, v.sessions, sandbox, _options(c).bundles, adopted=False)
     _remember(c, v.record)
     return sandbox
 
@@ -343,7 +344,7 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
         v.sandbox = sandbox
         if sandbox is not None:
             await gateway_up(c, manager.gateway, sandbox, c.state.get("token_budget"))
-            await reattach_sessions(c, v.sessions, sandbox)
+            await sessions_up(c, v.sessions, sandbox, _options(c).bundles, adopted=True)
             task = asyncio.create_task(_reattach(c, sandbox))
             manager._tasks.add(task)
             task.add_done_callback(manager._tasks.discard)

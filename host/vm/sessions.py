@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from host.gateway import LLMGateway, Usage
-from host.sandbox import Sandbox
+from host.sandbox import Sandbox, SandboxError
 from host.sessions import (
     ActorLogEventStore,
     SessionEvent,
@@ -32,6 +32,10 @@ from .options import parse_call_options
 log = logging.getLogger("agentvm.vm.sessions")
 
 SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
+
+# Agent types kept pre-started in every live vm whose image carries them (they take
+# their per-session settings from session/new _meta.agentvm; docs/sessions.md).
+PRESTART = ("coding-agent",)
 
 
 class CreateSessionOptions(BaseModel):
@@ -74,6 +78,49 @@ class SessionState:
         self.manager: SessionManager | None = None
         self.sandbox: Sandbox | None = None
         self.holds: dict[str, Callable[[], None]] = {}
+        self.prestart: tuple[str, ...] = ()
+
+
+def _prestart_types(bundles: list[str]) -> tuple[str, ...]:
+    """The PRESTART agent types whose bundles the vm's image has."""
+    from vm_images.agents import get_agent
+
+    out = []
+    for name in PRESTART:
+        try:
+            spec = get_agent(name)
+        except KeyError:
+            continue
+        if set(spec.bundles) <= set(bundles):
+            out.append(name)
+    return tuple(out)
+
+
+def session_manager(c: ActorContext, s: SessionState, sandbox: Sandbox) -> SessionManager:
+    """The vm's session manager for its live sandbox (a new one after a restart)."""
+    if s.manager is None or s.sandbox is not sandbox:
+        s.manager = SessionManager(sandbox, store=_Holding(c, s.holds), prestart=s.prestart)
+        s.sandbox = sandbox
+    return s.manager
+
+
+async def sessions_up(
+    c: ActorContext, s: SessionState, sandbox: Sandbox, bundles: list[str], *, adopted: bool
+) -> None:
+    """A sandbox went live: re-attach to running sessions (``adopted``: after a host
+    restart) and pre-start agents for the next ``create_session``."""
+    s.prestart = _prestart_types(bundles)
+    if adopted:
+        await reattach_sessions(c, s, sandbox)
+    if not s.prestart:
+        return
+    sm = session_manager(c, s, sandbox)
+    if adopted:
+        try:  # strays of a host process that ended without stopping them
+            await sm.kill_stale_prestarted()
+        except SandboxError as exc:
+            log.info("could not look for stale agents in vm %s: %s", list(c.key), exc)
+    sm.warm_up()
 
 
 def _text(value: Any, field: str) -> str:
@@ -119,11 +166,7 @@ def session_actions(
 
     async def manager(c: ActorContext) -> SessionManager:
         sandbox = await sandbox_of(c)
-        s = st(c)
-        if s.manager is None or s.sandbox is not sandbox:
-            s.manager = SessionManager(sandbox, store=_Holding(c, s.holds))
-            s.sandbox = sandbox
-        return s.manager
+        return session_manager(c, st(c), sandbox)
 
     async def create_session(c: ActorContext, agent_type: Any, opts: Any = None) -> dict[str, Any]:
         """Start an agent (``agent_type``, e.g. ``coding-agent``) in the sandbox →
@@ -216,8 +259,7 @@ async def reattach_sessions(c: ActorContext, s: SessionState, sandbox: Sandbox) 
     records = _records(c)
     if not records:
         return
-    sm = SessionManager(sandbox, store=_Holding(c, s.holds))
-    s.manager, s.sandbox = sm, sandbox
+    sm = session_manager(c, s, sandbox)
     for sid, data in list(records.items()):
         try:
             summary = await sm.reattach(SessionRecord.model_validate(data))

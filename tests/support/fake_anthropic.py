@@ -315,6 +315,9 @@ class FakeAnthropic:
 class _Handler(BaseHTTPRequestHandler):
     server_fake: FakeAnthropic
     protocol_version = "HTTP/1.1"
+    # Each SSE event is its own small write: without TCP_NODELAY, Nagle holds the next
+    # one until the client's (delayed) ACK, adding up to 40 ms per response.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet
         pass

@@ -184,6 +184,9 @@ class CodingAgent:
         client_info: S.Implementation | None = None,
         **kwargs: Any,
     ) -> S.InitializeResponse:
+        # The SDK is needed by the first prompt; a pre-started agent (docs/sessions.md)
+        # has it loaded by the time its session is created.
+        self._preload_sdk()
         return S.InitializeResponse(
             protocol_version=min(protocol_version, acp.PROTOCOL_VERSION),
             agent_capabilities=S.AgentCapabilities(
