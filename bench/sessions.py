@@ -4,7 +4,8 @@
 
 One run, one real engine (SQLite, in-process), one vm (a real container with the
 coding agent), the host's LLM gateway in front of the fake Anthropic server
-(tests/support/fake_anthropic.py, in-process). Measured:
+(tests/support/fake_anthropic.py, in a child process so that its threads do not
+compete with the host's event loop for the GIL). Measured:
 
 1. **turn overhead** - a prompt that takes one model turn, through the whole path
    (``vm.send_prompt`` -> actor -> session manager -> supervisor -> agent ->
@@ -44,11 +45,40 @@ from host.gateway import LLMGateway  # noqa: E402
 from host.sandbox import SandboxLimits  # noqa: E402
 from host.vm import SandboxManager, VmOptions, vm_actor  # noqa: E402
 from orchestrator import Engine, setup  # noqa: E402
-from tests.support.fake_anthropic import FakeAnthropic, Turn  # noqa: E402
+from vm_images.coding_agent.config import Config  # noqa: E402
+from vm_images.coding_agent.tools import SCHEMAS  # noqa: E402
 
 HOST_ID = f"bench-sess{os.getpid()}"
 HOST_KEY = "sk-ant-bench-host-key"
 KEY = ["bench-sessions"]
+
+
+# The fake model in a child process: plays `ok` turns until its stdin closes.
+FAKE = """
+import sys
+from tests.support.fake_anthropic import FakeAnthropic, Turn
+with FakeAnthropic() as fake:
+    fake.script(*[Turn.text("ok") for _ in range(int(sys.argv[1]))])
+    print(fake.url, flush=True)
+    sys.stdin.read()
+"""
+
+
+async def start_fake(turns: int) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FAKE,
+        str(turns),
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    url = (await proc.stdout.readline()).decode().strip()
+    if not url.startswith("http"):
+        raise RuntimeError("the fake model did not start")
+    return proc, url
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -74,9 +104,9 @@ async def timed(fn: Callable[[], Awaitable[Any]], n: int, warmup: int) -> list[f
 def vm_sessions(engine: Engine) -> Any:
     """The vm's in-memory session bookkeeping (to wait for the pre-started agent)."""
     for inst in engine.instances.values():
-        v = getattr(inst, "vars", None)
-        if getattr(v, "sessions", None) is not None and list(inst.key) == KEY:
-            return v.sessions
+        sessions = getattr(inst.vars, "sessions", None)
+        if sessions is not None and list(inst.key) == KEY:
+            return sessions
     raise RuntimeError("vm actor not awake")
 
 
@@ -84,8 +114,8 @@ async def main(quick: bool) -> dict[str, Any]:
     n_turns = 30 if quick else 150
     n_ready = 8 if quick else 30
     n_cold = 2 if quick else 8
-    fake = FakeAnthropic().start()
-    gateway = LLMGateway(api_key=HOST_KEY, upstream=fake.url)
+    fake, fake_url = await start_fake(2 * n_turns + 20)
+    gateway = LLMGateway(api_key=HOST_KEY, upstream=fake_url)
     options = VmOptions(
         bundles=["common", "coding-agent"],
         limits=SandboxLimits(memory_mb=1024, cpus=2.0, pids=256, tmp_mb=64),
@@ -98,7 +128,7 @@ async def main(quick: bool) -> dict[str, Any]:
     await engine.start()
     manager.attach(engine)
     vm = engine.client().vm.get_or_create(KEY)
-    direct = anthropic.AsyncAnthropic(base_url=fake.url, api_key=HOST_KEY, max_retries=0)
+    direct = anthropic.AsyncAnthropic(base_url=fake_url, api_key=HOST_KEY, max_retries=0)
     try:
         await vm.start()
 
@@ -121,28 +151,26 @@ async def main(quick: bool) -> dict[str, Any]:
         cold = [await ready_once({"BENCH": "cold"}) for _ in range(n_cold)]
 
         # -- turn overhead --------------------------------------------------------------
-        fake.script(*[Turn.text("ok") for _ in range(n_turns + 5)], marker="[through]")
-        fake.script(*[Turn.text("ok") for _ in range(n_turns + 5)], marker="[direct]")
         info = await vm.create_session("coding-agent", model="bench-model")
         sid = info["session_id"]
         await settle()
 
         async def through() -> None:
-            result = await vm.send_prompt(sid, "[through] say ok")
+            result = await vm.send_prompt(sid, "say ok")
             assert result["stop_reason"] == "end_turn", result
 
         history: list[dict[str, Any]] = []
-        system = ""
+        system = Config().system("/home/user")
 
         async def direct_turn() -> None:
             # The same request shape the agent sends: streamed, system, tools, history.
-            history.append({"role": "user", "content": [{"type": "text", "text": "[direct] ok"}]})
+            history.append({"role": "user", "content": [{"type": "text", "text": "say ok"}]})
             async with direct.messages.stream(
                 model="bench-model",
                 max_tokens=8192,
                 system=system,
                 messages=history,  # type: ignore[arg-type]
-                tools=tools,
+                tools=SCHEMAS,  # type: ignore[arg-type]
             ) as stream:
                 async for _ in stream:
                     pass
@@ -150,9 +178,6 @@ async def main(quick: bool) -> dict[str, Any]:
             history.append({"role": "assistant", "content": [{"type": "text", "text": "ok"}]})
             assert message.stop_reason == "end_turn"
 
-        await through()
-        request = fake.message_requests()[-1].body
-        system, tools = request["system"], request["tools"]
         # Interleave, so drift (GC, other load) hits both sides alike.
         through_s: list[float] = []
         direct_s: list[float] = []
@@ -173,7 +198,9 @@ async def main(quick: bool) -> dict[str, Any]:
         await engine.stop()
         await manager.close()
         await gateway.close()
-        fake.close()
+        assert fake.stdin is not None
+        fake.stdin.close()
+        await fake.wait()
         tmp.cleanup()
 
     t50, d50 = statistics.median(through_s), statistics.median(direct_s)

@@ -99,6 +99,9 @@ class SandboxGateway:
             await _HttpConnection(self, reader, writer).serve()
         except (ConnectionError, OSError, h11.ProtocolError) as exc:
             log.debug("gateway connection ended: %s", exc)
+        except asyncio.CancelledError:
+            # close(): end quietly (asyncio logs a cancelled connection callback task).
+            pass
         finally:
             self._conns.discard(task)
             writer.close()

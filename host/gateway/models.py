@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, computed_field
 
 
 class Usage(BaseModel):
@@ -16,6 +16,7 @@ class Usage(BaseModel):
     cache_read_input_tokens: int = 0
     requests: int = 0
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def total_tokens(self) -> int:
         """What a budget counts: every input (cached or not) and output token."""
@@ -71,6 +72,7 @@ class UsageReport(BaseModel):
     sessions: dict[str, Usage] = Field(default_factory=dict)
     budget_tokens: int | None = None
 
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def remaining_tokens(self) -> int | None:
         if self.budget_tokens is None:

@@ -115,8 +115,10 @@ class SessionManager:
         try:
             return await coro
         except RequestError as exc:
+            details = exc.data.get("details") if isinstance(exc.data, dict) else None
             raise AgentError(
-                f"agent of session {session.id} failed {what}: {exc}",
+                f"agent of session {session.id} failed {what}: {exc}"
+                + (f" ({details})" if details else ""),
                 session_id=session.id,
                 code=exc.code,
                 data=exc.data,
