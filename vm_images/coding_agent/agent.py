@@ -139,8 +139,8 @@ class CodingAgent:
         return self._conn
 
     def _preload_sdk(self) -> asyncio.Future[Any]:
-        """Import ``anthropic`` in a daemon thread (it takes a second or two) once a
-        session exists; a daemon, so that closing stdin ends the process at once."""
+        """Import ``anthropic`` in a daemon thread (it takes a second or two) from
+        ``initialize`` on; a daemon, so that closing stdin ends the process at once."""
         if self._sdk is None:
             loop = asyncio.get_running_loop()
             future: asyncio.Future[Any] = loop.create_future()
