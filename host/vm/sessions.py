@@ -10,6 +10,7 @@ session keeps the vm awake (its agent process runs in the container).
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -35,7 +36,16 @@ SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
 
 # Agent types kept pre-started in every live vm whose image carries them (they take
 # their per-session settings from session/new _meta.agentvm; docs/sessions.md).
-PRESTART = ("coding-agent",)
+# A pre-started agent makes create_session take milliseconds instead of ~0.5 s, at
+# the cost of an idle agent process (~60-90 MB) per running vm: set
+# AGENTVM_PRESTART_AGENTS to a comma-separated list, or to "" to turn it off.
+PRESTART_ENV = "AGENTVM_PRESTART_AGENTS"
+PRESTART_DEFAULT = "coding-agent"
+
+
+def prestart_setting() -> tuple[str, ...]:
+    raw = os.environ.get(PRESTART_ENV, PRESTART_DEFAULT)
+    return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
 class CreateSessionOptions(BaseModel):
@@ -82,11 +92,11 @@ class SessionState:
 
 
 def _prestart_types(bundles: list[str]) -> tuple[str, ...]:
-    """The PRESTART agent types whose bundles the vm's image has."""
+    """The pre-start agent types (see PRESTART_ENV) whose bundles the vm's image has."""
     from vm_images.agents import get_agent
 
     out = []
-    for name in PRESTART:
+    for name in prestart_setting():
         try:
             spec = get_agent(name)
         except KeyError:
