@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -41,6 +42,20 @@ SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
 # AGENTVM_PRESTART_AGENTS to a comma-separated list, or to "" to turn it off.
 PRESTART_ENV = "AGENTVM_PRESTART_AGENTS"
 PRESTART_DEFAULT = "coding-agent"
+
+
+# A session with no prompt for this long is closed: it keeps its vm awake, and a
+# session whose creating workflow step crashed (and was re-run after a restart)
+# would otherwise be re-attached and held open forever.
+SESSION_IDLE_ENV = "AGENTVM_SESSION_IDLE_TIMEOUT"
+SESSION_IDLE_DEFAULT = 900.0
+
+
+def session_idle_timeout() -> float:
+    try:
+        return max(0.1, float(os.environ.get(SESSION_IDLE_ENV, SESSION_IDLE_DEFAULT)))
+    except ValueError:
+        return SESSION_IDLE_DEFAULT
 
 
 def prestart_setting() -> tuple[str, ...]:
@@ -89,6 +104,16 @@ class SessionState:
         self.sandbox: Sandbox | None = None
         self.holds: dict[str, Callable[[], None]] = {}
         self.prestart: tuple[str, ...] = ()
+        # session id -> when it was last created, prompted or answered (this wake).
+        self.last_active: dict[str, float] = {}
+
+
+async def arm_idle_check(c: ActorContext) -> None:
+    """Make sure a ``close_idle_sessions`` call is scheduled while sessions exist."""
+    if c.state.get("session_idle_check") is None and _records(c):
+        c.state["session_idle_check"] = await c.schedule.after(
+            session_idle_timeout() / 2, "close_idle_sessions"
+        )
 
 
 def _prestart_types(bundles: list[str]) -> tuple[str, ...]:
@@ -122,6 +147,10 @@ async def sessions_up(
     s.prestart = _prestart_types(bundles)
     if adopted:
         await reattach_sessions(c, s, sandbox)
+        now = time.time()
+        for sid in _records(c):
+            s.last_active.setdefault(sid, now)
+        await arm_idle_check(c)
     if not s.prestart:
         return
     sm = session_manager(c, s, sandbox)
@@ -186,12 +215,20 @@ def session_actions(
         info = await sm.create_session(_text(agent_type, "agent_type"), **o.model_dump())
         _records(c)[info.session_id] = sm.record(info.session_id).model_dump(mode="json")
         st(c).holds[info.session_id] = c.hold()
+        st(c).last_active[info.session_id] = time.time()
+        await arm_idle_check(c)
         return info.model_dump(mode="json")
 
     async def send_prompt(c: ActorContext, session_id: Any, text: Any) -> dict[str, Any]:
         """Prompt the agent and wait for the turn to end → ``{stop_reason, text, usage}``."""
         sm = await manager(c)
-        result = await sm.send_prompt(_text(session_id, "session_id"), _text(text, "text"))
+        sid = _text(session_id, "session_id")
+        active = st(c).last_active
+        active[sid] = time.time()
+        try:
+            result = await sm.send_prompt(sid, _text(text, "text"))
+        finally:
+            active[sid] = time.time()
         return result.model_dump(mode="json")
 
     async def cancel_prompt(c: ActorContext, session_id: Any) -> None:
@@ -216,9 +253,30 @@ def session_actions(
             await sm.close_session(sid)
         finally:
             _records(c).pop(sid, None)
+            st(c).last_active.pop(sid, None)
             release = st(c).holds.pop(sid, None)
             if release is not None:
                 release()
+
+    async def close_idle_sessions(c: ActorContext) -> list[str]:
+        """Scheduled: close sessions without a prompt for the session idle timeout
+        (``AGENTVM_SESSION_IDLE_TIMEOUT``); returns the ids it closed."""
+        c.state["session_idle_check"] = None
+        s = st(c)
+        limit, now = session_idle_timeout(), time.time()
+        closed = []
+        for sid in list(_records(c)):
+            session = s.manager.sessions.get(sid) if s.manager is not None else None
+            busy = session is not None and session.prompt_lock.locked()
+            if busy or now - s.last_active.get(sid, now) < limit:
+                continue
+            try:
+                await close_session(c, sid)
+            except SessionNotFound:
+                _records(c).pop(sid, None)
+            closed.append(sid)
+        await arm_idle_check(c)
+        return closed
 
     async def list_sessions(c: ActorContext) -> list[dict[str, Any]]:
         s = st(c)
@@ -257,6 +315,7 @@ def session_actions(
         "cancel_prompt": cancel_prompt,
         "respond_permission": respond_permission,
         "close_session": close_session,
+        "close_idle_sessions": close_idle_sessions,
         "list_sessions": list_sessions,
         "get_session_events": get_session_events,
         "llm_usage": llm_usage,

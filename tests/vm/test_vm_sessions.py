@@ -383,3 +383,21 @@ async def test_token_budget(session_host: HostFactory, fake_anthropic: FakeAnthr
         assert (await vm.send_prompt(sid, "[budget] third"))["text"] == "two"
         await vm.close_session(sid)
         await vm.destroy()
+
+
+async def test_an_idle_session_is_closed_and_lets_the_vm_sleep(
+    session_host: HostFactory, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A session nobody prompts (e.g. one whose workflow step crashed and re-ran)
+    is closed after the session idle timeout, so it stops holding its vm awake."""
+    monkeypatch.setenv("AGENTVM_SESSION_IDLE_TIMEOUT", "0.5")
+    async with session_host() as h:
+        vm = h.client.vm.get_or_create(["sess", "idle"])
+        sid = (await vm.create_session("coding-agent"))["session_id"]
+        closed = await wait_event(vm, sid, lambda e: e["kind"] in ("session_closed", "agent_exit"))
+        assert closed["kind"] == "session_closed"
+        assert await vm.list_sessions() == [] or all(
+            row["status"] in ("closed", "exited") for row in await vm.list_sessions()
+        )
+        assert (await vm.fetch_state())["sessions"] == {}
+        await vm.destroy()
