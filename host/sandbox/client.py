@@ -251,7 +251,12 @@ class SandboxClient(ABC):
 
     async def read_file_stream(self, path: str) -> AsyncIterator[bytes]:
         """The file in chunks; memory stays bounded by the channel window."""
-        channel = await self._open("read_file", {"path": path})
+        async for chunk in self._download("read_file", {"path": path}):
+            yield chunk
+
+    async def _download(self, op: str, args: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The data chunks of a streaming call (and the result's payload, if any)."""
+        channel = await self._open(op, args)
         try:
             while True:
                 try:
@@ -340,21 +345,8 @@ class SandboxClient(ABC):
 
     async def download_tar(self, path: str) -> AsyncIterator[bytes]:
         """A directory as an uncompressed tar stream (members relative to it)."""
-        channel = await self._open("tar_download", {"path": path})
-        try:
-            while True:
-                try:
-                    kind, a, b = await channel.next()
-                except LinkClosed as exc:
-                    raise self._lost(exc) from exc
-                if kind == "data":
-                    yield b
-                elif kind == "result":
-                    Channel.check(a, b, {})
-                    return
-        finally:
-            if not channel.finished:
-                await channel.cancel()
+        async for chunk in self._download("tar_download", {"path": path}):
+            yield chunk
 
     async def upload_tar(self, path: str, archive: bytes | AsyncIterable[bytes]) -> None:
         """Extract a tar stream (any compression tar detects) into ``path``."""

@@ -12,7 +12,7 @@ import docker
 import pytest
 
 from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec
-from tests.support.docker import docker_client, remove_host
+from tests.support.docker import docker_client, remove_host, sandbox_backend
 from vm_images.builder import ensure_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -42,15 +42,8 @@ def image(docker_engine: docker.DockerClient) -> str:
 
 @pytest.fixture
 async def backend(image: str) -> AsyncIterator[DockerBackend]:
-    be = await DockerBackend.connect(HOST_ID, connect_timeout=30.0)
-    try:
+    async with sandbox_backend(HOST_ID) as be:
         yield be
-    finally:
-        for info in await be.list_sandboxes():
-            await be.remove(info.id)
-        for volume in await be.list_volumes():
-            await be.remove_volume(volume)
-        await be.close()
 
 
 @pytest.fixture

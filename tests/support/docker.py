@@ -4,11 +4,14 @@ needed) and the removal of everything one test host id created."""
 from __future__ import annotations
 
 import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import docker
 import pytest
 
+from host.sandbox import DockerBackend
 from host.sandbox.backend import LABEL_HOST
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,3 +41,17 @@ def remove_host(client: docker.DockerClient, host_id: str) -> tuple[list[str], l
     for volume in volumes:
         volume.remove(force=True)
     return [c.name for c in containers], [v.name for v in volumes]
+
+
+@asynccontextmanager
+async def sandbox_backend(host_id: str) -> AsyncIterator[DockerBackend]:
+    """A Docker backend for ``host_id``; on exit every sandbox and volume it made is gone."""
+    backend = await DockerBackend.connect(host_id, connect_timeout=30.0)
+    try:
+        yield backend
+    finally:
+        for info in await backend.list_sandboxes():
+            await backend.remove(info.id)
+        for volume in await backend.list_volumes():
+            await backend.remove_volume(volume)
+        await backend.close()
