@@ -112,12 +112,12 @@ def _need_root_tools() -> None:
     if shutil.which("debootstrap"):
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(
-            ["apt-get", "install", "-y", "-qq", "debootstrap"],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
-        )
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "debootstrap"]
+        if subprocess.run(install, stdout=subprocess.DEVNULL, env=env).returncode != 0:
+            # A fresh machine may have no package lists yet.
+            subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+            subprocess.run(install, check=True, stdout=subprocess.DEVNULL, env=env)
         return
     raise RuntimeError(
         f"no {SLIM} image and no debootstrap: install debootstrap (as root: "
