@@ -48,7 +48,7 @@ def default_host_id(db: str) -> str:
     return "h" + hashlib.sha256(os.path.abspath(db).encode()).hexdigest()[:10]
 
 
-def build_registry(manager: Any | None) -> Registry:
+def build_registry(manager: Any | None = None) -> Registry:
     """The vm actor (when a sandbox manager is given) and the built-in orchestrators."""
     from orchestrator.builtin import builtin_orchestrators
 

@@ -50,7 +50,7 @@ def _registry(spec: str | None = None) -> Any:
         from .server import load_registry
 
         return load_registry(spec)
-    from .registry import build_registry
+    from .app import build_registry
 
     return build_registry()
 

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import docker
+
+from tests.support import eventually as _eventually
 
 T = TypeVar("T")
 
@@ -15,15 +15,8 @@ T = TypeVar("T")
 async def eventually(
     check: Callable[[], Awaitable[T]], *, deadline: float = 20.0, what: str = "condition"
 ) -> T:
-    """Poll ``check`` until it returns a truthy value or the deadline passes."""
-    end = time.monotonic() + deadline
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    """The shared poll (tests.support.eventually) with this suite's defaults."""
+    return await _eventually(check, timeout=deadline, interval=0.05, what=what)
 
 
 def kill_container(client: docker.DockerClient, ident: str, **kwargs: Any) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -21,6 +20,7 @@ from host.sessions import (
     SessionNotFound,
     UnknownAgentType,
 )
+from tests.support import eventually as _eventually
 
 pytestmark = pytest.mark.docker
 T = TypeVar("T")
@@ -29,14 +29,8 @@ T = TypeVar("T")
 async def eventually(
     check: Callable[[], Awaitable[T]], *, deadline: float = 20.0, what: str = "condition"
 ) -> T:
-    end = time.monotonic() + deadline
-    while True:
-        value = await check()
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+    """The shared poll (tests.support.eventually) with this suite's defaults."""
+    return await _eventually(check, timeout=deadline, interval=0.05, what=what)
 
 
 def updates(events: list[SessionEvent], kind: str = "agent_message_chunk") -> list[dict[str, Any]]:
