@@ -18,6 +18,7 @@ import sys
 from typing import Any
 
 from . import protocol as P
+from .egress import start_egress
 from .gateway import start_gateway
 from .link import Handler, Link
 from .ops_files import make_handlers as file_handlers
@@ -68,6 +69,7 @@ async def serve(control_dir: str, token: str) -> None:
         loop.add_signal_handler(sig, on_term)
 
     gateway = await start_gateway(control_dir)
+    egress = await start_egress(control_dir)
     path = os.path.join(control_dir, P.SOCKET_NAME)
     boot_id = os.urandom(8).hex()
     delay = BACKOFF_START
@@ -103,8 +105,9 @@ async def serve(control_dir: str, token: str) -> None:
         if not runner.done():
             link.close()
             runner.cancel()
-    if gateway is not None:
-        gateway.close()
+    for server in (gateway, egress):
+        if server is not None:
+            server.close()
     log.info("supervisor stopping")
 
 

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import protocol as P
+from .egress import egress_env
 from .errors import OpError
 from .gateway import gateway_port
 from .reaper import Reaper
@@ -29,6 +30,8 @@ BASE_ENV = {
     # placeholder key tells the gateway to inject the host's key.
     "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{gateway_port()}",
     "ANTHROPIC_API_KEY": P.GATEWAY_PLACEHOLDER_KEY,
+    # Allowlist vms: the host's egress proxy and git credential helper (docs/egress.md).
+    **egress_env(),
 }
 # Output kept per stream for a process nobody is attached to.
 TAIL_LIMIT = 256 * 1024
