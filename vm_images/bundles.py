@@ -49,6 +49,8 @@ def install_wheels(bundle_name: str) -> str:
 
 
 SITE = "/usr/local/lib/python3.11/dist-packages"
+# The interpreter session agents run with (execute-only: see CODING_AGENT).
+AGENT_PYTHON = "/usr/local/bin/agentvm-python3"
 NPM_ROOT = "/opt/agentvm/npm"
 
 
@@ -101,9 +103,15 @@ CODING_AGENT = Bundle(
         install_wheels("coding-agent")
         + f"COPY coding-agent/coding_agent {SITE}/coding_agent\n"
         + f"RUN python3 -m compileall -q -j 0 {SITE} >/dev/null\n"
+        # An execute-only (root-owned, 0111) copy of the interpreter: the kernel makes
+        # a process non-dumpable at execve when its binary is unreadable to it, so
+        # other sandbox code (same uid) cannot open /proc/<agent>/fd/*, read its
+        # memory or ptrace it (docs/sessions.md, "Agent stdio").
+        + f'RUN cp "$(readlink -f /usr/bin/python3)" {AGENT_PYTHON}'
+        + f" && chown root:root {AGENT_PYTHON} && chmod 0111 {AGENT_PYTHON}\n"
     ),
     # -I: the session's cwd (a user repo) must not shadow the agent's modules.
-    agents={"coding-agent": ["python3", "-I", "-m", "coding_agent"]},
+    agents={"coding-agent": [AGENT_PYTHON, "-I", "-m", "coding_agent"]},
 )
 
 BUNDLES: dict[str, Bundle] = {b.name: b for b in (COMMON, SUPERVISOR, CODING_AGENT)}

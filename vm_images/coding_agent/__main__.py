@@ -8,7 +8,24 @@ import os
 import sys
 
 
+def _nondumpable() -> None:
+    """Defence in depth: the agent's stdio pipes, memory and ptrace are closed to other
+    sandbox processes (same uid) once it is non-dumpable. Its execute-only interpreter
+    already does this from execve (vm_images/bundles.py); this covers a plain
+    ``python3`` start, from here on."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: nothing to protect against here
+
+
+PR_SET_DUMPABLE = 4
+
+
 def main() -> int:
+    _nondumpable()
     logging.basicConfig(
         stream=sys.stderr,  # stdout carries the protocol
         level=os.environ.get("AGENTVM_AGENT_LOG", "WARNING").upper(),
