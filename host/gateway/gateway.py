@@ -2,58 +2,43 @@
 
 Each sandbox gets a unix socket ``gateway.sock`` in its control directory (beside
 ``control.sock``, bind-mounted read-only at ``/run/agentvm``); the supervisor
-splices ``127.0.0.1:<port>`` inside the sandbox to it. Every request is forwarded
-to the upstream with the host's API key injected, the response (SSE included) is
-streamed back byte for byte, and token usage is recorded per sandbox and per
-session (``x-agentvm-session``). See docs/gateway.md.
+splices ``127.0.0.1:<port>`` inside the sandbox to it. Only processes of that
+sandbox's container may connect (``host/sandbox/peer.py``), at most
+``max_connections`` at a time. Only allowlisted routes are forwarded
+(``routes.py``), to the configured upstream with the host's API key injected; the
+response (SSE included) is streamed back byte for byte, and token usage is
+recorded per sandbox and per session (``x-agentvm-session``). See docs/gateway.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import h11
 import httpx
 
+from host.sandbox.peer import ContainerPeer, PeerRefused
 from vm_images.supervisor import protocol as P
 
+from .connection import HOP_BY_HOP, HttpConnection, PeerTimeout, anthropic_error, raw_error
+from .limits import GatewayLimits, LogLimiter
 from .models import Usage, UsageRecord, UsageReport
-from .usage import MAX_JSON, SSEUsage, usage_from_json
+from .routes import Refusal
 
 log = logging.getLogger("agentvm.gateway")
 
 DEFAULT_UPSTREAM = "https://api.anthropic.com"
 SESSION_HEADER = "x-agentvm-session"
 PLACEHOLDER_KEY = P.GATEWAY_PLACEHOLDER_KEY
-MAX_REQUEST = 64 * 1024 * 1024
-READ_CHUNK = 64 * 1024
-HOP_BY_HOP = {
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "host",
-    "content-length",
-}
 
 UsageCallback = Callable[[UsageRecord], Awaitable[None] | None]
-
-
-def anthropic_error(kind: str, message: str) -> bytes:
-    return json.dumps({"type": "error", "error": {"type": kind, "message": message}}).encode()
+__all__ = ["PLACEHOLDER_KEY", "SESSION_HEADER", "LLMGateway", "SandboxGateway", "anthropic_error"]
 
 
 @dataclass
@@ -64,21 +49,32 @@ class _Ledger:
 
 
 class SandboxGateway:
-    """The listener of one sandbox (from :meth:`LLMGateway.serve`)."""
+    """The listener of one sandbox (from :meth:`LLMGateway.serve`): accepts only
+    processes of its container, at most ``limits.max_connections`` at a time."""
 
-    def __init__(self, gateway: LLMGateway, sandbox: str, socket_path: Path) -> None:
+    def __init__(
+        self, gateway: LLMGateway, sandbox: str, socket_path: Path, peer: ContainerPeer
+    ) -> None:
         self.gateway = gateway
         self.sandbox = sandbox
         self.socket_path = socket_path
+        self.peer = peer
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def connections(self) -> int:
+        """Connections open now (accepted and not yet closed)."""
+        return len(self._conns)
 
     async def start(self) -> None:
         self.socket_path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
-        os.chmod(self.socket_path, 0o666)  # the container user connects
+        # The container user (another uid) must be able to connect; who may use the
+        # socket is decided per connection by the peer check, not by the mode.
+        os.chmod(self.socket_path, 0o666)
 
     async def close(self) -> None:
         if self._server is not None:
@@ -94,14 +90,52 @@ class SandboxGateway:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        gw = self.gateway
+        # Count first (synchronously, before any await), so a flood of connections
+        # cannot get past the cap while peer checks are pending.
+        if len(self._conns) >= gw.limits.max_connections:
+            gw.logs.log(
+                logging.WARNING,
+                f"cap|{self.sandbox}",
+                "gateway of %s: over %d connections, refusing",
+                self.sandbox,
+                gw.limits.max_connections,
+            )
+            writer.write(_OVER_CAP)
+            writer.close()
+            return
         self._conns.add(task)
         try:
-            await _HttpConnection(self, reader, writer).serve()
-        except (ConnectionError, OSError, h11.ProtocolError) as exc:
-            log.debug("gateway connection ended: %s", exc)
+            try:
+                await self.peer.acheck(writer.get_extra_info("socket"))
+            except (PeerRefused, OSError) as exc:
+                gw.logs.log(
+                    logging.WARNING,
+                    f"peer|{self.sandbox}",
+                    "gateway of %s: refused a connection: %s",
+                    self.sandbox,
+                    exc,
+                )
+                writer.write(_NOT_YOURS)
+                return
+            await HttpConnection(self, reader, writer).serve()
+        except (ConnectionError, OSError, h11.ProtocolError, PeerTimeout) as exc:
+            gw.logs.log(
+                logging.DEBUG, f"end|{type(exc).__name__}", "gateway connection ended: %r", exc
+            )
         except asyncio.CancelledError:
             # close(): end quietly (asyncio logs a cancelled connection callback task).
             pass
+        except Exception as exc:
+            # Never let a sandbox's request crash into asyncio's unhandled-exception log
+            # (one traceback per connection is a log flood): rate-limited, per kind.
+            gw.logs.log(
+                logging.ERROR,
+                f"fail|{type(exc).__name__}",
+                "gateway connection of %s failed",
+                self.sandbox,
+                exc_info=exc,
+            )
         finally:
             self._conns.discard(task)
             writer.close()
@@ -121,11 +155,15 @@ class LLMGateway:
         upstream: str | None = None,
         on_usage: UsageCallback | None = None,
         timeout: httpx.Timeout | None = None,
+        limits: GatewayLimits | None = None,
     ) -> None:
         self.api_key = api_key or None
         self.upstream = (upstream or DEFAULT_UPSTREAM).rstrip("/")
+        self.upstream_url = _parse_upstream(self.upstream)
         self.on_usage = on_usage
-        self._client = httpx.AsyncClient(
+        self.limits = limits or GatewayLimits()
+        self.logs = LogLimiter(log)
+        self.client = httpx.AsyncClient(
             timeout=timeout or httpx.Timeout(connect=30.0, read=600.0, write=60.0, pool=60.0),
             follow_redirects=False,
         )
@@ -133,12 +171,15 @@ class LLMGateway:
         self._served: dict[str, SandboxGateway] = {}
 
     @classmethod
-    def from_env(cls, *, on_usage: UsageCallback | None = None) -> LLMGateway:
+    def from_env(
+        cls, *, on_usage: UsageCallback | None = None, limits: GatewayLimits | None = None
+    ) -> LLMGateway:
         """Upstream and key from the host's ``ANTHROPIC_BASE_URL`` / ``ANTHROPIC_API_KEY``."""
         return cls(
             api_key=os.environ.get("ANTHROPIC_API_KEY"),
             upstream=os.environ.get("ANTHROPIC_BASE_URL"),
             on_usage=on_usage,
+            limits=limits,
         )
 
     async def serve(
@@ -146,11 +187,14 @@ class LLMGateway:
         sandbox: str,
         control_dir: str | os.PathLike[str],
         *,
+        container: str | ContainerPeer,
         budget_tokens: int | None = None,
         used: Usage | None = None,
     ) -> SandboxGateway:
         """Listen on ``<control_dir>/gateway.sock`` for ``sandbox`` (an id of your
-        choosing, e.g. the vm key). ``used`` restores a ledger after a host restart."""
+        choosing, e.g. the vm key), accepting only processes of ``container`` (its
+        full Docker id, ``Sandbox.id``). ``used`` restores a ledger after a host restart."""
+        peer = container if isinstance(container, ContainerPeer) else ContainerPeer(container)
         old = self._served.pop(sandbox, None)
         if old is not None:
             await old.close()
@@ -159,7 +203,7 @@ class LLMGateway:
             ledger.budget_tokens = budget_tokens
         if used is not None:
             ledger.total = used.model_copy()
-        listener = SandboxGateway(self, sandbox, Path(control_dir) / P.GATEWAY_SOCKET_NAME)
+        listener = SandboxGateway(self, sandbox, Path(control_dir) / P.GATEWAY_SOCKET_NAME, peer)
         await listener.start()
         self._served[sandbox] = listener
         return listener
@@ -186,11 +230,22 @@ class LLMGateway:
     async def close(self) -> None:
         for sandbox in list(self._served):
             await self.stop(sandbox)
-        await self._client.aclose()
+        await self.client.aclose()
 
     # -- request handling -------------------------------------------------------
 
-    def _over_budget(self, sandbox: str) -> str | None:
+    def refused(self, sandbox: str, r: Refusal, target: bytes) -> None:
+        """A request the route allowlist refused (rate-limited log)."""
+        self.logs.log(
+            logging.WARNING,
+            f"route|{sandbox}",
+            "gateway of %s: refused %d for target %r",
+            sandbox,
+            r.status,
+            target[:120],
+        )
+
+    def over_budget(self, sandbox: str) -> str | None:
         ledger = self._ledgers.get(sandbox)
         if ledger is None or ledger.budget_tokens is None:
             return None
@@ -202,7 +257,7 @@ class LLMGateway:
             f"used {used} of budget_tokens={ledger.budget_tokens}"
         )
 
-    def _upstream_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]] | None:
+    def upstream_headers(self, headers: list[tuple[bytes, bytes]]) -> list[tuple[str, str]] | None:
         """Forwarded headers with the key decided: the caller's own key when it sent
         one, else the host's. ``None`` when neither exists."""
         out: list[tuple[str, str]] = []
@@ -230,7 +285,7 @@ class LLMGateway:
         out.append(("accept-encoding", "identity"))
         return out
 
-    async def _record(self, record: UsageRecord) -> None:
+    async def record(self, record: UsageRecord) -> None:
         ledger = self._ledgers.setdefault(record.sandbox, _Ledger())
         ledger.total.add(record.usage)
         if record.session_id:
@@ -244,156 +299,26 @@ class LLMGateway:
                 log.exception("on_usage callback failed")
 
 
-class _HttpConnection:
-    """HTTP/1.1 (keep-alive) on one accepted socket, via h11."""
+_OVER_CAP = raw_error(
+    503,
+    "Service Unavailable",
+    "overloaded_error",
+    "agentvm LLM gateway: too many open connections from this sandbox",
+)
+_NOT_YOURS = raw_error(
+    403,
+    "Forbidden",
+    "permission_error",
+    "agentvm LLM gateway: this socket serves only the processes of its sandbox",
+)
 
-    def __init__(
-        self, owner: SandboxGateway, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        self.owner = owner
-        self.gateway = owner.gateway
-        self.reader = reader
-        self.writer = writer
-        self.conn = h11.Connection(h11.SERVER, max_incomplete_event_size=256 * 1024)
 
-    async def _next(self) -> Any:
-        while True:
-            event = self.conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await self.reader.read(READ_CHUNK)
-                self.conn.receive_data(data)
-                continue
-            return event
-
-    async def _send(self, event: Any) -> None:
-        data = self.conn.send(event)
-        if data:
-            self.writer.write(data)
-            await self.writer.drain()
-
-    async def serve(self) -> None:
-        while True:
-            event = await self._next()
-            if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
-                return
-            if not isinstance(event, h11.Request):
-                return
-            body = bytearray()
-            too_big = False
-            while True:
-                part = await self._next()
-                if isinstance(part, h11.Data):
-                    if len(body) + len(part.data) > MAX_REQUEST:
-                        too_big = True
-                    else:
-                        body += part.data
-                elif isinstance(part, h11.EndOfMessage):
-                    break
-                else:
-                    return
-            if too_big:
-                await self._reply(413, "request_too_large", "request body over 64 MiB")
-            else:
-                await self._handle(event, bytes(body))
-            if self.conn.our_state is h11.MUST_CLOSE or self.conn.their_state is h11.MUST_CLOSE:
-                return
-            try:
-                self.conn.start_next_cycle()
-            except h11.LocalProtocolError:
-                return
-
-    async def _reply(self, status: int, kind: str, message: str, **extra: str) -> None:
-        body = anthropic_error(kind, message)
-        headers = [
-            ("content-type", "application/json"),
-            ("content-length", str(len(body))),
-            *extra.items(),
-        ]
-        await self._send(h11.Response(status_code=status, headers=headers))
-        await self._send(h11.Data(data=body))
-        await self._send(h11.EndOfMessage())
-
-    async def _handle(self, request: h11.Request, body: bytes) -> None:
-        gw = self.gateway
-        sandbox = self.owner.sandbox
-        target = request.target.decode("latin-1")
-        session_id: str | None = None
-        for name, value in request.headers:
-            if name.lower() == SESSION_HEADER.encode():
-                session_id = value.decode("latin-1") or None
-        refusal = gw._over_budget(sandbox)
-        if refusal is not None:
-            # 429 like a quota error, but never worth retrying: the SDKs honour this.
-            await self._reply(429, "rate_limit_error", refusal, **{"x-should-retry": "false"})
-            return
-        headers = gw._upstream_headers(list(request.headers))
-        if headers is None:
-            await self._reply(
-                401,
-                "authentication_error",
-                "agentvm LLM gateway: the host has no ANTHROPIC_API_KEY and the request "
-                "carried no key of its own",
-            )
-            return
-        model: str | None = None
-        if body[:1] == b"{":
-            with contextlib.suppress(ValueError, UnicodeDecodeError):
-                parsed = json.loads(body)
-                if isinstance(parsed, dict) and isinstance(parsed.get("model"), str):
-                    model = parsed["model"]
-        upstream = httpx.Request(
-            request.method.decode("ascii"), gw.upstream + target, headers=headers, content=body
+def _parse_upstream(upstream: str) -> httpx.URL:
+    url = httpx.URL(upstream)
+    if url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(f"LLM gateway upstream must be an http(s) URL, got {upstream!r}")
+    if url.query or url.fragment or url.userinfo:
+        raise ValueError(
+            f"LLM gateway upstream must have no query, fragment or userinfo: {upstream!r}"
         )
-        try:
-            response = await gw._client.send(upstream, stream=True)
-        except httpx.HTTPError as exc:
-            await self._reply(
-                502, "api_error", f"agentvm LLM gateway: upstream {gw.upstream} failed: {exc}"
-            )
-            return
-        try:
-            await self._relay(response, sandbox, session_id, model, target)
-        finally:
-            await response.aclose()
-
-    async def _relay(
-        self,
-        response: httpx.Response,
-        sandbox: str,
-        session_id: str | None,
-        model: str | None,
-        target: str,
-    ) -> None:
-        out_headers = [
-            (k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_BY_HOP
-        ]
-        await self._send(h11.Response(status_code=response.status_code, headers=out_headers))
-        ctype = response.headers.get("content-type", "")
-        sse = SSEUsage() if ctype.startswith("text/event-stream") else None
-        collected = bytearray() if sse is None and "json" in ctype else None
-        try:
-            async for chunk in response.aiter_raw():
-                if sse is not None:
-                    sse.feed(chunk)
-                elif collected is not None and len(collected) < MAX_JSON:
-                    collected += chunk
-                await self._send(h11.Data(data=chunk))
-            await self._send(h11.EndOfMessage())
-        finally:
-            # Record even a stream cut short: the tokens were spent.
-            usage = sse.usage if sse is not None else None
-            if collected is not None and response.status_code < 400:
-                usage = usage_from_json(bytes(collected))
-            if usage is not None:
-                usage.requests = 1
-                await self.gateway._record(
-                    UsageRecord(
-                        sandbox=sandbox,
-                        session_id=session_id,
-                        model=model,
-                        path=target,
-                        status=response.status_code,
-                        stream=sse is not None,
-                        usage=usage,
-                    )
-                )
+    return url

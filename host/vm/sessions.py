@@ -184,6 +184,7 @@ async def gateway_up(
     await gateway.serve(
         c.actor_id,
         sandbox.control.control_dir,
+        container=sandbox.id,  # only this container's processes may connect
         budget_tokens=budget,
         used=Usage.model_validate(used) if used else None,
     )

@@ -70,7 +70,7 @@ async def test_the_agent_fixes_a_bug_in_a_sandbox_through_the_gateway(
     )
     host_key = "sk-ant-host-" + secrets.token_hex(8)
     gateway = LLMGateway(api_key=host_key, upstream=fake_anthropic.url)
-    await gateway.serve(sandbox.name, sandbox.control.control_dir)
+    await gateway.serve(sandbox.name, sandbox.control.control_dir, container=sandbox.id)
 
     read = tool_use("read", {"path": "calc.py"})
     edit = tool_use("edit", {"path": "calc.py", "old_string": "a - b", "new_string": "a + b"})

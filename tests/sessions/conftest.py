@@ -97,7 +97,7 @@ async def gateway(upstream: StubUpstream, host_key: str) -> AsyncIterator[LLMGat
 @pytest.fixture
 async def served(gateway: LLMGateway, sandbox: Sandbox) -> AsyncIterator[LLMGateway]:
     """The gateway listening for ``sandbox`` (its id is the sandbox name)."""
-    await gateway.serve(sandbox.name, sandbox.control.control_dir)
+    await gateway.serve(sandbox.name, sandbox.control.control_dir, container=sandbox.id)
     yield gateway
     await gateway.stop(sandbox.name)
 

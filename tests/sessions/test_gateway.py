@@ -79,7 +79,9 @@ async def test_json_usage_per_session_and_the_callers_own_key(
 async def test_budget_exhausted_is_a_clear_429(
     sandbox: Sandbox, gateway: LLMGateway, upstream: StubUpstream
 ) -> None:
-    await gateway.serve(sandbox.name, sandbox.control.control_dir, budget_tokens=20)
+    await gateway.serve(
+        sandbox.name, sandbox.control.control_dir, container=sandbox.id, budget_tokens=20
+    )
     assert (await sandbox.exec(curl(BODY))).stdout == "200"  # 18 tokens: under budget
     assert (await sandbox.exec(curl(BODY))).stdout == "200"  # 18 < 20: allowed, now 36
     res = await sandbox.exec(curl(BODY))

@@ -27,7 +27,7 @@ async def agent_gateway(
     fake_anthropic: FakeAnthropic, sandbox: Sandbox, host_key: str
 ) -> LLMGateway:
     gw = LLMGateway(api_key=host_key, upstream=fake_anthropic.url)
-    await gw.serve(sandbox.name, sandbox.control.control_dir)
+    await gw.serve(sandbox.name, sandbox.control.control_dir, container=sandbox.id)
     yield gw  # type: ignore[misc]
     await gw.close()
 
