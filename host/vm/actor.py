@@ -21,10 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from host.blobs import BlobStore
 from host.sandbox import ProcessExit, ProcessHandle, Sandbox, SandboxError
 from orchestrator import ActorContext, ActorDefinition, actor, event
 from orchestrator.errors import InvalidRequest
 
+from .blob_actions import blob_actions, read_prefix
 from .manager import SandboxManager, SandboxRecord
 from .options import VmOptions, parse_call_options, parse_options
 from .sessions import (
@@ -89,6 +91,12 @@ class WaitOptions(_Opts):
 class KillOptions(_Opts):
     signal: Literal["KILL", "TERM", "INT", "HUP", "QUIT", "USR1", "USR2", "STOP", "CONT"] = "KILL"
     group: bool = True
+
+
+class ReadOptions(_Opts):
+    # At most this many bytes (the file's beginning): a file written by sandbox code
+    # may be any size, and the caller holds what it reads.
+    limit: int | None = Field(default=None, gt=0)
 
 
 class WriteOptions(_Opts):
@@ -319,10 +327,13 @@ async def _info(c: ActorContext) -> dict[str, Any]:
 # --- the definition ---------------------------------------------------------------------
 
 
-def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> ActorDefinition:
+def vm_actor(
+    manager: SandboxManager, defaults: VmOptions | None = None, *, blobs: BlobStore | None = None
+) -> ActorDefinition:
     """The vm actor type; ``defaults`` (else ``manager.defaults``) are the options a
     vm gets unless its create input overrides them. The actor type's
-    ``sleep_timeout`` is ``defaults.idle_timeout`` (capped by the engine's)."""
+    ``sleep_timeout`` is ``defaults.idle_timeout`` (capped by the engine's).
+    ``blobs``: the store ``put_blob`` streams uploaded blobs from."""
     base = defaults or manager.defaults
 
     def create_state(input: Any) -> dict[str, Any]:
@@ -478,8 +489,12 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
     # -- actions: files --
 
     @_used
-    async def read_file(c: ActorContext, path: Any) -> bytes:
-        return await (await sandbox_of(c)).read_file(_path(path))
+    async def read_file(c: ActorContext, path: Any, opts: Any = None) -> bytes:
+        o = parse_call_options(ReadOptions, opts, "read_file")
+        sandbox = await sandbox_of(c)
+        if o.limit is None:
+            return await sandbox.read_file(_path(path))
+        return await read_prefix(sandbox, _path(path), o.limit)
 
     @_used
     async def write_file(c: ActorContext, path: Any, content: Any, opts: Any = None) -> None:
@@ -580,6 +595,7 @@ def vm_actor(manager: SandboxManager, defaults: VmOptions | None = None) -> Acto
             "upload_dir": upload_dir,
             "download_dir": download_dir,
             **session_actions(lambda c: _vars(c).sessions, sandbox_of, manager.gateway),
+            **{name: _used(fn) for name, fn in blob_actions(blobs, sandbox_of).items()},
         },
         events={
             "process_output": event("{pid, stream, data[, data_b64]} of a spawned process"),

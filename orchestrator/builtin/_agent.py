@@ -13,9 +13,13 @@ from typing import Any
 
 from ..client import ActorHandle
 from ..errors import InvalidRequest
+from ._repo import RepoPolicy, blob_id_of, check_repo, is_blob
 
 REPO_DIR = "/home/user/repo"
 DEFAULT_AGENT = "coding-agent"
+# The most of an agent-written file (a review, a summary) a built-in reads back: it
+# goes into a step result, a prompt and a response, all stored.
+MAX_AGENT_FILE = 32 * 1024
 
 
 async def run_agent_task(
@@ -82,34 +86,59 @@ def _tar_dir(path: Path) -> bytes:
     return buf.getvalue()
 
 
-def _local_kind(repo: str) -> tuple[str, Path]:
-    path = Path(repo).expanduser()
+def _local_kind(path: Path) -> str:
     if path.is_file():
-        return "file", path
+        return "file"
     if (path / ".git").exists():
-        return "git", path
+        return "git"
     if path.is_dir():
-        return "dir", path
-    raise InvalidRequest(f"repository {repo!r} is neither a URL nor an existing path", field="repo")
+        return "dir"
+    raise InvalidRequest(f"repository {str(path)!r} is not a file or directory", field="repo")
 
 
-async def put_repo(vm: ActorHandle, repo: str, dest: str = REPO_DIR) -> dict[str, Any]:
+async def put_repo(
+    vm: ActorHandle, repo: str, dest: str = REPO_DIR, *, policy: RepoPolicy | None = None
+) -> dict[str, Any]:
     """Get ``repo`` into the vm at ``dest``: clone a URL inside the vm (it needs a
-    network), or upload a local git repository (as a git bundle), a ``.bundle``
-    file, or a plain directory from the host. Safe to run again after a crash."""
+    network); clone an uploaded bundle (``blob:sha256:...``, streamed in by the vm
+    actor from the host's blob store); or upload a host path — a git repository (as
+    a git bundle), a ``.bundle`` file or a plain directory — but only one inside
+    ``policy``'s roots (default: none; see :class:`RepoPolicy`). Safe to run again
+    after a crash."""
     await vm.exec(["rm", "-rf", dest])
     if is_remote(repo):
         return await vm.exec(["git", "clone", "--quiet", repo, dest], {"timeout": 600})
-    kind, path = await asyncio.to_thread(_local_kind, repo)
     staging = "/home/user/.agentvm/repo.bundle"
-    if kind == "file":
-        await vm.write_file(staging, await asyncio.to_thread(path.read_bytes), {"parents": True})
-    elif kind == "git":
-        await vm.write_file(staging, await _git_bundle(path), {"parents": True})
+    if is_blob(repo):
+        check_repo(repo, policy, "repo")
+        await vm.put_blob(blob_id_of(repo), staging)
     else:
-        await vm.mkdir(dest, {"parents": True})
-        await vm.upload_dir(dest, await asyncio.to_thread(_tar_dir, path))
-        return {"exit_code": 0, "stdout": "", "stderr": "", "source": "directory"}
+        # Checked again here, not only at send time: the roots may have changed, and
+        # the real path (symlinks resolved) is what gets read.
+        real = await asyncio.to_thread(check_repo, repo, policy, "repo")
+        assert real is not None
+        path = Path(real)
+        kind = await asyncio.to_thread(_local_kind, path)
+        if kind == "file":
+            data = await asyncio.to_thread(path.read_bytes)
+            await vm.write_file(staging, data, {"parents": True})
+        elif kind == "git":
+            await vm.write_file(staging, await _git_bundle(path), {"parents": True})
+        else:
+            await vm.mkdir(dest, {"parents": True})
+            await vm.upload_dir(dest, await asyncio.to_thread(_tar_dir, path))
+            return {"exit_code": 0, "stdout": "", "stderr": "", "source": "directory"}
     result = await vm.exec(["git", "clone", "--quiet", staging, dest], {"timeout": 600})
     await vm.exec(["rm", "-f", staging])
     return result
+
+
+async def read_capped(vm: ActorHandle, path: str, limit: int = MAX_AGENT_FILE) -> str:
+    """A file an agent wrote, as text, at most ``limit`` bytes of it (the host never
+    holds more of an agent-written file than that); a longer one is cut and says so."""
+    content = await vm.read_file(path, {"limit": limit + 1})
+    data = content if isinstance(content, bytes) else str(content).encode()
+    text = data[:limit].decode(errors="replace")
+    if len(data) > limit:
+        text += f"\n[... cut at {limit} bytes]"
+    return text

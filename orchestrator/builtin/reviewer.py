@@ -13,19 +13,17 @@ from pydantic import BaseModel, Field
 
 from ..definitions import ActorDefinition, actor, queue
 from ..workflow import Loop, WorkflowContext, workflow
-from ._agent import DEFAULT_AGENT, run_agent_task
+from ._agent import DEFAULT_AGENT, read_capped, run_agent_task
 from ._input import parse
 
 SUMMARY_PATH = "/home/user/review.txt"
+# The most of the reviewed file put into the prompt (and the stored step input).
+MAX_CODE = 200 * 1024
 
 
 class ReviewRequest(BaseModel):
     file: str = Field(min_length=1, description="path of the file in the vm")
     agent_type: str = DEFAULT_AGENT
-
-
-def _text(content: Any) -> str:
-    return content.decode(errors="replace") if isinstance(content, bytes) else str(content)
 
 
 async def _run(ctx: WorkflowContext) -> None:
@@ -36,14 +34,14 @@ async def _run(ctx: WorkflowContext) -> None:
         vm = loop_ctx.client().vm.get_or_create(loop_ctx.state["vm_key"])
 
         async def review() -> str:
-            code = _text(await vm.read_file(req.file))
+            code = await read_capped(vm, req.file, MAX_CODE)
             await run_agent_task(
                 vm,
                 f"Review this code and write a summary to {SUMMARY_PATH}:\n\n{code}",
                 agent_type=req.agent_type,
                 cwd="/home/user",
             )
-            return _text(await vm.read_file(SUMMARY_PATH))
+            return await read_capped(vm, SUMMARY_PATH)
 
         summary = await loop_ctx.step("review", review, max_retries=1, timeout=3600)
 
