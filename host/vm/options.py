@@ -8,22 +8,59 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from host.egress.policy import Denied, normalise_pattern
 from host.sandbox.models import SandboxLimits
 from orchestrator.errors import InvalidRequest
 from vm_images.bundles import resolve
 
 
+class NetworkAllow(BaseModel):
+    """Egress through the host's proxy to these host names only (docs/egress.md):
+    exact names and ``*.example.com`` wildcards; the container has no interface."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] = Field(min_length=1, max_length=256)
+
+    @field_validator("allow")
+    @classmethod
+    def _names(cls, names: list[str]) -> list[str]:
+        try:
+            return sorted({normalise_pattern(n) for n in names})
+        except Denied as exc:
+            raise ValueError(exc.reason) from None
+
+
 class VmOptions(BaseModel):
     """What a vm runs on: its image (bundles), network, limits, environment and how
-    long it may sit idle before its container is stopped (``/home/user`` is kept)."""
+    long it may sit idle before its container is stopped (``/home/user`` is kept).
+
+    ``network``: ``"none"`` (default), ``{"allow": [host names]}`` (HTTP(S) through
+    the host's egress proxy, still no interface), or ``"bridge"`` — full, unfiltered
+    network access: **unsafe**, only for trusted code (docs/egress.md)."""
 
     model_config = ConfigDict(extra="forbid")
 
     bundles: list[str] = Field(default_factory=lambda: ["common"])
-    network: Literal["none", "bridge"] = "none"
+    network: Literal["none", "bridge"] | NetworkAllow = "none"
     limits: SandboxLimits = Field(default_factory=SandboxLimits)
     env: dict[str, str] = Field(default_factory=dict)
     idle_timeout: float = Field(default=300.0, gt=0)
+
+    @field_validator("network", mode="before")
+    @classmethod
+    def _network(cls, value: Any) -> Any:
+        # One clear message instead of one per branch of the union.
+        if isinstance(value, dict):
+            try:
+                return NetworkAllow.model_validate(value)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise ValueError(f"{where}: {first['msg'].removeprefix('Value error, ')}") from None
+        if value not in ("none", "bridge") and not isinstance(value, NetworkAllow):
+            raise ValueError('must be "none", "bridge" or {"allow": [host names]}')
+        return value
 
     @field_validator("bundles")
     @classmethod
@@ -33,6 +70,14 @@ class VmOptions(BaseModel):
         except KeyError as exc:
             raise ValueError(exc.args[0]) from None
         return sorted(set(names))
+
+    def egress_allow(self) -> list[str] | None:
+        """The host allowlist of an allowlist vm, else None."""
+        return self.network.allow if isinstance(self.network, NetworkAllow) else None
+
+    def docker_network(self) -> Literal["none", "bridge"]:
+        """Docker's network mode: an allowlist vm has none (egress is proxied)."""
+        return "none" if isinstance(self.network, NetworkAllow) else self.network
 
     def container_key(self) -> str:
         """Everything baked into a container at creation; equal keys can share a pool."""
