@@ -29,6 +29,7 @@ from .errors import (
     RaceError,
     StepExhaustedError,
     StepTimeoutError,
+    StorageFull,
     UnknownActorType,
     WorkflowError,
 )
@@ -90,6 +91,7 @@ __all__ = [
     "SendResult",
     "StepExhaustedError",
     "StepTimeoutError",
+    "StorageFull",
     "Subscription",
     "SyncClient",
     "UnknownActorType",

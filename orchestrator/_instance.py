@@ -267,9 +267,17 @@ class ActorInstance:
                 tx.closed = True
                 c.queue._ack()
             ops = tx.ops
+            persisted = self._persisted_state
             ops.extend(self.state_ops())
             if ops:
-                await self.store.submit(ops)
+                try:
+                    await self.store.submit(ops)
+                except Exception:
+                    # Not committed (e.g. a full disk): memory must not keep a change
+                    # the file does not have, or the next commit would write it.
+                    self._persisted_state = persisted
+                    self.restore_state()
+                    raise
             if tx.after:
                 tx.run_after()
             return result

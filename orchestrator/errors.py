@@ -77,6 +77,15 @@ class QueueFull(AgentVMError):
     http_status = 429
 
 
+class StorageFull(AgentVMError):
+    """The database's disk is full: nothing of the call was written; retry once space
+    returns (the engine keeps running, no restart needed)."""
+
+    group = "storage"
+    code = "full"
+    http_status = 507
+
+
 class MessageTooLarge(AgentVMError):
     group = "queue"
     code = "message_too_large"

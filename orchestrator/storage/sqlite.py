@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from ..errors import StorageFull
 from . import base
 from .base import (
     ActorRecord,
@@ -411,7 +412,7 @@ class SQLiteStore(Store):
                 except Exception as exc:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    results.append((fut, exc))
+                    results.append((fut, _typed(exc)))
             notify(_resolve_each, results)
             return
         futs = [fut for _, fut in writes if fut is not None]
@@ -621,6 +622,16 @@ def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
     for fut in futs:
         if not fut.done():
             fut.set_result(None)
+
+
+def _typed(exc: Exception) -> Exception:
+    """A full disk is a typed error the caller can act on, not an internal one."""
+    if isinstance(exc, sqlite3.OperationalError) and (
+        getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL
+        or "database or disk is full" in str(exc)
+    ):
+        return StorageFull(f"the database's disk is full; nothing was written ({exc})")
+    return exc
 
 
 def _resolve_each(results: list[tuple[asyncio.Future[None] | None, BaseException | None]]) -> None:

@@ -70,9 +70,7 @@ def host(
             **extra,
         }
         engines.add(extra.get("DOCKER_HOST"))
-        server = start_server(
-            db or tmp_path / "host.db", env=env, registry=None, deadline_s=120
-        )
+        server = start_server(db or tmp_path / "host.db", env=env, registry=None, deadline_s=120)
         servers.append(server)
         return server
 
