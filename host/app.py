@@ -42,6 +42,33 @@ class HostSettings(BaseSettings):
     )
     vm_idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle vm stops")
     reap_interval: float = Field(300.0, gt=0, description="seconds between orphan sweeps")
+    gateway_max_connections: int = Field(
+        32, ge=1, description="open LLM-gateway connections per sandbox; more get a 503"
+    )
+    gateway_max_body: int = Field(
+        32 * 2**20, ge=1024, description="largest request body a sandbox may send the gateway"
+    )
+    gateway_header_timeout: float = Field(
+        30.0, gt=0, description="seconds a sandbox has to send a whole request head"
+    )
+    gateway_body_timeout: float = Field(
+        60.0, gt=0, description="seconds without a request-body byte before the gateway drops it"
+    )
+    gateway_idle_timeout: float = Field(
+        120.0, gt=0, description="seconds an idle keep-alive gateway connection is kept"
+    )
+
+    def gateway_limits(self) -> Any:
+        """The :class:`host.gateway.GatewayLimits` these settings name."""
+        from host.gateway import GatewayLimits
+
+        return GatewayLimits(
+            max_connections=self.gateway_max_connections,
+            max_body_bytes=self.gateway_max_body,
+            header_timeout=self.gateway_header_timeout,
+            body_timeout=self.gateway_body_timeout,
+            idle_timeout=self.gateway_idle_timeout,
+        )
 
 
 def default_host_id(db: str) -> str:
@@ -84,7 +111,7 @@ async def host_runtime(
             if inst is not None:
                 inst.broadcast_internal("llm_usage", record.model_dump(mode="json"))
 
-    gateway = LLMGateway.from_env(on_usage=on_usage)
+    gateway = LLMGateway.from_env(on_usage=on_usage, limits=settings.gateway_limits())
     manager = None
     try:
         manager = await SandboxManager.open(
