@@ -1,5 +1,6 @@
 """The host's egress proxy for allowlist vms and their git credentials (docs/egress.md)."""
 
+from .container import EGRESS_LABEL, allow_from_labels, container_env, container_labels
 from .policy import (
     Allowlist,
     Credential,
@@ -13,6 +14,7 @@ from .policy import (
 from .proxy import EgressLimits, EgressProxy, SandboxEgress
 
 __all__ = [
+    "EGRESS_LABEL",
     "Allowlist",
     "Credential",
     "Denied",
@@ -21,6 +23,9 @@ __all__ = [
     "EgressProxy",
     "SandboxEgress",
     "Target",
+    "allow_from_labels",
+    "container_env",
+    "container_labels",
     "load_credentials",
     "normalise_host",
     "parse_resolve",

@@ -22,6 +22,7 @@ import docker
 import docker.errors
 import requests
 
+from host.egress import EgressProxy, allow_from_labels, container_env, container_labels
 from host.gateway import LLMGateway
 from host.sandbox import (
     DockerBackend,
@@ -100,10 +101,13 @@ class SandboxManager:
         pool_options: Sequence[VmOptions],
         reap_interval: float | None,
         gateway: LLMGateway | None = None,
+        egress: EgressProxy | None = None,
     ) -> None:
         self.backend = backend
         # Serves the LLM endpoint into every sandbox that goes live (None: no gateway).
         self.gateway = gateway
+        # Serves the egress proxy into allowlist vms' sandboxes (docs/egress.md).
+        self.egress = egress
         self.host_id = backend.host_id
         self.defaults = defaults
         self.pool_size = pool_size
@@ -136,6 +140,7 @@ class SandboxManager:
         control_root: Path | None = None,
         connect_timeout: float = 30.0,
         gateway: LLMGateway | None = None,
+        egress: EgressProxy | None = None,
     ) -> SandboxManager:
         """Connect to Docker (``DockerUnavailable`` naming the engine address if it is
         down) and start filling the warm pool (``pool_size`` containers for each of
@@ -151,6 +156,7 @@ class SandboxManager:
             pool_options=list(pool_options) if pool_options is not None else [defaults],
             reap_interval=reap_interval,
             gateway=gateway,
+            egress=egress,
         )
         for pool in manager._pools.values():
             pool.wanted.set()
@@ -213,10 +219,21 @@ class SandboxManager:
             image=image,
             key=list(key),
             pool=pool,
-            network=options.network,
+            network=options.docker_network(),
             limits=options.limits,
-            env=options.env,
+            env={**options.env, **container_env(options.egress_allow())},
+            labels=container_labels(options.egress_allow()),
         )
+
+    async def _egress_up(self, sandbox: Sandbox, labels: dict[str, str]) -> None:
+        """Serve the egress proxy into an allowlist vm's sandbox that just went live."""
+        allow = allow_from_labels(labels)
+        if self.egress is not None and allow is not None:
+            await self.egress.serve(sandbox.name, sandbox.control.control_dir, allow)
+
+    async def _egress_down(self, name: str) -> None:
+        if self.egress is not None:
+            await self.egress.stop(name)
 
     async def _create(
         self, spec: SandboxSpec, *, volume: str | None = None, claim: bool = True
@@ -226,6 +243,7 @@ class SandboxManager:
         self._creating |= marks
         try:
             sandbox = await self.backend.create(spec, name=name, volume=volume)
+            await self._egress_up(sandbox, spec.labels)
             if claim:
                 self._claimed[sandbox.name] = sandbox
             return sandbox
@@ -283,6 +301,7 @@ class SandboxManager:
                 taken = (sandbox, image)
             else:  # died while waiting in the pool
                 self._background(self.backend.remove(sandbox))
+                self._background(self._egress_down(sandbox.name))
         pool.wanted.set()
         return taken
 
@@ -319,6 +338,7 @@ class SandboxManager:
             return None
         sandbox = await self.backend.get(record.id)
         self._claimed[sandbox.name] = sandbox
+        await self._egress_up(sandbox, info.labels)
         return sandbox
 
     async def resume(
@@ -332,6 +352,7 @@ class SandboxManager:
             sandbox = None
         if sandbox is not None:
             self._claimed[sandbox.name] = sandbox
+            await self._egress_up(sandbox, container_labels(options.egress_allow()))
             await sandbox.ensure_running()
             return sandbox, record
         self._claimed.pop(record.name, None)
@@ -346,6 +367,7 @@ class SandboxManager:
         for sandbox in list(self.backend._sandboxes.values()):
             if sandbox.name == name:
                 await self.backend.remove(sandbox, volume=False)
+        await self._egress_down(name)
 
     async def stop(self, record: SandboxRecord) -> None:
         """Stop a vm's container (its volume is kept) and stop listening for it."""
@@ -355,14 +377,17 @@ class SandboxManager:
             return
         await self.backend.stop(sandbox)
         await sandbox.control.close()
+        await self._egress_down(sandbox.name)
 
     async def destroy(self, record: SandboxRecord | None, extra: Sandbox | None = None) -> None:
         """Remove a vm's container and its home volume (missing ones are fine)."""
         if extra is not None:
             self._claimed.pop(extra.name, None)
             await self.backend.remove(extra, volume=True)
+            await self._egress_down(extra.name)
         if record is not None:
             self._claimed.pop(record.name, None)
+            await self._egress_down(record.name)
             await self.backend.remove(record.id, volume=False)
             await self.backend.remove_volume(record.volume)
 
