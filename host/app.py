@@ -42,6 +42,24 @@ class HostSettings(BaseSettings):
     )
     vm_idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle vm stops")
     reap_interval: float = Field(300.0, gt=0, description="seconds between orphan sweeps")
+    # The egress proxy of allowlist vms (docs/egress.md).
+    egress_resolve: str = Field(
+        "",
+        description="egress resolver overrides, name=address[:port],... (split-horizon DNS, "
+        "tests); only a mapped name may reach a loopback or private address",
+    )
+    egress_ports: str = Field("80,443", description="TCP ports allowlist vms may connect to")
+    egress_max_connections: int = Field(
+        64, ge=1, description="open egress-proxy connections per sandbox; more get a 503"
+    )
+    egress_idle_timeout: float = Field(
+        300.0, gt=0, description="seconds without a byte before an egress connection is closed"
+    )
+    git_credentials: str = Field(
+        "",
+        description="host-side git credentials for allowlist vms: JSON {host: {username, "
+        "password}} or the path of a git-credentials file; never enter a sandbox",
+    )
     gateway_max_connections: int = Field(
         32, ge=1, description="open LLM-gateway connections per sandbox; more get a 503"
     )
@@ -69,6 +87,22 @@ class HostSettings(BaseSettings):
             body_timeout=self.gateway_body_timeout,
             idle_timeout=self.gateway_idle_timeout,
         )
+
+
+def egress_proxy(settings: HostSettings) -> Any:
+    """The egress proxy the settings name (``EgressConfigError`` if one is malformed)."""
+    from host.egress import EgressLimits, EgressProxy, load_credentials, parse_ports, parse_resolve
+
+    limits = EgressLimits(
+        max_connections=settings.egress_max_connections,
+        idle_timeout=settings.egress_idle_timeout,
+        ports=parse_ports(settings.egress_ports),
+    )
+    return EgressProxy(
+        resolve=parse_resolve(settings.egress_resolve),
+        credentials=load_credentials(settings.git_credentials),
+        limits=limits,
+    )
 
 
 def default_host_id(db: str) -> str:
@@ -102,6 +136,7 @@ async def host_runtime(
 
     config = config or EngineConfig()
     settings = settings or HostSettings()
+    egress = egress_proxy(settings)
     engine_ref: list[Engine] = []
 
     def on_usage(record: Any) -> None:
@@ -120,6 +155,7 @@ async def host_runtime(
             defaults=VmOptions(bundles=settings.vm_bundles, idle_timeout=settings.vm_idle_timeout),
             reap_interval=settings.reap_interval,
             gateway=gateway,
+            egress=egress,
         )
         if registry is None:
             reg = build_registry(manager)
@@ -138,6 +174,7 @@ async def host_runtime(
         if manager is not None:
             await manager.close(remove_pool=True)
         await gateway.close()
+        await egress.close()
 
 
 SANDBOX_GAUGE = "agentvm_sandboxes_running"

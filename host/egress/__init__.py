@@ -9,6 +9,7 @@ from .policy import (
     Target,
     load_credentials,
     normalise_host,
+    parse_ports,
     parse_resolve,
 )
 from .proxy import EgressLimits, EgressProxy, SandboxEgress
@@ -28,5 +29,6 @@ __all__ = [
     "container_labels",
     "load_credentials",
     "normalise_host",
+    "parse_ports",
     "parse_resolve",
 ]

@@ -199,3 +199,14 @@ def parse_credential_request(body: bytes) -> dict[str, str]:
         if sep:
             fields[key.strip()] = value
     return fields
+
+
+def parse_ports(spec: str) -> frozenset[int]:
+    """``AGENTVM_EGRESS_PORTS``: comma-separated TCP ports, e.g. ``80,443``."""
+    try:
+        ports = frozenset(int(p) for p in spec.split(",") if p.strip())
+    except ValueError:
+        raise EgressConfigError(f"AGENTVM_EGRESS_PORTS: not a list of ports: {spec!r}") from None
+    if not ports or not all(0 < p < 65536 for p in ports):
+        raise EgressConfigError(f"AGENTVM_EGRESS_PORTS: ports must be 1-65535: {spec!r}")
+    return ports
