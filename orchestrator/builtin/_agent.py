@@ -51,8 +51,19 @@ def is_remote(repo: str) -> bool:
 
 
 def vm_input_for(repo: str | None) -> dict[str, Any] | None:
-    """A vm that clones from a URL needs a network; a local repository does not."""
-    return {"network": "bridge"} if repo and is_remote(repo) else None
+    """A vm that clones from a URL may reach that URL's host only (through the host's
+    egress proxy, docs/egress.md); a local repository needs no network at all."""
+    if not repo or not is_remote(repo):
+        return None
+    from urllib.parse import urlsplit
+
+    host = urlsplit(repo).hostname if repo.startswith(("http://", "https://")) else None
+    if not host:
+        raise InvalidRequest(
+            f"only http(s) repository URLs can be cloned (through the egress proxy): {repo}",
+            field="repo",
+        )
+    return {"network": {"allow": [host]}}
 
 
 async def _git_bundle(path: Path) -> bytes:
