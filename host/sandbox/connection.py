@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,25 @@ from .errors import from_wire
 log = logging.getLogger("agentvm.sandbox")
 
 
+# Per channel, at most this many events may wait for the consumer (the supervisor
+# sends one, ``started``); more is a protocol violation that closes the link.
+MAX_QUEUED_EVENTS = 16
+# Bytes of pongs and credit the host may have queued for a supervisor that does not
+# read; beyond it the link is closed rather than buffered.
+MAX_WRITE_BACKLOG = 1024 * 1024
+# Liveness: while a call is outstanding and nothing arrived for PROBE_AFTER seconds,
+# the host pings; no frame within PING_TIMEOUT more and the link is declared
+# unresponsive (a frozen or paused container), failing every call on it.
+PROBE_AFTER = 2.0
+PING_TIMEOUT = 5.0
+
+
 class LinkClosed(ConnectionError):
     """The supervisor link ended while a call was using it."""
+
+
+class LinkUnresponsive(LinkClosed):
+    """The supervisor stopped answering (frozen or paused container): the host gave up."""
 
 
 @dataclass
@@ -48,6 +66,7 @@ class Channel:
         self.recv_window = RecvWindow()
         self.queue: asyncio.Queue[tuple[str, Any, Any]] = asyncio.Queue()
         self.finished = False
+        self.queued_events = 0
         # Data received but not yet taken by the consumer; never above the window we
         # granted, so a misbehaving supervisor cannot make the host buffer more.
         self.unconsumed = 0
@@ -73,7 +92,9 @@ class Channel:
         kind, a, b = await self.queue.get()
         if kind == _LOST:
             self.finished = True
-            raise LinkClosed(a)
+            raise (LinkUnresponsive if self.conn.unresponsive else LinkClosed)(a)
+        if kind == _EVENT:
+            self.queued_events -= 1
         if kind == _DATA:
             self.unconsumed -= len(b)
             grant = self.recv_window.consumed(len(b))
@@ -111,7 +132,13 @@ class SupervisorConnection:
     """A live, authenticated link to one sandbox's supervisor."""
 
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hello: dict[str, Any]
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hello: dict[str, Any],
+        *,
+        probe_after: float = PROBE_AFTER,
+        ping_timeout: float = PING_TIMEOUT,
     ) -> None:
         self.reader = reader
         self.writer = writer
@@ -120,7 +147,16 @@ class SupervisorConnection:
         self._ids = itertools.count(1)
         self.closed = asyncio.Event()
         self.close_reason = ""
+        self.unresponsive = False
         self._task: asyncio.Task[None] | None = None
+        self._watchdog: asyncio.Task[None] | None = None
+        self.probe_after = probe_after
+        self.ping_timeout = ping_timeout
+        self._last_rx = time.monotonic()
+        self._ping_sent: float | None = None
+        self._ping_ids = itertools.count(1)
+        # Sends (drains) in progress: a write blocked on a frozen peer counts as busy.
+        self._sending = 0
 
     @property
     def supervisor_boot_id(self) -> str:
@@ -128,16 +164,70 @@ class SupervisorConnection:
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._read_loop())
+        self._watchdog = asyncio.create_task(self._watch())
+
+    def _error(self) -> LinkClosed:
+        cls = LinkUnresponsive if self.unresponsive else LinkClosed
+        return cls(self.close_reason or "link closed")
 
     async def send(self, header: dict[str, Any], payload: bytes | memoryview = b"") -> None:
         if self.closed.is_set():
-            raise LinkClosed(self.close_reason or "link closed")
+            raise self._error()
         self.writer.write(P.encode(header, payload))
+        self._sending += 1
         try:
             await self.writer.drain()
         except (ConnectionError, OSError) as exc:
             self._shutdown(f"write failed: {exc}")
-            raise LinkClosed(self.close_reason) from exc
+            raise self._error() from exc
+        finally:
+            self._sending -= 1
+        if self.closed.is_set():
+            raise self._error()
+
+    def _write_small(self, header: dict[str, Any]) -> None:
+        """Queue a control frame without waiting; a peer that lets them pile up is cut."""
+        if self.writer.transport.get_write_buffer_size() > MAX_WRITE_BACKLOG:
+            raise P.ProtocolError("the supervisor does not read what the host sends")
+        self.writer.write(P.encode(header))
+
+    async def probe(self, timeout: float) -> bool:
+        """True if the supervisor answers a ping (or any frame arrives) within ``timeout``."""
+        if self.closed.is_set():
+            return False
+        start = time.monotonic()
+        with contextlib.suppress(P.ProtocolError, ConnectionError, OSError):
+            self._write_small({"t": P.PING, "ch": 0, "id": next(self._ping_ids)})
+        while time.monotonic() - start < timeout and not self.closed.is_set():
+            if self._last_rx >= start:
+                return True
+            await asyncio.sleep(min(0.05, timeout))
+        return self._last_rx >= start
+
+    async def _watch(self) -> None:
+        """Declare the link unresponsive when a call waits and the supervisor is silent."""
+        tick = max(0.05, min(self.probe_after, self.ping_timeout) / 4)
+        while not self.closed.is_set():
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            if not (self.channels or self._sending):
+                self._ping_sent = None
+                continue
+            if self._ping_sent is not None and self._last_rx >= self._ping_sent:
+                self._ping_sent = None
+            if self._ping_sent is None:
+                if now - self._last_rx >= self.probe_after:
+                    self._ping_sent = now
+                    try:
+                        self._write_small({"t": P.PING, "ch": 0, "id": next(self._ping_ids)})
+                    except P.ProtocolError:
+                        pass  # counts as no answer
+            elif now - self._ping_sent >= self.ping_timeout:
+                self.unresponsive = True
+                log.warning("supervisor link: no answer for %.1fs, giving up", now - self._last_rx)
+                self._shutdown(f"supervisor unresponsive for {now - self._last_rx:.1f}s")
+                if self._task is not None:
+                    self._task.cancel()
 
     async def open(
         self, op: str, args: dict[str, Any] | None = None, payload: bytes = b""
@@ -166,6 +256,8 @@ class SupervisorConnection:
 
     async def close(self, reason: str = "closed by host") -> None:
         self._shutdown(reason)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -185,7 +277,8 @@ class SupervisorConnection:
             channel.send_window.close()
             channel.queue.put_nowait((_LOST, reason, None))
         self.channels.clear()
-        self.writer.close()
+        # abort(): a frozen peer must not keep unsent bytes (and drain()) around.
+        self.writer.transport.abort()
 
     async def _read_loop(self) -> None:
         reason = "supervisor closed the link"
@@ -194,6 +287,7 @@ class SupervisorConnection:
                 frame = await P.read_frame(self.reader)
                 if frame is None:
                     break
+                self._last_rx = time.monotonic()
                 self._dispatch(*frame)
         except P.ProtocolError as exc:
             reason = f"protocol error: {exc}"
@@ -202,22 +296,31 @@ class SupervisorConnection:
             reason = f"link error: {exc}"
         finally:
             self._shutdown(reason)
+            if self._watchdog is not None:
+                self._watchdog.cancel()
 
     def _dispatch(self, header: dict[str, Any], payload: bytes) -> None:
         kind, ch = header["t"], header.get("ch", 0)
+        # Every queued item is bounded: data by the window, events by count, empty data
+        # frames are dropped, pongs are written only while the peer reads them.
         if ch == 0:
             if kind == P.PING:
-                self.writer.write(P.encode({"t": P.PONG, "ch": 0, "id": header.get("id")}))
+                self._write_small({"t": P.PONG, "ch": 0, "id": header.get("id")})
             return
         channel = self.channels.get(ch)
         if channel is None:
             return  # a late frame for a call we gave up on
         if kind == P.DATA:
+            if not payload:
+                return  # carries nothing; queueing it would be unbounded
             channel.unconsumed += len(payload)
             if channel.unconsumed > P.WINDOW:
                 raise P.ProtocolError(f"channel {ch} exceeded its flow-control window")
             channel.queue.put_nowait((_DATA, str(header.get("s", "")), payload))
         elif kind == P.EVENT:
+            channel.queued_events += 1
+            if channel.queued_events > MAX_QUEUED_EVENTS:
+                raise P.ProtocolError(f"channel {ch}: more than {MAX_QUEUED_EVENTS} events queued")
             channel.queue.put_nowait((_EVENT, header, None))
         elif kind == P.CREDIT:
             channel.send_window.grant(int(header.get("n", 0)))

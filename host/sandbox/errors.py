@@ -27,6 +27,8 @@ _ERRNO_STATUS = {
     "EINVAL": 400,
     "ETIMEDOUT": 504,
     "ECANCELED": 499,
+    "EAGAIN": 429,
+    "EFBIG": 413,
 }
 
 
@@ -69,6 +71,15 @@ class SandboxLost(SandboxError):
     code = "lost"
     http_status = 503
     errno_name = "ELOST"
+
+
+class SandboxUnresponsive(SandboxLost):
+    """The sandbox stopped answering (frozen, paused, or its supervisor hung): the host
+    gave up on the link after a bounded wait. The next call restarts the container."""
+
+    code = "unresponsive"
+    http_status = 503
+    errno_name = "EUNRESPONSIVE"
 
 
 class DockerUnavailable(SandboxError):
@@ -125,6 +136,22 @@ class SandboxTimeout(SupervisorError, TimeoutError):
     errno_name = "ETIMEDOUT"
 
 
+class ResourceLimit(SupervisorError):
+    """The sandbox hit one of its limits (e.g. no process can start: pids limit)."""
+
+    code = "resource_limit"
+    http_status = 429
+    errno_name = "EAGAIN"
+
+
+class FileTooLarge(SupervisorError):
+    """A file is larger than the caller's (or the host's) cap for reading it whole."""
+
+    code = "file_too_large"
+    http_status = 413
+    errno_name = "EFBIG"
+
+
 def from_wire(error: dict[str, object]) -> SupervisorError:
     """Build the typed exception for a failed RESULT frame."""
     code = str(error.get("code") or "EIO")
@@ -135,5 +162,7 @@ def from_wire(error: dict[str, object]) -> SupervisorError:
         "ENOENT": FileNotFoundInSandbox,
         "ESRCH": ProcessNotFound,
         "ETIMEDOUT": SandboxTimeout,
+        "EAGAIN": ResourceLimit,
+        "EFBIG": FileTooLarge,
     }.get(code, SupervisorError)
     return cls(message, code=code, path=path)
