@@ -75,6 +75,40 @@ class HostSettings(BaseSettings):
     gateway_idle_timeout: float = Field(
         120.0, gt=0, description="seconds an idle keep-alive gateway connection is kept"
     )
+    # Agent sessions (docs/sessions.md): the vm actor reads these where it makes a
+    # vm's session manager.
+    session_idle_timeout: float = Field(
+        900.0, gt=0, description="seconds without a prompt before a session is closed"
+    )
+    prestart_agents: str = Field(
+        "coding-agent",
+        description="comma-separated agent types kept pre-started per live vm; '' for none",
+    )
+    session_line_max_bytes: int = Field(
+        2**20, ge=4096, description="longest agent JSON-RPC line; longer ones are dropped"
+    )
+    session_events_per_second: float = Field(
+        200.0, gt=0, description="agent events stored per second per session; excess dropped"
+    )
+    session_event_bytes_per_second: int = Field(
+        2 * 2**20, ge=4096, description="agent event bytes stored per second per session"
+    )
+    session_events_max_bytes: int = Field(
+        64 * 2**20,
+        ge=65536,
+        description="stored event bytes per session; past it new events are dropped",
+    )
+
+    def session_limits(self) -> Any:
+        """The :class:`host.sessions.SessionLimits` these settings name."""
+        from host.sessions import SessionLimits
+
+        return SessionLimits(
+            line_max_bytes=self.session_line_max_bytes,
+            events_per_second=self.session_events_per_second,
+            event_bytes_per_second=self.session_event_bytes_per_second,
+            events_max_bytes=self.session_events_max_bytes,
+        )
 
     def gateway_limits(self) -> Any:
         """The :class:`host.gateway.GatewayLimits` these settings name."""

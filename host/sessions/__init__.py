@@ -13,6 +13,7 @@ from .errors import (
     UnknownAgentType,
 )
 from .events import ActorLogEventStore, EventStore, MemoryEventStore
+from .limits import SessionLimits
 from .manager import SessionManager
 from .models import (
     PermissionPolicy,
@@ -41,6 +42,7 @@ __all__ = [
     "SessionError",
     "SessionEvent",
     "SessionInfo",
+    "SessionLimits",
     "SessionManager",
     "SessionNotFound",
     "SessionRecord",

@@ -71,6 +71,8 @@ class ActorLogEventStore:
         self.ctx.broadcast("session_event", event.model_dump(mode="json"))
         return event.seq
 
-    async def read(self, session_id: str, since: int = 0) -> list[SessionEvent]:
-        rows = await self._log(session_id).read(since)
+    async def read(
+        self, session_id: str, since: int = 0, limit: int | None = None
+    ) -> list[SessionEvent]:
+        rows = await self._log(session_id).read(since, limit)
         return [SessionEvent.model_validate({**payload, "seq": seq}) for seq, payload in rows]

@@ -30,6 +30,7 @@ from host.sandbox import ProcessNotFound, Sandbox, SandboxError
 from .agents import AgentCommand, AgentOverrides, resolve_agent
 from .errors import AgentError, AgentStartFailed, SessionBusy, SessionNotFound
 from .events import EventStore, MemoryEventStore
+from .limits import SessionLimits
 from .models import (
     PermissionPolicy,
     PermissionReply,
@@ -66,7 +67,8 @@ class SessionManager:
     never enters the sandbox;
     ``prestart`` names agent types (which must take their per-session settings from
     ``session/new`` ``_meta.agentvm``) of which one process is kept started and
-    initialized, ready for the next ``create_session`` (call :meth:`warm_up`).
+    initialized, ready for the next ``create_session`` (call :meth:`warm_up`);
+    ``limits`` bound what each agent can make the host hold (limits.py).
     """
 
     def __init__(
@@ -78,8 +80,10 @@ class SessionManager:
         host_api_key: str | None = None,
         start_timeout: float = 60.0,
         prestart: Collection[str] = (),
+        limits: SessionLimits | None = None,
     ) -> None:
         self.sandbox = sandbox
+        self.limits = limits or SessionLimits()
         self.store: EventStore = store if store is not None else MemoryEventStore()
         self.agents = agents
         self.host_api_key = (
@@ -340,19 +344,28 @@ class SessionManager:
 
     async def kill_stale_prestarted(self) -> list[int]:
         """Kill agents pre-started by an earlier host process that ended without
-        :meth:`close` (e.g. killed): running processes with the pre-start marker in
-        their environment that are not sessions of this manager."""
+        :meth:`close` (e.g. killed): running processes that are not sessions of this
+        manager and run a pre-start type's command, or have the pre-start marker in
+        their environment. (A non-dumpable agent's environment cannot be read, hence
+        the command: such a process is an orphan of a lost ``create_session``.)"""
         known = {s.record.pid for s in self.sessions.values()}
         known |= {t.result()[0].record.pid for t in self._warm.values() if _ok(t)}
+        commands = set()
+        for agent_type in self.prestart:
+            with contextlib.suppress(Exception):
+                commands.add(tuple(resolve_agent(agent_type, self.agents).command))
         killed: list[int] = []
         for proc in await self.sandbox.list_processes():
             if not proc.running or proc.pid in known:
                 continue
-            try:
-                environ = await self.sandbox.read_file(f"/proc/{proc.pid}/environ")
-            except SandboxError:
-                continue
-            if f"{PRESTARTED_ENV}=1".encode() in environ.split(b"\0"):
+            stale = tuple(proc.argv) in commands
+            if not stale:
+                try:
+                    environ = await self.sandbox.read_file(f"/proc/{proc.pid}/environ")
+                except SandboxError:
+                    continue
+                stale = f"{PRESTARTED_ENV}=1".encode() in environ.split(b"\0")
+            if stale:
                 with contextlib.suppress(SandboxError):
                     await self.sandbox.kill_process(proc.pid)
                 killed.append(proc.pid)
@@ -377,7 +390,7 @@ class SessionManager:
         async with session.prompt_lock:
             assert session.conn is not None
             session.status = "prompting"
-            session.text_parts = []
+            session.reset_text()
             await session.emit("prompt", {"text": text})
             try:
                 response = await self._call(
@@ -473,7 +486,10 @@ class SessionManager:
         stored = await self.store.read(record.session_id)
         last = max((e.offset or 0 for e in stored), default=0)
         session = Session(
-            self, record.model_copy(update={"generation": record.generation + 1}), skip_until=last
+            self,
+            record.model_copy(update={"generation": record.generation + 1}),
+            skip_until=last,
+            stored_bytes=sum(len(e.model_dump_json()) for e in stored),
         )
         self.sessions[record.session_id] = session
         try:

@@ -18,6 +18,8 @@ EventKind = Literal[
     "permission_response",  # how a permission request was answered
     "agent_exit",  # the agent process ended (data = {exit_code, stderr_tail, reason})
     "session_closed",
+    "protocol_error",  # an agent line the host dropped (data = {error, ...}; limits.py)
+    "events_dropped",  # events not stored (data = {count, bytes, reason, total})
 ]
 
 

@@ -16,30 +16,11 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from acp import RequestError
 from acp.client.connection import ClientSideConnection
-from acp.schema import (
-    AllowedOutcome,
-    CreateTerminalResponse,
-    DeniedOutcome,
-    EnvVariable,
-    KillTerminalResponse,
-    PermissionOption,
-    ReadTextFileResponse,
-    ReleaseTerminalResponse,
-    RequestPermissionResponse,
-    TerminalExitStatus,
-    TerminalOutputResponse,
-    ToolCallUpdate,
-    WaitForTerminalExitResponse,
-    WriteTextFileResponse,
-)
 
 from host.sandbox import (
-    FileNotFoundInSandbox,
     ProcessExit,
     ProcessHandle,
     ProcessNotFound,
@@ -48,7 +29,9 @@ from host.sandbox import (
     SandboxLost,
 )
 
+from .client import _Client, _Permission, _Terminal
 from .errors import AgentExited, PermissionNotFound, SessionClosed
+from .limits import FINAL_KINDS, EventGate
 from .models import (
     EventKind,
     PermissionReply,
@@ -67,7 +50,16 @@ STDERR_TAIL = 16 * 1024
 # Request ids of the host's ACP connection start at generation * ID_SPAN, so answers
 # meant for a connection of an earlier host process never match a newer request.
 ID_SPAN = 1_000_000
-TERMINAL_OUTPUT_LIMIT = 1024 * 1024
+# Events stored because of agent output pass the rate limiter (limits.py); the
+# host's own (prompt, agent_exit, session_closed) only the store limit.
+AGENT_KINDS = frozenset(
+    {"update", "prompt_end", "permission_request", "permission_response", "protocol_error"}
+)
+
+
+def _size(event: SessionEvent) -> int:
+    """About the bytes the event takes in the store (its JSON)."""
+    return len(event.model_dump_json())
 
 
 def _tail_text(data: bytes | bytearray, lines: int = 40) -> str:
@@ -92,41 +84,20 @@ class _Transport:
         self.queue.put_nowait(None)
 
 
-@dataclass
-class _Permission:
-    permission_id: str
-    tool_call: dict[str, Any]
-    options: list[PermissionOption]
-    future: asyncio.Future[PermissionReply | None] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
-
-
-@dataclass
-class _Terminal:
-    handle: ProcessHandle
-    limit: int
-    output: bytearray = field(default_factory=bytearray)
-    truncated: bool = False
-    exit_code: int | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
-    task: asyncio.Task[None] | None = None
-
-    def add(self, data: bytes) -> None:
-        self.output += data
-        if len(self.output) > self.limit:
-            del self.output[: len(self.output) - self.limit]
-            # Never start in the middle of a UTF-8 character.
-            while self.output and (self.output[0] & 0xC0) == 0x80:
-                del self.output[:1]
-            self.truncated = True
-
-
 class Session:
     def __init__(
-        self, manager: SessionManager, record: SessionRecord, *, skip_until: int = 0
+        self,
+        manager: SessionManager,
+        record: SessionRecord,
+        *,
+        skip_until: int = 0,
+        stored_bytes: int = 0,
     ) -> None:
         self.manager = manager
+        self.limits = manager.limits
+        # What of the agent's output gets stored (rate and size bounds).
+        self.gate = EventGate(self.limits, stored_bytes)
+        self._flush_task: asyncio.Task[None] | None = None
         self.sandbox = manager.sandbox
         self.record = record
         self.id = record.session_id
@@ -140,6 +111,8 @@ class Session:
         self.recv_offset = 0
         self.line_start = 0
         self.line_buf = bytearray()
+        # Bytes of the current line past the line limit (0: not over it).
+        self.oversized = 0
         self.processed = 0
         self.open_requests: dict[Any, int] = {}
         self.acked = 0
@@ -154,6 +127,7 @@ class Session:
         # Pre-started, not yet handed to a caller: nothing is stored or broadcast.
         self.prestarted = False
         self.text_parts: list[str] = []
+        self.text_bytes = 0
         self.prompt_lock = asyncio.Lock()
         self.permissions: dict[str, _Permission] = {}
         self.always_kinds: set[str] = set()
@@ -176,7 +150,7 @@ class Session:
 
     async def detach(self) -> None:
         """Stop listening (host shutting down); the agent keeps running."""
-        for task in (self._pump, self._ack_task):
+        for task in (self._pump, self._ack_task, self._flush_task):
             if task is not None and not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -228,12 +202,62 @@ class Session:
     async def emit(
         self, kind: EventKind, data: Mapping[str, Any], offset: int | None = None
     ) -> SessionEvent:
+        """Store (and broadcast) an event unless a limit drops it (limits.py): drops
+        are counted and stored as an ``events_dropped`` marker later."""
         event = SessionEvent(session_id=self.id, kind=kind, data=dict(data), offset=offset)
         if self.prestarted:
             return event
+        size = _size(event)
         async with self._emit_lock:
-            await self.manager.store.append(event)
+            gate = self.gate
+            verdict = gate.admit(kind, size, rate_limited=kind in AGENT_KINDS)
+            if verdict != "ok":
+                gate.drop(size, verdict)
+                if verdict == "full" and not gate.full_announced:
+                    await self._store_marker()  # once: "nothing more is stored"
+                elif verdict == "rate":
+                    self._schedule_flush()
+                return event
+            if kind in FINAL_KINDS or not gate.full_announced:
+                await self._store_marker()  # drops before this event come first
+            await self._append(event, size)
         return event
+
+    async def _append(self, event: SessionEvent, size: int) -> None:
+        await self.manager.store.append(event)
+        self.gate.stored(size)
+
+    async def _store_marker(self) -> None:
+        data = self.gate.take_marker()
+        if data is not None:
+            marker = SessionEvent(session_id=self.id, kind="events_dropped", data=data)
+            await self._append(marker, _size(marker))
+
+    def _schedule_flush(self) -> None:
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        """Drops with no stored event after them still get their marker, soon."""
+        await asyncio.sleep(self.limits.drop_flush_seconds)
+        async with self._emit_lock:
+            if not self.gate.full_announced:
+                try:
+                    await self._store_marker()
+                except Exception:
+                    log.exception("session %s: storing a drop marker failed", self.id)
+
+    def add_text(self, text: str) -> None:
+        """Collect the prompt's answer text, bounded (the events keep all of it)."""
+        room = self.limits.prompt_text_max_bytes - self.text_bytes
+        if room > 0:
+            piece = text[:room]
+            self.text_parts.append(piece)
+            self.text_bytes += len(piece)
+
+    def reset_text(self) -> None:
+        self.text_parts = []
+        self.text_bytes = 0
 
     # -- reading the agent -------------------------------------------------------
 
@@ -286,49 +310,96 @@ class Session:
             del self.stderr_tail[: len(self.stderr_tail) - STDERR_TAIL]
 
     async def _stdout(self, data: bytes) -> None:
-        self.line_buf += data
+        base = self.recv_offset
         self.recv_offset += len(data)
-        while (nl := self.line_buf.find(b"\n")) >= 0:
-            line = bytes(self.line_buf[:nl])
-            del self.line_buf[: nl + 1]
+        limit = self.limits.line_max_bytes
+        pos = 0
+        while pos < len(data):
+            nl = data.find(b"\n", pos)
+            piece = data[pos : len(data) if nl < 0 else nl]
+            if self.oversized:
+                self.oversized += len(piece)
+            else:
+                self.line_buf += piece
+                if len(self.line_buf) > limit:
+                    # Past the line limit: drop what we have and the rest of the line.
+                    self.oversized = len(self.line_buf)
+                    self.line_buf.clear()
+            if nl < 0:
+                return
+            pos = nl + 1
             start = self.line_start
-            end = self.line_start = start + nl + 1
-            await self._line(line, start, end)
+            end = self.line_start = base + nl + 1
+            if self.oversized:
+                size, self.oversized = self.oversized, 0
+                await self._dropped_line(
+                    {"error": "line_too_long", "bytes": size, "limit": limit}, end
+                )
+            else:
+                line = bytes(self.line_buf)
+                self.line_buf.clear()
+                await self._line(line, start, end)
 
-    async def _line(self, line: bytes, start: int, end: int) -> None:
-        replay = end <= self.skip_until
-        message: Any = None
-        if line.strip():
-            try:
-                message = json.loads(line)
-            except ValueError:
-                log.warning("session %s: agent wrote a non-JSON line: %.200r", self.id, line)
-        if isinstance(message, dict):
-            await self._message(message, start, end, replay)
-            self.processed = end
-            await self.transport.queue.put(message)
-        else:
-            self.processed = end
+    async def _dropped_line(self, data: dict[str, Any], end: int) -> None:
+        """A line the host does not act on: one (rate-limited) ``protocol_error``."""
+        if end > self.skip_until:
+            await self.emit("protocol_error", data, offset=end)
+        self.processed = max(self.processed, end)
         self._schedule_ack()
 
-    async def _message(self, msg: dict[str, Any], start: int, end: int, replay: bool) -> None:
+    async def _line(self, line: bytes, start: int, end: int) -> None:
+        if not line.strip():
+            self.processed = end
+            self._schedule_ack()
+            return
+        try:
+            message = json.loads(line)
+        except ValueError:
+            message = None
+        if not isinstance(message, dict):
+            excerpt = line[:200].decode("utf-8", "replace")
+            await self._dropped_line({"error": "not_a_json_object", "line": excerpt}, end)
+            return
+        replay = end <= self.skip_until
+        forward = await self._message(message, start, end, replay)
+        self.processed = end
+        if forward:
+            await self.transport.queue.put(message)
+        self._schedule_ack()
+
+    async def _message(self, msg: dict[str, Any], start: int, end: int, replay: bool) -> bool:
+        """Record what the line means; True: hand it to the ACP connection too."""
         method = msg.get("method")
         has_id = "id" in msg
         params = msg.get("params")
-        if method == "session/update" and not has_id and isinstance(params, dict):
+        if method is not None and not has_id:
+            # Notifications are ours alone: the ACP connection would start a task per
+            # line for nothing (our session_update handler does nothing).
+            if method != "session/update" or not isinstance(params, dict):
+                return False
             update = params.get("update")
             if not isinstance(update, dict):
-                return
+                return False
             content = update.get("content")
             if (
                 update.get("sessionUpdate") == "agent_message_chunk"
                 and isinstance(content, dict)
                 and content.get("type") == "text"
             ):
-                self.text_parts.append(str(content.get("text", "")))
+                self.add_text(str(content.get("text", "")))
             if not replay:
                 await self.emit("update", update, offset=end)
-        elif isinstance(method, str) and has_id:
+            return False
+        if isinstance(method, str) and has_id:
+            if len(self.open_requests) >= self.limits.max_open_requests:
+                # Never answered: each open request holds a task and its retained bytes.
+                if not replay:
+                    await self.emit(
+                        "protocol_error",
+                        {"error": "too_many_open_requests", "method": method[:100]},
+                        offset=end,
+                    )
+                return False
             # A request from the agent: its bytes stay retained until we answer it.
             self.open_requests[msg["id"]] = start
             if method == "session/request_permission" and isinstance(params, dict):
@@ -342,6 +413,7 @@ class Session:
                 if isinstance(result.get("usage"), dict):
                     data["usage"] = result["usage"]
                 await self.emit("prompt_end", data, offset=end)
+        return True
 
     async def _on_exit(self, exit_code: int | None, reason: str | None) -> None:
         if self.exited.is_set():
@@ -425,215 +497,3 @@ class Session:
         for perm in self.permissions.values():
             if not perm.future.done():
                 perm.future.set_result(None)
-
-
-def _choose(options: list[PermissionOption], reply: PermissionReply | None) -> str | None:
-    """The option id for a reply (None: answer ``cancelled``)."""
-    if reply is None:
-        return None
-    prefs = {
-        "once": ("allow_once", "allow_always"),
-        "always": ("allow_always", "allow_once"),
-        "reject": ("reject_once", "reject_always"),
-    }[reply]
-    for kind in prefs:
-        for option in options:
-            if option.kind == kind:
-                return option.option_id
-    return None
-
-
-class _Client:
-    """The ACP client methods the agent may call."""
-
-    def __init__(self, session: Session) -> None:
-        self.s = session
-
-    def on_connect(self, conn: Any) -> None:
-        pass
-
-    async def session_update(self, session_id: str, update: Any, **kwargs: Any) -> None:
-        pass  # stored by the session as the line arrived (in order)
-
-    async def request_permission(
-        self,
-        session_id: str,
-        tool_call: ToolCallUpdate,
-        options: list[PermissionOption],
-        **kwargs: Any,
-    ) -> RequestPermissionResponse:
-        s = self.s
-        permission_id = f"perm-{kwargs.get('agentvmRequestId', id(tool_call))}"
-        replay = bool(kwargs.get("agentvmReplay"))
-        offset = kwargs.get("agentvmOffset")
-        call = tool_call.model_dump(mode="json", by_alias=True, exclude_none=True)
-        kind = str(call.get("kind") or "")
-        reply: PermissionReply | None
-        auto = s.record.permission_policy == "allow" or (kind and kind in s.always_kinds)
-        if auto:
-            reply = "once"
-        else:
-            perm = _Permission(permission_id, call, options)
-            s.permissions[permission_id] = perm
-            if not replay:
-                await s.emit(
-                    "permission_request",
-                    {
-                        "permission_id": permission_id,
-                        "tool_call": call,
-                        "options": [
-                            o.model_dump(mode="json", by_alias=True, exclude_none=True)
-                            for o in options
-                        ],
-                    },
-                    offset=offset if isinstance(offset, int) else None,
-                )
-            try:
-                reply = await perm.future
-            finally:
-                s.permissions.pop(permission_id, None)
-            if reply == "always" and kind:
-                s.always_kinds.add(kind)
-        option_id = _choose(options, reply)
-        if not s.exited.is_set():
-            await s.emit(
-                "permission_response",
-                {
-                    "permission_id": permission_id,
-                    "reply": reply,
-                    "option_id": option_id,
-                    "auto": bool(auto),
-                },
-            )
-        if option_id is None:
-            return RequestPermissionResponse(outcome=DeniedOutcome(outcome="cancelled"))
-        return RequestPermissionResponse(
-            outcome=AllowedOutcome(option_id=option_id, outcome="selected")
-        )
-
-    # -- fs ------------------------------------------------------------------------
-
-    async def read_text_file(
-        self,
-        session_id: str,
-        path: str,
-        line: int | None = None,
-        limit: int | None = None,
-        **kwargs: Any,
-    ) -> ReadTextFileResponse:
-        try:
-            raw = await self.s.sandbox.read_file(path)
-        except FileNotFoundInSandbox as exc:
-            raise RequestError.resource_not_found(path) from exc
-        except SandboxError as exc:
-            raise RequestError.internal_error({"details": str(exc)}) from exc
-        content = raw.decode("utf-8", "replace")
-        if line is not None or limit is not None:
-            lines = content.splitlines(keepends=True)
-            first = max((line or 1) - 1, 0)
-            content = "".join(lines[first : first + limit if limit is not None else None])
-        return ReadTextFileResponse(content=content)
-
-    async def write_text_file(
-        self, session_id: str, path: str, content: str, **kwargs: Any
-    ) -> WriteTextFileResponse:
-        try:
-            await self.s.sandbox.write_file(path, content.encode(), parents=True)
-        except SandboxError as exc:
-            raise RequestError.internal_error({"details": str(exc)}) from exc
-        return WriteTextFileResponse()
-
-    # -- terminals -------------------------------------------------------------------
-
-    async def create_terminal(
-        self,
-        session_id: str,
-        command: str,
-        args: list[str] | None = None,
-        env: list[EnvVariable] | None = None,
-        cwd: str | None = None,
-        output_byte_limit: int | None = None,
-        **kwargs: Any,
-    ) -> CreateTerminalResponse:
-        s = self.s
-        argv: str | list[str] = [command, *args] if args else command
-        try:
-            handle = await s.sandbox.spawn(
-                argv,
-                cwd=cwd or s.record.cwd,
-                env={e.name: e.value for e in env or ()},
-            )
-        except SandboxError as exc:
-            raise RequestError.internal_error({"details": str(exc)}) from exc
-        terminal = _Terminal(handle, output_byte_limit or TERMINAL_OUTPUT_LIMIT)
-        terminal_id = f"term-{next(s._terminal_ids)}"
-        s.terminals[terminal_id] = terminal
-        terminal.task = asyncio.create_task(_collect(terminal))
-        return CreateTerminalResponse(terminal_id=terminal_id)
-
-    def _terminal(self, terminal_id: str) -> _Terminal:
-        terminal = self.s.terminals.get(terminal_id)
-        if terminal is None:
-            raise RequestError.invalid_params({"details": f"unknown terminal {terminal_id}"})
-        return terminal
-
-    async def terminal_output(
-        self, session_id: str, terminal_id: str, **kwargs: Any
-    ) -> TerminalOutputResponse:
-        t = self._terminal(terminal_id)
-        status = TerminalExitStatus(exit_code=t.exit_code) if t.done.is_set() else None
-        return TerminalOutputResponse(
-            output=bytes(t.output).decode("utf-8", "replace"),
-            truncated=t.truncated,
-            exit_status=status,
-        )
-
-    async def wait_for_terminal_exit(
-        self, session_id: str, terminal_id: str, **kwargs: Any
-    ) -> WaitForTerminalExitResponse:
-        t = self._terminal(terminal_id)
-        await t.done.wait()
-        return WaitForTerminalExitResponse(exit_code=t.exit_code)
-
-    async def kill_terminal(
-        self, session_id: str, terminal_id: str, **kwargs: Any
-    ) -> KillTerminalResponse:
-        t = self._terminal(terminal_id)
-        if not t.done.is_set():
-            with contextlib.suppress(SandboxError):
-                await self.s.sandbox.kill_process(t.handle.pid)
-        return KillTerminalResponse()
-
-    async def release_terminal(
-        self, session_id: str, terminal_id: str, **kwargs: Any
-    ) -> ReleaseTerminalResponse:
-        t = self.s.terminals.pop(terminal_id, None)
-        if t is not None and not t.done.is_set():
-            with contextlib.suppress(SandboxError):
-                await self.s.sandbox.kill_process(t.handle.pid)
-        return ReleaseTerminalResponse()
-
-    async def ext_method(self, method: str, params: dict[str, Any]) -> dict[str, Any]:
-        raise RequestError.method_not_found(method)
-
-    async def ext_notification(self, method: str, params: dict[str, Any]) -> None:
-        pass
-
-    async def create_elicitation(self, message: str, mode: Any, **kwargs: Any) -> Any:
-        raise RequestError.method_not_found("elicitation/create")
-
-    async def complete_elicitation(self, elicitation_id: str, **kwargs: Any) -> None:
-        pass
-
-
-async def _collect(terminal: _Terminal) -> None:
-    try:
-        async for ev in terminal.handle.events():
-            if isinstance(ev, ProcessOutput):
-                terminal.add(ev.data)
-            elif isinstance(ev, ProcessExit):
-                terminal.exit_code = ev.exit_code
-    except SandboxError as exc:
-        log.warning("terminal output ended: %s", exc)
-    finally:
-        terminal.done.set()

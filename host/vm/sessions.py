@@ -10,10 +10,9 @@ session keeps the vm awake (its agent process runs in the container).
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -31,35 +30,34 @@ from orchestrator.errors import InvalidRequest
 
 from .options import parse_call_options
 
+if TYPE_CHECKING:
+    from host.app import HostSettings
+
 log = logging.getLogger("agentvm.vm.sessions")
 
 SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
 
-# Agent types kept pre-started in every live vm whose image carries them (they take
-# their per-session settings from session/new _meta.agentvm; docs/sessions.md).
-# A pre-started agent makes create_session take milliseconds instead of ~0.5 s, at
-# the cost of an idle agent process (~60-90 MB) per running vm: set
-# AGENTVM_PRESTART_AGENTS to a comma-separated list, or to "" to turn it off.
-PRESTART_ENV = "AGENTVM_PRESTART_AGENTS"
-PRESTART_DEFAULT = "coding-agent"
 
+def _settings() -> HostSettings:
+    """The session settings (fields of HostSettings, read from ``AGENTVM_*``)."""
+    from host.app import HostSettings
 
-# A session with no prompt for this long is closed: it keeps its vm awake, and a
-# session whose creating workflow step crashed (and was re-run after a restart)
-# would otherwise be re-attached and held open forever.
-SESSION_IDLE_ENV = "AGENTVM_SESSION_IDLE_TIMEOUT"
-SESSION_IDLE_DEFAULT = 900.0
+    return HostSettings()
 
 
 def session_idle_timeout() -> float:
-    try:
-        return max(0.1, float(os.environ.get(SESSION_IDLE_ENV, SESSION_IDLE_DEFAULT)))
-    except ValueError:
-        return SESSION_IDLE_DEFAULT
+    """``AGENTVM_SESSION_IDLE_TIMEOUT``: a session with no prompt for this long is
+    closed. It keeps its vm awake, and a session whose creating workflow step crashed
+    (and was re-run after a restart) would otherwise be re-attached and held forever."""
+    return _settings().session_idle_timeout
 
 
 def prestart_setting() -> tuple[str, ...]:
-    raw = os.environ.get(PRESTART_ENV, PRESTART_DEFAULT)
+    """``AGENTVM_PRESTART_AGENTS``: agent types kept pre-started in every live vm whose
+    image carries them (they take their per-session settings from session/new
+    _meta.agentvm). One makes create_session take milliseconds instead of ~0.5 s, at
+    the cost of an idle agent process (~60-90 MB) per running vm; "" turns it off."""
+    raw = _settings().prestart_agents
     return tuple(name.strip() for name in raw.split(",") if name.strip())
 
 
@@ -74,10 +72,19 @@ class CreateSessionOptions(BaseModel):
     permission_policy: Literal["allow", "ask"] = "allow"
 
 
+# get_session_events returns at most this many events (default / most a caller may
+# ask for), and stops early past EVENTS_PAGE_BYTES (always at least one event).
+EVENTS_PAGE = 1000
+EVENTS_PAGE_MAX = 10000
+EVENTS_PAGE_BYTES = 8 * 2**20
+
+
 class EventsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     since: int = Field(0, ge=0)
+    # One answer is bounded: page with since = the last seq returned.
+    limit: int = Field(EVENTS_PAGE, ge=1, le=EVENTS_PAGE_MAX)
 
 
 class _Holding(ActorLogEventStore):
@@ -134,7 +141,12 @@ def _prestart_types(bundles: list[str]) -> tuple[str, ...]:
 def session_manager(c: ActorContext, s: SessionState, sandbox: Sandbox) -> SessionManager:
     """The vm's session manager for its live sandbox (a new one after a restart)."""
     if s.manager is None or s.sandbox is not sandbox:
-        s.manager = SessionManager(sandbox, store=_Holding(c, s.holds), prestart=s.prestart)
+        s.manager = SessionManager(
+            sandbox,
+            store=_Holding(c, s.holds),
+            prestart=s.prestart,
+            limits=_settings().session_limits(),
+        )
         s.sandbox = sandbox
     return s.manager
 
@@ -288,13 +300,22 @@ def session_actions(
     async def get_session_events(
         c: ActorContext, session_id: Any, opts: Any = None
     ) -> list[dict[str, Any]]:
-        """Stored updates of a session with ``seq > since`` (works after it closed)."""
+        """Stored updates of a session with ``seq > since`` (works after it closed):
+        at most ``limit`` (default 1000) and about 8 MiB; page with ``since``."""
         sid = _text(session_id, "session_id")
-        since = parse_call_options(EventsOptions, opts, "get_session_events").since
-        events = await ActorLogEventStore(c).read(sid, since)
-        if not events and sid not in _records(c) and since == 0:
+        o = parse_call_options(EventsOptions, opts, "get_session_events")
+        events = await ActorLogEventStore(c).read(sid, o.since, limit=o.limit)
+        if not events and sid not in _records(c) and o.since == 0:
             raise SessionNotFound(f"no session {sid!r}", session_id=sid)
-        return [e.model_dump(mode="json") for e in events]
+        out: list[dict[str, Any]] = []
+        size = 0
+        for e in events:
+            dumped = e.model_dump(mode="json")
+            size += len(e.model_dump_json())
+            if out and size > EVENTS_PAGE_BYTES:
+                break
+            out.append(dumped)
+        return out
 
     async def llm_usage(c: ActorContext) -> dict[str, Any]:
         """Tokens used through the gateway, in total and per session."""
