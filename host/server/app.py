@@ -12,10 +12,18 @@ from starlette.responses import Response
 from orchestrator import Engine
 from orchestrator.wire import from_wire
 
-from . import routes_actors, routes_events, routes_inspector, routes_ops, routes_vms
+from . import (
+    routes_actors,
+    routes_blobs,
+    routes_events,
+    routes_inspector,
+    routes_ops,
+    routes_vms,
+)
 from .arguments import ArgumentChecker
 from .common import json_response
 from .errors import install_error_handlers
+from .guard import BrowserGuardMiddleware, JsonBodyMiddleware
 from .middleware import BearerAuthMiddleware, BodyLimitMiddleware, TimingMiddleware
 from .models import ActionRequest, ActionResponse, ErrorBody
 from .paths import RawPathMiddleware
@@ -60,8 +68,15 @@ def create_app(
 
     middleware = [
         Middleware(TimingMiddleware),
+        Middleware(
+            BrowserGuardMiddleware,
+            bind=cfg.bind,
+            allowed_hosts=cfg.allowed_hosts,
+            allowed_origins=cfg.allowed_origins,
+        ),
         *([Middleware(BearerAuthMiddleware, token=cfg.token)] if cfg.token else []),
         Middleware(BodyLimitMiddleware, max_body=cfg.max_body, max_upload=cfg.max_upload),
+        Middleware(JsonBodyMiddleware, max_depth=cfg.max_json_depth),
         Middleware(RawPathMiddleware),
     ]
     app = FastAPI(
@@ -76,7 +91,14 @@ def create_app(
     app.state.settings = cfg
     app.state.arguments = ArgumentChecker(engine.registry)
     install_error_handlers(app)
-    for module in (routes_actors, routes_inspector, routes_events, routes_vms, routes_ops):
+    for module in (
+        routes_actors,
+        routes_inspector,
+        routes_events,
+        routes_vms,
+        routes_blobs,
+        routes_ops,
+    ):
         app.include_router(module.router)
     if bench_routes:
         _add_bench_routes(app)

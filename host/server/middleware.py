@@ -21,11 +21,15 @@ HTTP_SECONDS = REGISTRY.histogram(
 UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
 
 
-async def _send_json(send: Send, status: int, body: dict[str, Any], headers: list[Any]) -> None:
+async def send_json(
+    send: Send, status: int, body: dict[str, Any], headers: list[Any], *, websocket: bool = False
+) -> None:
+    """Send a whole JSON response (``websocket``: as the denial of a WebSocket handshake)."""
     data = json.dumps(body).encode()
+    prefix = "websocket.http" if websocket else "http"
     await send(
         {
-            "type": "http.response.start",
+            "type": f"{prefix}.response.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -34,7 +38,7 @@ async def _send_json(send: Send, status: int, body: dict[str, Any], headers: lis
             ],
         }
     )
-    await send({"type": "http.response.body", "body": data})
+    await send({"type": f"{prefix}.response.body", "body": data})
 
 
 class BearerAuthMiddleware:
@@ -70,7 +74,7 @@ class BearerAuthMiddleware:
             "unauthorized",
             "missing or wrong bearer token (send 'Authorization: Bearer <AGENTVM_TOKEN>')",
         )
-        await _send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
+        await send_json(send, 401, body, [(b"www-authenticate", b"Bearer")])
 
 
 class BodyTooLarge(HTTPException):
@@ -96,6 +100,11 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST" and scope["path"] == "/blobs":
+            # Blob uploads are bounded by the blob store (AGENTVM_MAX_BLOB, streamed
+            # to disk, never held in memory), not by the JSON or file-upload limits.
+            await self.app(scope, receive, send)
+            return
         upload = scope["method"] == "PUT" and scope["path"].startswith("/vms/")
         limit = self.max_upload if upload else self.max_body
         for name, value in scope.get("headers", ()):
@@ -105,7 +114,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = 0
                 if declared > limit:
-                    await _send_json(send, 413, _too_large(declared, limit), [])
+                    await send_json(send, 413, _too_large(declared, limit), [])
                     return
                 break
         seen = 0
@@ -131,7 +140,7 @@ class BodyLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await _send_json(send, 413, _too_large(seen, limit), [])
+            await send_json(send, 413, _too_large(seen, limit), [])
 
 
 def _too_large(size: int, limit: int) -> dict[str, Any]:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class ServerSettings(BaseSettings):
@@ -27,6 +28,41 @@ class ServerSettings(BaseSettings):
     registry: str | None = Field(
         None, description="'module:function' returning the Registry to serve"
     )
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names accepted besides loopback ones and the bind address "
+        "(comma-separated; '*' accepts any: only behind a proxy that checks Host itself)",
+    )
+    allowed_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="browser origins (scheme://host[:port], comma-separated) allowed to call "
+        "the API besides the server's own origin",
+    )
+    max_json_depth: int = Field(
+        64, ge=1, le=256, description="deepest nesting of arrays/objects in a JSON body"
+    )
+    subscriber_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=1024,
+        description="broadcast bytes buffered for one SSE/WebSocket subscriber before it is "
+        "dropped as too slow",
+    )
+    subscriber_max_events: int = Field(
+        10_000, ge=1, description="broadcasts buffered for one subscriber before it is dropped"
+    )
+    subscriber_write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="how long the final error to a dropped subscriber may take to write",
+    )
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_separated(cls, v: Any) -> Any:
+        if isinstance(v, str):
+            return [part.strip() for part in v.split(",") if part.strip()]
+        return v
 
     @field_validator("token")
     @classmethod
