@@ -59,6 +59,18 @@ class SandboxBackend(ABC):
     @abstractmethod
     async def inspect(self, sandbox: Sandbox | str) -> SandboxInfo: ...
 
+    async def init_pid(self, sandbox: Sandbox) -> int:
+        """Host pid of the sandbox's first process (its supervisor); 0 if unknown."""
+        return 0
+
+    async def unpause(self, sandbox: Sandbox) -> None:
+        """Thaw a paused (frozen) sandbox."""
+        raise NotImplementedError
+
+    async def kill(self, sandbox: Sandbox) -> None:
+        """Kill the container at once (it can be started again; /home/user is kept)."""
+        raise NotImplementedError
+
     @abstractmethod
     async def list_sandboxes(self, *, all_hosts: bool = False) -> list[SandboxInfo]:
         """Containers this host created (for re-adoption and the orphan reaper)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import tarfile
 import threading
@@ -15,11 +16,18 @@ from typing import Any
 
 from vm_images.supervisor import protocol as P
 
-from .connection import Channel, LinkClosed, Result, SupervisorConnection
+from .cgroups import ExecTracker
+from .connection import Channel, LinkClosed, LinkUnresponsive, Result, SupervisorConnection
 from .errors import SandboxError
 from .models import ExecResult, FileStat, ProcessEvent, ProcessExit, ProcessInfo, ProcessOutput
 
+log = logging.getLogger("agentvm.sandbox")
+
 Command = str | Sequence[str]
+# exec with a timeout returns at most this long after it, whatever the sandbox does.
+EXEC_GRACE = 5.0
+# read_file (whole file in memory) refuses bigger files; stream them instead.
+READ_FILE_LIMIT = 64 * 1024 * 1024
 EventCallback = Callable[[ProcessEvent], Awaitable[None] | None]
 
 
@@ -95,6 +103,13 @@ class SandboxClient(ABC):
     @abstractmethod
     def _lost(self, exc: LinkClosed) -> SandboxError: ...
 
+    exec_grace = EXEC_GRACE
+    read_file_limit = READ_FILE_LIMIT
+
+    async def _tracker(self, conn: SupervisorConnection) -> ExecTracker | None:
+        """Where timed execs get their own cgroup (None: untracked)."""
+        return None
+
     async def _call(
         self, op: str, args: dict[str, Any] | None = None, payload: bytes = b""
     ) -> Result:
@@ -143,7 +158,45 @@ class SandboxClient(ABC):
         data = stdin.encode() if isinstance(stdin, str) else (stdin or b"")
         if len(data) > P.WINDOW:
             raise ValueError("exec stdin is limited to 4 MiB; use spawn + write_stdin")
-        res = await self._call("exec", {k: v for k, v in args.items() if v is not None}, data)
+        conn = await self._link()
+        tracker = await self._tracker(conn) if timeout is not None else None
+        if tracker is not None:
+            args["track"] = True
+        try:
+            channel = await conn.open(
+                "exec", {k: v for k, v in args.items() if v is not None}, data
+            )
+        except LinkClosed as exc:
+            raise self._lost(exc) from exc
+        cgroups: list[Path] = []
+        kill = True
+        try:
+            deadline = None if timeout is None else timeout + self.exec_grace
+            try:
+                async with asyncio.timeout(deadline) as scope:
+                    res = await self._exec_result(conn, channel, tracker, cgroups)
+            except TimeoutError:
+                if not scope.expired():
+                    raise
+                # The sandbox did not finish in time (an escaped child holding the
+                # pipes, a frozen supervisor): the call ends now either way.
+                await channel.cancel()
+                if not await conn.probe(self.exec_grace):
+                    conn.give_up("supervisor did not answer after an exec deadline")
+                    raise self._lost(LinkUnresponsive(conn.close_reason)) from None
+                message = f"exec did not finish within {timeout:g}s + {self.exec_grace:g}s\n"
+                return ExecResult.from_bytes(137, b"", message.encode(), True, False)
+            kill = bool(res.value["timed_out"])
+        except asyncio.CancelledError:
+            await channel.cancel()
+            raise
+        finally:
+            if tracker is not None and cgroups:
+                # A timed-out tree dies whole; after a normal exit, background children
+                # keep running (as documented) and their cgroup stays until empty.
+                await asyncio.shield(
+                    tracker.akill(cgroups[0]) if kill else tracker.aremove(cgroups[0])
+                )
         value = res.value
         if value.get("streamed"):
             out, err = res.joined("stdout"), res.joined("stderr")
@@ -153,6 +206,32 @@ class SandboxClient(ABC):
         return ExecResult.from_bytes(
             int(value["exit_code"]), out, err, bool(value["timed_out"]), bool(value["truncated"])
         )
+
+    async def _exec_result(
+        self,
+        conn: SupervisorConnection,
+        channel: Channel,
+        tracker: ExecTracker | None,
+        cgroups: list[Path],
+    ) -> Result:
+        """An exec's data and result; a ``track`` event moves its gated child first."""
+        data: dict[str, list[bytes]] = {}
+        try:
+            while True:
+                kind, a, b = await channel.next()
+                if kind == "data":
+                    data.setdefault(a, []).append(b)
+                elif kind == "result":
+                    return Channel.check(a, b, data)
+                elif kind == "event" and a.get("kind") == "track" and not cgroups:
+                    if tracker is not None:
+                        try:
+                            cgroups.append(await tracker.amove(int(a.get("pid", 0))))
+                        except (OSError, ValueError) as exc:
+                            log.warning("exec runs untracked: %s", exc)
+                    await conn.send({"t": P.EVENT, "ch": channel.id, "kind": "tracked"})
+        except LinkClosed as exc:
+            raise self._lost(exc) from exc
 
     # -- processes ----------------------------------------------------------
 
@@ -244,14 +323,23 @@ class SandboxClient(ABC):
 
     # -- files --------------------------------------------------------------
 
-    async def read_file(self, path: str) -> bytes:
-        """Whole file as bytes (use :meth:`read_file_stream` for big files)."""
-        res = await self._call("read_file", {"path": path})
+    async def read_file(self, path: str, *, max_size: int | None = None) -> bytes:
+        """A regular file's bytes; ``FileTooLarge`` beyond ``max_size`` (default
+        ``read_file_limit``; use :meth:`read_file_stream` for big files)."""
+        limit = self.read_file_limit if max_size is None else max_size
+        res = await self._call("read_file", {"path": path, "max_size": limit})
         return res.payload if not res.value.get("streamed") else res.joined("body")
 
-    async def read_file_stream(self, path: str) -> AsyncIterator[bytes]:
-        """The file in chunks; memory stays bounded by the channel window."""
-        async for chunk in self._download("read_file", {"path": path}):
+    async def read_file_stream(
+        self, path: str, *, max_size: int | None = None
+    ) -> AsyncIterator[bytes]:
+        """A regular file in chunks; memory stays bounded by the channel window.
+        ``max_size`` (default: none) fails with ``FileTooLarge`` before the first chunk
+        for a bigger file, or mid-stream if it grows past it."""
+        args: dict[str, Any] = {"path": path}
+        if max_size is not None:
+            args["max_size"] = max_size
+        async for chunk in self._download("read_file", args):
             yield chunk
 
     async def _download(self, op: str, args: dict[str, Any]) -> AsyncIterator[bytes]:

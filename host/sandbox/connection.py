@@ -191,6 +191,13 @@ class SupervisorConnection:
             raise P.ProtocolError("the supervisor does not read what the host sends")
         self.writer.write(P.encode(header))
 
+    def give_up(self, reason: str) -> None:
+        """Declare the supervisor unresponsive: every call on this link fails now."""
+        self.unresponsive = True
+        self._shutdown(reason)
+        if self._task is not None:
+            self._task.cancel()
+
     async def probe(self, timeout: float) -> bool:
         """True if the supervisor answers a ping (or any frame arrives) within ``timeout``."""
         if self.closed.is_set():
@@ -223,11 +230,8 @@ class SupervisorConnection:
                     except P.ProtocolError:
                         pass  # counts as no answer
             elif now - self._ping_sent >= self.ping_timeout:
-                self.unresponsive = True
                 log.warning("supervisor link: no answer for %.1fs, giving up", now - self._last_rx)
-                self._shutdown(f"supervisor unresponsive for {now - self._last_rx:.1f}s")
-                if self._task is not None:
-                    self._task.cancel()
+                self.give_up(f"supervisor unresponsive for {now - self._last_rx:.1f}s")
 
     async def open(
         self, op: str, args: dict[str, Any] | None = None, payload: bytes = b""

@@ -257,6 +257,15 @@ class DockerBackend(SandboxBackend):
         await self._docker(self.client.api.start, sandbox.id)
         await sandbox.wait_ready(timeout)
 
+    async def init_pid(self, sandbox: Sandbox) -> int:
+        return int((await self._inspect_raw(sandbox.id)).get("State", {}).get("Pid") or 0)
+
+    async def unpause(self, sandbox: Sandbox) -> None:
+        await self._docker(self.client.api.unpause, sandbox.id)
+
+    async def kill(self, sandbox: Sandbox) -> None:
+        await self._docker(self.client.api.kill, sandbox.id)
+
     async def stop(self, sandbox: Sandbox, *, timeout: float = 5.0) -> None:
         container = await self._docker(self.client.containers.get, sandbox.id)
         await self._docker(container.stop, timeout=int(timeout))

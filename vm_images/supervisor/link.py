@@ -117,6 +117,9 @@ class Link:
             channel_or_none.inbox.put_nowait((str(header.get("s", "")), payload))
         elif kind == P.EOF:
             channel_or_none.inbox.put_nowait((str(header.get("s", "")), None))
+        elif kind == P.EVENT:
+            # host -> supervisor: e.g. "tracked" (a gated exec child may run).
+            channel_or_none.inbox.put_nowait((str(header.get("kind", "")), b""))
         elif kind == P.CREDIT:
             channel_or_none.send_window.grant(int(header.get("n", 0)))
         elif kind == P.CANCEL and channel_or_none.task is not None:

@@ -58,15 +58,39 @@ def _checked(path: str, call: Any, *args: Any) -> Any:
         raise from_os_error(exc, path) from exc
 
 
+def _max_size(args: dict[str, Any]) -> int | None:
+    value = args.get("max_size")
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise OpError("EINVAL", "'max_size' must be a non-negative integer")
+    return value
+
+
+def _too_big(path: str, limit: int) -> OpError:
+    return OpError("EFBIG", f"file is larger than {limit} bytes: {path}", path)
+
+
 async def op_read_file(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
+    """A regular file's bytes (never a FIFO or device: those could block or never end);
+    ``max_size`` refuses bigger files up front and stops one that grows past it."""
     path = _path(args)
-    fd = _checked(path, os.open, path, os.O_RDONLY | os.O_CLOEXEC)
+    limit = _max_size(args)
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; cleared below.
+    fd = _checked(path, os.open, path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         info = os.fstat(fd)
         if st.S_ISDIR(info.st_mode):
             raise OpError("EISDIR", f"is a directory: {path}", path)
+        if not st.S_ISREG(info.st_mode):
+            raise OpError("EINVAL", f"not a regular file: {path}", path)
+        os.set_blocking(fd, True)
+        if limit is not None and info.st_size > limit:
+            raise _too_big(path, limit)
         if info.st_size <= INLINE_READ:
             data = _checked(path, os.read, fd, INLINE_READ + 1)
+            if limit is not None and len(data) > limit:
+                raise _too_big(path, limit)
             if len(data) <= INLINE_READ:
                 return {"size": len(data)}, data
             await ch.send_data("body", data)
@@ -79,6 +103,8 @@ async def op_read_file(link: Link, ch: Channel, args: dict[str, Any], payload: b
             if not chunk:
                 break
             total += len(chunk)
+            if limit is not None and total > limit:
+                raise _too_big(path, limit)
             await ch.send_data("body", chunk)
         return {"size": total, "streamed": True}, b""
     finally:

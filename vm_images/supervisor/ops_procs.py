@@ -8,12 +8,14 @@ from typing import Any
 
 from .errors import OpError
 from .link import Channel, Handler, Link, Reply
-from .procs import Proc, ProcessTable, exit_code_of, kill_tree
+from .procs import EXEC_DRAIN_MAX, Proc, ProcessTable, exit_code_of, kill_tree, open_gate
 from .tasks import background
 
 DEFAULT_MAX_OUTPUT = 1024 * 1024
 # Exec results up to this size ride in the RESULT frame itself (one frame, low latency).
 INLINE_OUTPUT = 1024 * 1024
+# How long a tracked exec waits for the host to move its child into a cgroup.
+TRACK_TIMEOUT = 10.0
 
 
 class _Capture:
@@ -45,7 +47,9 @@ def _timeout(args: dict[str, Any]) -> float | None:
 def make_handlers(table: ProcessTable) -> dict[str, Handler]:
     async def op_exec(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
         stdin_wanted = bool(payload) or bool(args.get("stdin"))
-        proc, missing = table.start(args, stdin=stdin_wanted, listed=False)
+        timeout = _timeout(args)
+        tracked = bool(args.get("track"))
+        proc, missing = table.start(args, stdin=stdin_wanted, listed=False, gated=tracked)
         if proc is None:
             value = {
                 "exit_code": 127 if "not found" in missing else 126,
@@ -55,15 +59,18 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
                 "stderr_len": len(missing),
             }
             return value, missing.encode()
+        proc.drain_limit = EXEC_DRAIN_MAX
         cap = int(args.get("max_output") or DEFAULT_MAX_OUTPUT)
         capture = _Capture(cap)
         proc.sink = capture.sink
         await table.attach_pipes(proc)
+        if tracked:
+            await _await_tracking(ch, proc)
         if proc.stdin is not None:
             background(_feed(proc, payload))
         timed_out = False
         try:
-            await asyncio.wait_for(asyncio.shield(proc.exited), _timeout(args))
+            await asyncio.wait_for(asyncio.shield(proc.exited), timeout)
         except TimeoutError:
             timed_out = True
             kill_tree(proc.pid)
@@ -209,6 +216,26 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
 def build_argv0(args: dict[str, Any]) -> str:
     argv = args.get("argv")
     return str(argv[0]) if isinstance(argv, list) and argv else "bash"
+
+
+async def _await_tracking(ch: Channel, proc: Proc) -> None:
+    """Announce a gated exec child; run it once the host has put it in its cgroup.
+
+    Until the gate opens the child has run nothing of the command, so nothing it
+    starts can be outside the cgroup. No answer in time: the child never runs."""
+    try:
+        await ch.send_event("track", pid=proc.pid)
+        while True:
+            stream, _ = await asyncio.wait_for(ch.recv(), TRACK_TIMEOUT)
+            if stream is None:
+                raise ConnectionError("host went away")
+            if stream == "tracked":
+                break
+    except BaseException:
+        open_gate(proc, go=False)  # the wrapper exits 125
+        kill_tree(proc.pid)
+        raise
+    open_gate(proc)
 
 
 async def _feed(proc: Proc, data: bytes) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -43,6 +44,13 @@ RETAIN_LIMIT = 8 * 1024 * 1024
 KEEP_EXITED = 256
 # After the main process exits, how long output may be quiet before the pipes are dropped.
 DRAIN_GRACE = 0.25
+# An exec's output is collected at most this long after its main process exited, even
+# if a background child keeps writing (the call must end).
+EXEC_DRAIN_MAX = 2.0
+# A tracked exec's child waits in this wrapper until the host moved it into its own
+# cgroup (the supervisor writes a line to the gate pipe); EOF means "give up".
+# ``exec N<&-`` needs a literal fd number, hence the eval.
+GATE_SCRIPT = 'eval "read -r _ <&$1 && exec $1<&-" || exit 125; shift; exec "$@"'
 
 Sink = Callable[[str, bytes], Awaitable[None]]
 
@@ -79,6 +87,31 @@ def build_env(extra: Any) -> dict[str, str]:
 def exit_code_of(status: int) -> int:
     """Shell convention: a signal-killed process reports 128 + signal number."""
     return 128 - status if status < 0 else status
+
+
+def _cannot_run(name: str, path: str, cwd: str) -> str:
+    """The message Popen's failure would give when ``name`` cannot be executed, else ""."""
+    if "/" in name:
+        target = name if os.path.isabs(name) else os.path.join(cwd, name)
+        if not os.path.exists(target):
+            return f"{name}: command not found\n"
+        if os.path.isdir(target) or not os.access(target, os.X_OK):
+            return f"{name}: permission denied\n"
+        return ""
+    found = shutil.which(name, path=path)
+    return "" if found else f"{name}: command not found\n"
+
+
+def open_gate(proc: Proc, go: bool = True) -> None:
+    """Let a gated child run (``go``) or make it exit 125 without running anything."""
+    if proc.gate is None:
+        return
+    fd, proc.gate = proc.gate, None
+    try:
+        if go:
+            os.write(fd, b"\n")
+    finally:
+        os.close(fd)
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -135,6 +168,10 @@ class Proc:
         self.retained = bytearray()
         self.acked = asyncio.Event()
         self.done = asyncio.get_running_loop().create_future()  # exit + output drained
+        # Seconds of output collected after the exit at most (None: while it flows).
+        self.drain_limit: float | None = None
+        # Write end of the start gate of a tracked exec (None: not gated).
+        self.gate: int | None = None
 
     def info(self) -> dict[str, Any]:
         return {
@@ -170,27 +207,37 @@ class ProcessTable:
         self.procs: dict[int, Proc] = {}
 
     def start(
-        self, args: dict[str, Any], stdin: bool, listed: bool = True
+        self, args: dict[str, Any], stdin: bool, listed: bool = True, gated: bool = False
     ) -> tuple[Proc | None, str]:
         """Fork the process; ``(None, message)`` when the binary cannot run.
 
         ``listed=False`` for exec and internal children: they are not the
         spawn/wait/kill family's processes and never show in ``list_processes``.
+        ``gated``: the child waits before it runs anything until :func:`open_gate`.
         """
         argv = build_argv(args)
         env = build_env(args.get("env"))
         cwd = resolve(str(args.get("cwd") or HOME))
         if not os.path.isdir(cwd):
             raise OpError("ENOENT", f"working directory not found: {cwd}", cwd)
+        gate: tuple[int, int] | None = None
+        run = argv
+        if gated:
+            missing = _cannot_run(argv[0], env.get("PATH", ""), cwd)
+            if missing:
+                return None, missing
+            gate = os.pipe()
+            run = ["/bin/sh", "-c", GATE_SCRIPT, "sh", str(gate[0]), *argv]
         try:
             popen = subprocess.Popen(
-                argv,
+                run,
                 stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
                 env=env,
                 start_new_session=True,  # own session + group: a timeout kills them all
+                pass_fds=(gate[0],) if gate else (),
             )
         except FileNotFoundError:
             return None, f"{argv[0]}: command not found\n"
@@ -199,7 +246,12 @@ class ProcessTable:
         except BlockingIOError as exc:
             # fork() failing with EAGAIN: the pids limit is reached.
             raise OpError("EAGAIN", f"cannot start a process: {exc.strerror}") from exc
+        finally:
+            if gate is not None:
+                os.close(gate[0])
         proc = Proc(popen, argv, self.reaper.watch(popen.pid))
+        if gate is not None:
+            proc.gate = gate[1]
         if listed:
             self.procs[proc.pid] = proc
         return proc, ""
@@ -266,10 +318,13 @@ class ProcessTable:
         # Background children may keep the pipes open: wait while output still
         # flows, give up once it has been quiet for DRAIN_GRACE.
         pending: set[asyncio.Task[None]] = set(proc.pumps)
+        exited_at = time.monotonic()
         while pending:
             seen = proc.bytes_read
             _, pending = await asyncio.wait(pending, timeout=DRAIN_GRACE)
-            if pending and proc.bytes_read == seen and not _blocked_on_sink(proc):
+            quiet = proc.bytes_read == seen and not _blocked_on_sink(proc)
+            over = proc.drain_limit is not None and time.monotonic() - exited_at > proc.drain_limit
+            if pending and (quiet or over):
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending)
