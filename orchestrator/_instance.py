@@ -21,6 +21,7 @@ from .errors import (
     NotSerializable,
     QueueFull,
     QueueNotFound,
+    SubscriberTooSlow,
 )
 from .metrics import ACTION_SECONDS
 from .storage import base
@@ -57,44 +58,129 @@ def validate_body(model: Any, body: Any, queue: str) -> Any:
 class Event:
     """A broadcast as a subscriber receives it."""
 
-    __slots__ = ("name", "payload")
+    __slots__ = ("_size", "name", "payload")
 
     def __init__(self, name: str, payload: Any) -> None:
         self.name = name
         self.payload = payload
+        self._size = -1
+
+    @property
+    def size(self) -> int:
+        """About how many bytes the event takes once serialised (computed once, shared
+        by every subscriber)."""
+        if self._size < 0:
+            self._size = len(self.name) + approx_size(self.payload)
+        return self._size
 
     def __repr__(self) -> str:
         return f"Event({self.name!r}, {self.payload!r})"
 
 
-class Subscription:
-    """An in-process subscriber: ``async for event in sub``; ``close()`` when done."""
+def approx_size(value: Any) -> int:
+    """A cheap estimate of ``value``'s JSON size (bytes count as base64), without
+    recursion so a deep payload cannot exhaust the stack."""
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) + 2
+        elif isinstance(item, (bytes, bytearray, memoryview)):
+            total += len(item) * 4 // 3 + 16
+        elif isinstance(item, dict):
+            total += 2 + 2 * len(item)
+            for k, v in item.items():
+                stack.append(k)
+                stack.append(v)
+        elif isinstance(item, (list, tuple)):
+            total += 2 + len(item)
+            stack.extend(item)
+        else:
+            total += 8
+    return total
 
-    def __init__(self, engine: Engine, actor_id: str, events: set[str] | None) -> None:
+
+# Per-subscriber bounds when the caller names none (the HTTP server passes its settings).
+SUBSCRIBER_MAX_BYTES = 8 * 1024 * 1024
+SUBSCRIBER_MAX_EVENTS = 10_000
+
+
+class Subscription:
+    """An in-process subscriber: ``async for event in sub``; ``close()`` when done.
+
+    What it has not yet consumed is bounded by ``max_events`` and ``max_bytes``
+    (:meth:`Event.size`). A subscriber that falls further behind is *dropped*: its
+    buffer is freed, it leaves the actor's subscribers at once, and its next read
+    raises :class:`SubscriberTooSlow` (a stalled reader must neither stall the actor
+    nor make the host hold its backlog).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        actor_id: str,
+        events: set[str] | None,
+        *,
+        max_bytes: int = SUBSCRIBER_MAX_BYTES,
+        max_events: int = SUBSCRIBER_MAX_EVENTS,
+    ) -> None:
         self._engine = engine
         self.actor_id = actor_id
         self.events = events
-        self._queue: asyncio.Queue[Event | None] = asyncio.Queue(maxsize=10_000)
+        self.max_bytes = max_bytes
+        self.max_events = max_events
+        self._queue: asyncio.Queue[Event | None] = asyncio.Queue()
+        self._buffered = 0
         self.closed = False
-        self.dropped = 0
+        self.too_slow = False
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self._buffered
 
     def _deliver(self, event: Event) -> None:
-        if self.events is not None and event.name not in self.events:
+        if self.closed or (self.events is not None and event.name not in self.events):
             return
-        try:
-            self._queue.put_nowait(event)
-        except asyncio.QueueFull:
-            self.dropped += 1  # a stalled subscriber must not stall the actor
+        size = event.size
+        if self._queue.qsize() >= self.max_events or self._buffered + size > self.max_bytes:
+            self._drop()
+            return
+        self._buffered += size
+        self._queue.put_nowait(event)
+
+    def _drop(self) -> None:
+        self.too_slow = True
+        self.closed = True
+        while not self._queue.empty():  # free the backlog now, not when the reader leaves
+            self._queue.get_nowait()
+        self._buffered = 0
+        self._queue.put_nowait(None)
+        self._engine._unsubscribe(self)
+
+    def _too_slow_error(self) -> SubscriberTooSlow:
+        return SubscriberTooSlow(
+            "this subscriber fell too far behind the actor's broadcasts and was dropped "
+            f"(more than {self.max_events} events or {self.max_bytes} bytes unread)",
+            actor_id=self.actor_id,
+            max_events=self.max_events,
+            max_bytes=self.max_bytes,
+        )
 
     def __aiter__(self) -> Subscription:
         return self
 
     async def __anext__(self) -> Event:
         if self.closed and self._queue.empty():
+            if self.too_slow:
+                raise self._too_slow_error()
             raise StopAsyncIteration
         item = await self._queue.get()
         if item is None:
+            if self.too_slow:
+                raise self._too_slow_error()
             raise StopAsyncIteration
+        self._buffered -= item.size
         return item
 
     async def next(self, timeout: float | None = None) -> Event:

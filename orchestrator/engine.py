@@ -487,10 +487,23 @@ class Engine:
         if fut is not None and not fut.done():
             fut.set_result(response)
 
-    async def subscribe(self, actor_id: str, events: list[str] | None = None) -> Subscription:
-        """Subscribe to broadcasts; the actor stays awake while subscribed."""
+    async def subscribe(
+        self,
+        actor_id: str,
+        events: list[str] | None = None,
+        *,
+        max_bytes: int | None = None,
+        max_events: int | None = None,
+    ) -> Subscription:
+        """Subscribe to broadcasts; the actor stays awake while subscribed. A subscriber
+        more than ``max_events``/``max_bytes`` behind is dropped (see :class:`Subscription`)."""
         inst = await self.instance(actor_id)
-        sub = Subscription(self, actor_id, set(events) if events else None)
+        bounds: dict[str, int] = {}
+        if max_bytes is not None:
+            bounds["max_bytes"] = max_bytes
+        if max_events is not None:
+            bounds["max_events"] = max_events
+        sub = Subscription(self, actor_id, set(events) if events else None, **bounds)
         inst.subscribers.add(sub)
         inst._busy()
         return sub

@@ -171,6 +171,14 @@ class ActorDestroyed(AgentVMError):
     http_status = 410
 
 
+class SubscriberTooSlow(AgentVMError):
+    """A broadcast subscriber fell further behind than its buffer allows and was dropped."""
+
+    group = "events"
+    code = "subscriber_too_slow"
+    http_status = 429
+
+
 class EngineStopped(AgentVMError):
     group = "engine"
     code = "stopped"

@@ -14,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, Depends, Query, Request, WebSocket, WebSocketDisconnect
-from starlette.responses import StreamingResponse
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
-from orchestrator import Subscription
-from orchestrator.errors import AgentVMError
+from orchestrator import Engine, Subscription
+from orchestrator.errors import AgentVMError, SubscriberTooSlow
 from orchestrator.wire import to_wire
 
-from .common import ERRORS, engine_of, reject_unknown_query, resolve
+from .common import ERRORS, engine_of, reject_unknown_query, resolve, settings_of
+from .settings import ServerSettings
 
 router = APIRouter(tags=["events"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
@@ -46,26 +47,74 @@ def _sse(name: str, payload: object) -> bytes:
     return f"event: {safe}\ndata: {_dumps(to_wire(payload))}\n\n".encode()
 
 
-async def _stream(sub: Subscription, actor_id: str) -> AsyncIterator[bytes]:
-    try:
-        yield f": connected {actor_id}\n\n".encode()
+class EventStreamResponse(Response):
+    """``text/event-stream`` of one subscription.
+
+    Unlike a plain ``StreamingResponse`` it always ends the subscription when the
+    client leaves (watching for ``http.disconnect`` even while no event comes), and
+    when the subscriber is dropped as too slow it sends a final ``event: error``
+    (written within ``write_timeout`` seconds, else the connection is closed)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, sub: Subscription, actor_id: str, write_timeout: float) -> None:
+        # Not Response.__init__: that would declare a Content-Length of the empty body.
+        self.status_code = 200
+        self.background = None
+        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        self.sub = sub
+        self.actor_id = actor_id
+        self.write_timeout = write_timeout
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+            pump = asyncio.create_task(self._pump(send))
+            watch = asyncio.create_task(_until_disconnect(receive))
+            try:
+                await asyncio.wait([pump, watch], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for task in (pump, watch):
+                    task.cancel()
+                for task in (pump, watch):
+                    with contextlib.suppress(BaseException):
+                        await task
+        finally:
+            await self.sub.close()
+
+    async def _pump(self, send: Send) -> None:
+        async def chunk(data: bytes, more: bool = True) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": more})
+
+        await chunk(f": connected {self.actor_id}\n\n".encode())
         while True:
             try:
-                ev = await sub.next(timeout=PING_SECONDS)
+                ev = await self.sub.next(timeout=PING_SECONDS)
             except TimeoutError:
-                yield b": ping\n\n"
+                await chunk(b": ping\n\n")
                 continue
             except StopAsyncIteration:
+                await chunk(b"", more=False)
                 return
-            yield _sse(ev.name, ev.payload)
-    finally:
-        await sub.close()
+            except SubscriberTooSlow as exc:
+                # The reader is stalled, so this write may never finish: bound it. On
+                # timeout the response is left incomplete and uvicorn closes the socket.
+                error = _sse("error", {"error": exc.to_dict()})
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(chunk(error, more=False), self.write_timeout)
+                return
+            await chunk(_sse(ev.name, ev.payload))
+
+
+async def _until_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 @router.get(
     "/actors/{name}/{key}/events",
     summary="Server-sent events of the actor's broadcasts",
-    response_class=StreamingResponse,
+    response_class=EventStreamResponse,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 async def events(
@@ -74,14 +123,22 @@ async def events(
     key: str,
     events: list[str] | None = Query(None, description=EVENTS_DOC),
     create: bool = Query(True, description=CREATE_DOC),
-) -> StreamingResponse:
+) -> EventStreamResponse:
     engine = engine_of(request)
+    settings = settings_of(request)
     actor_id, _, _ = await resolve(engine, name, key, create=create)
-    sub = await engine.subscribe(actor_id, _filter(events))
-    return StreamingResponse(
-        _stream(sub, actor_id),
-        media_type="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    sub = await _subscribe(engine, actor_id, events, settings)
+    return EventStreamResponse(sub, actor_id, settings.subscriber_write_timeout_s)
+
+
+async def _subscribe(
+    engine: Engine, actor_id: str, events: list[str] | None, settings: ServerSettings
+) -> Subscription:
+    return await engine.subscribe(
+        actor_id,
+        _filter(events),
+        max_bytes=settings.subscriber_max_bytes,
+        max_events=settings.subscriber_max_events,
     )
 
 
@@ -94,10 +151,11 @@ async def connect(
     create: bool = Query(True),
 ) -> None:
     engine = websocket.app.state.engine
+    settings: ServerSettings = websocket.app.state.settings
     await websocket.accept()
     try:
         actor_id, _, _ = await resolve(engine, name, key, create=create)
-        sub = await engine.subscribe(actor_id, _filter(events))
+        sub = await _subscribe(engine, actor_id, events, settings)
     except AgentVMError as exc:
         await websocket.send_text(_dumps({"type": "error", "error": exc.to_dict()}))
         await websocket.close(code=4000 + exc.http_status)
@@ -105,9 +163,21 @@ async def connect(
     await websocket.send_text(_dumps({"type": "connected", "actor_id": actor_id}))
 
     async def pump() -> None:
-        async for ev in sub:
-            frame = {"type": "event", "event": ev.name, "payload": to_wire(ev.payload)}
-            await websocket.send_text(_dumps(frame))
+        try:
+            async for ev in sub:
+                frame = {"type": "event", "event": ev.name, "payload": to_wire(ev.payload)}
+                await websocket.send_text(_dumps(frame))
+        except SubscriberTooSlow as exc:
+            error = exc
+
+            # The reader is stalled: bound the final writes, then let the socket go.
+            async def farewell() -> None:
+                await websocket.send_text(_dumps({"type": "error", "error": error.to_dict()}))
+                await websocket.close(code=4000 + error.http_status)
+
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(farewell(), settings.subscriber_write_timeout_s)
+            return
         await websocket.close(code=1000)
 
     async def drain() -> None:
