@@ -60,6 +60,21 @@ class HostSettings(BaseSettings):
         description="host-side git credentials for allowlist vms: JSON {host: {username, "
         "password}} or the path of a git-credentials file; never enter a sandbox",
     )
+    repo_roots: str = Field(
+        "",
+        description="host directories (separated by ':', as in PATH) that fixBug/codeReview "
+        "may read a local repository from; empty: no host paths (clients upload instead)",
+    )
+    max_blob: int = Field(
+        256 * 2**20, ge=1, description="largest upload to POST /blobs (a repository bundle)"
+    )
+    blob_store_limit: int = Field(
+        4 * 2**30, ge=1, description="bytes all stored blobs may take together"
+    )
+    blob_ttl: float = Field(
+        7 * 86400.0, gt=0, description="seconds a blob is kept after its upload"
+    )
+
     gateway_max_connections: int = Field(
         32, ge=1, description="open LLM-gateway connections per sandbox; more get a 503"
     )
@@ -110,6 +125,9 @@ class HostSettings(BaseSettings):
             events_max_bytes=self.session_events_max_bytes,
         )
 
+    def repo_root_list(self) -> list[str]:
+        return [r for r in self.repo_roots.split(":") if r.strip()]
+
     def gateway_limits(self) -> Any:
         """The :class:`host.gateway.GatewayLimits` these settings name."""
         from host.gateway import GatewayLimits
@@ -143,11 +161,13 @@ def default_host_id(db: str) -> str:
     return "h" + hashlib.sha256(os.path.abspath(db).encode()).hexdigest()[:10]
 
 
-def build_registry(manager: Any | None = None) -> Registry:
-    """The vm actor (when a sandbox manager is given) and the built-in orchestrators."""
-    from orchestrator.builtin import builtin_orchestrators
+def build_registry(manager: Any | None = None, settings: HostSettings | None = None) -> Registry:
+    """The vm actor (when a sandbox manager is given) and the built-in orchestrators,
+    which read host repositories only under ``settings.repo_roots``."""
+    from orchestrator.builtin import RepoPolicy, builtin_orchestrators
 
-    actors = dict(builtin_orchestrators())
+    settings = settings or HostSettings()
+    actors = dict(builtin_orchestrators(RepoPolicy(roots=settings.repo_root_list())))
     if manager is not None:
         from .vm import vm_actor
 
@@ -192,7 +212,7 @@ async def host_runtime(
             egress=egress,
         )
         if registry is None:
-            reg = build_registry(manager)
+            reg = build_registry(manager, settings)
         elif isinstance(registry, Registry):
             reg = registry
         else:

@@ -186,10 +186,11 @@ def blob_store_for(db: str, settings: Any | None = None) -> BlobStore:
         from .app import HostSettings
 
         settings = HostSettings()
-    key = db if db == ":memory:" or db.startswith("file:") else os.path.abspath(db)
+    in_memory = db == ":memory:" or db.startswith("file:")
+    key = db if in_memory else os.path.abspath(db)
     store = _stores.get(key)
     if store is None:
-        if key == db:
+        if in_memory:
             root = Path(tempfile.mkdtemp(prefix="agentvm-blobs-"))
         else:
             root = Path(key).parent / "blobs"

@@ -27,6 +27,7 @@ from .engine import ActorInfo, QueuedMessage, WorkflowHistory
 from .errors import ActorNotFound, AgentVMError
 from .keys import ActorKey, KeyLike, encode_key_path, normalize_key
 from .queues import SendResult
+from .repo_upload import upload_local_repo
 from .wire import from_wire, to_wire
 
 DEFAULT_URL = "http://127.0.0.1:6420"
@@ -150,8 +151,11 @@ class HttpTransport:
         *,
         timeout: float | None = None,
         client: httpx.AsyncClient | None = None,
+        upload_repos: bool = True,
     ) -> None:
         self.url = url.rstrip("/")
+        # A local "repo" path in a message body is uploaded (see repo_upload.py).
+        self.upload_repos = upload_repos
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self._http = client or httpx.AsyncClient(
             base_url=self.url,
@@ -219,6 +223,8 @@ class HttpTransport:
         self, actor_id: str, queue: str, body: Any, *, wait: bool, timeout: float | None
     ) -> SendResult:
         name, key, create = self._ref(actor_id)
+        if self.upload_repos:
+            body = await upload_local_repo(self._http, body)
         payload: dict[str, Any] = {"body": to_wire(body), "wait": wait}
         if wait and timeout is not None:
             payload["timeout_ms"] = max(0, round(timeout * 1000))
@@ -299,18 +305,25 @@ class RemoteClient(Client):
 
 
 def create_client(
-    url: str | None = None, token: str | None = None, *, timeout: float | None = None
+    url: str | None = None,
+    token: str | None = None,
+    *,
+    timeout: float | None = None,
+    upload_repos: bool = True,
 ) -> RemoteClient:
     """A client of the agentvm server at ``url`` (default ``$AGENTVM_URL`` or
     ``http://127.0.0.1:6420``), sending ``token`` (default ``$AGENTVM_TOKEN``).
 
     ``timeout`` bounds each request in seconds (default: none, as actions such as a
-    vm's ``exec`` may run for minutes)."""
+    vm's ``exec`` may run for minutes). With ``upload_repos`` a message body whose
+    ``"repo"`` is an existing path on this machine is uploaded as a git bundle and
+    sent as ``"blob:sha256:..."`` (the server opens no caller-chosen paths)."""
     return RemoteClient(
         HttpTransport(
             url or os.environ.get("AGENTVM_URL") or DEFAULT_URL,
             token if token is not None else os.environ.get("AGENTVM_TOKEN") or None,
             timeout=timeout,
+            upload_repos=upload_repos,
         )
     )
 

@@ -333,7 +333,8 @@ def vm_actor(
     """The vm actor type; ``defaults`` (else ``manager.defaults``) are the options a
     vm gets unless its create input overrides them. The actor type's
     ``sleep_timeout`` is ``defaults.idle_timeout`` (capped by the engine's).
-    ``blobs``: the store ``put_blob`` streams uploaded blobs from."""
+    ``blobs``: the store ``put_blob`` streams uploaded blobs from (default: the one
+    of the engine's database, which ``POST /blobs`` writes to)."""
     base = defaults or manager.defaults
 
     def create_state(input: Any) -> dict[str, Any]:

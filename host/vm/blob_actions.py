@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from host.blobs import BlobStore, parse_blob_id
+from host.blobs import BlobStore, blob_store_for, parse_blob_id
 from host.sandbox import Sandbox
 from orchestrator import ActorContext
 from orchestrator.errors import InvalidRequest
@@ -40,11 +40,11 @@ def blob_actions(store: BlobStore | None, sandbox_of: SandboxOf) -> dict[str, An
         parse_blob_id(blob_id, "blob_id")
         if not isinstance(path, str) or not path:
             raise InvalidRequest("path must be a non-empty string", field="path")
-        if store is None:
-            raise InvalidRequest("this host has no blob store", field="blob_id")
-        await store.size(blob_id)  # BlobNotFound before anything starts in the sandbox
+        # The store of this engine's database: the one POST /blobs writes to.
+        blobs = store or blob_store_for(str(getattr(c.store, "path", ":memory:")))
+        await blobs.size(blob_id)  # BlobNotFound before anything starts in the sandbox
         sandbox = await sandbox_of(c)
-        size = await sandbox.write_file(path, store.read(blob_id, "blob_id"), parents=True)
+        size = await sandbox.write_file(path, blobs.read(blob_id, "blob_id"), parents=True)
         return {"path": path, "size": size}
 
     return {"put_blob": put_blob}

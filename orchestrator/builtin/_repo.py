@@ -42,6 +42,10 @@ def _inside(path: str, root: str) -> bool:
     return path == root or path.startswith(root.rstrip("/") + "/")
 
 
+def _forbidden(path: str) -> bool:
+    return any(_inside(path, f) for f in _FORBIDDEN)
+
+
 @dataclass(frozen=True)
 class RepoPolicy:
     """Host directories local repositories may come from (none by default)."""
@@ -74,11 +78,14 @@ class RepoPolicy:
                 field=field,
             )
         # realpath resolves every symlink and '..': a link inside a root pointing out of
-        # it is judged by where it points.
-        real = os.path.realpath(repo)
+        # it is judged by where it points. Kernel paths are refused before any lookup.
+        try:
+            lexical = os.path.normpath(repo)
+            real = "/proc" if _forbidden(lexical) else os.path.realpath(repo)
+        except (OSError, ValueError):
+            real = "/proc"  # unresolvable (e.g. a /proc link we may not read): refused
         roots = [os.path.realpath(r) for r in self.roots if os.path.isabs(r)]
-        forbidden = any(_inside(real, f) for f in _FORBIDDEN)
-        if forbidden or not any(_inside(real, r) for r in roots):
+        if _forbidden(real) or not any(_inside(real, r) for r in roots):
             raise InvalidRequest(
                 f"{field}: {repo!r} is not inside an allowed repository root; {HOW_TO_ALLOW}",
                 field=field,
