@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -76,15 +77,32 @@ class FileStat(BaseModel):
     mtime: float
 
 
+def _host_memory_mb() -> int:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // (1024 * 1024)
+    except (AttributeError, OSError, ValueError):
+        return 64 * 1024
+
+
+# Upper bounds: a caller must not be able to lift the cgroup limits by asking for more
+# than the machine has (a limit above the host's RAM or CPUs is no limit at all).
+MAX_MEMORY_MB = max(16, min(64 * 1024, _host_memory_mb()))
+MAX_CPUS = float(os.cpu_count() or 1)
+MAX_PIDS = 32768
+
+
 class SandboxLimits(BaseModel):
-    """Resource limits of one sandbox (enforced by the container's cgroup)."""
+    """Resource limits of one sandbox (enforced by the container's cgroup).
+
+    Bounded above by the host: memory and ``/tmp`` (RAM-backed) by its RAM (at most
+    64 GiB), CPUs by its CPU count, pids by 32768."""
 
     model_config = ConfigDict(frozen=True)
 
-    memory_mb: int = Field(default=1024, ge=16)
-    cpus: float = Field(default=1.0, gt=0)
-    pids: int = Field(default=512, ge=16)
-    tmp_mb: int = Field(default=256, ge=1)
+    memory_mb: int = Field(default=1024, ge=16, le=MAX_MEMORY_MB)
+    cpus: float = Field(default=1.0, ge=0.01, le=MAX_CPUS)
+    pids: int = Field(default=512, ge=16, le=MAX_PIDS)
+    tmp_mb: int = Field(default=256, ge=1, le=MAX_MEMORY_MB)
 
 
 class SandboxSpec(BaseModel):
