@@ -10,7 +10,9 @@ built-ins with a registry function::
                                          "changelog": changelog_writer()})
     async with host_runtime(registry=registry) as engine: ...
 
-then ``send("summarize", {"repo": "/path/to/repo"}, wait=True)``.
+then ``send("summarize", {"repo": "/path/to/repo"}, wait=True)`` (over HTTP the
+client uploads the local repository; in-process, give ``changelog_writer`` a
+``RepoPolicy(roots=[...])`` that allows the path).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from orchestrator import ActorDefinition, Loop, WorkflowContext, actor, queue, workflow
-from orchestrator.builtin import REPO_DIR, put_repo, run_agent_task, vm_input_for
+from orchestrator.builtin import REPO_DIR, RepoPolicy, put_repo, run_agent_task, vm_input_for
 
 CHANGES = f"{REPO_DIR}/CHANGES.md"
 
@@ -30,7 +32,14 @@ class Summarize(BaseModel):
     agent_type: str = "coding-agent"
 
 
-async def _run(ctx: WorkflowContext) -> None:
+def _run(policy: RepoPolicy | None) -> Any:
+    async def run(ctx: WorkflowContext) -> None:
+        await _summarize(ctx, policy)
+
+    return run
+
+
+async def _summarize(ctx: WorkflowContext, policy: RepoPolicy | None) -> None:
     async def one(loop_ctx: WorkflowContext) -> Any:
         message = await loop_ctx.queue.next("wait-summarize", names=["summarize"], completable=True)
         assert message is not None
@@ -50,7 +59,7 @@ async def _run(ctx: WorkflowContext) -> None:
         async def read_changes() -> str:
             return (await vm.read_file(CHANGES)).decode()
 
-        await loop_ctx.step("clone-repo", lambda: put_repo(vm, req.repo))
+        await loop_ctx.step("clone-repo", lambda: put_repo(vm, req.repo, policy=policy))
         await loop_ctx.step("write-changes", write_changes, max_retries=1)
         changes = await loop_ctx.step("read-changes", read_changes)
 
@@ -64,10 +73,12 @@ async def _run(ctx: WorkflowContext) -> None:
     await ctx.loop("summarize-loop", one)
 
 
-def changelog_writer() -> ActorDefinition:
+def changelog_writer(policy: RepoPolicy | None = None) -> ActorDefinition:
+    """``policy``: the host directories a local ``repo`` may be in (default: none —
+    send a URL, or a ``blob:`` reference the HTTP client uploads for you)."""
     return actor(
         state={"changelogs": {}},
         queues={"summarize": queue("summarise a repository", body=Summarize)},
         actions={"changelogs": lambda c: c.state["changelogs"]},
-        run=workflow(_run),
+        run=workflow(_run(policy)),
     )

@@ -52,17 +52,21 @@ def fake_model() -> Iterator[FakeAnthropic]:
 def host(
     e2e_images: None, tmp_path: Path, host_id: str, fake_model: FakeAnthropic
 ) -> Iterator[Callable[[], LiveServer]]:
-    """``start()`` → a live host on the same database each time (a restart)."""
+    """``start()`` → a live host on the same database each time (a restart);
+    ``start(AGENTVM_X="...")`` adds settings."""
     servers: list[LiveServer] = []
     env = {
         "AGENTVM_HOST_ID": host_id,
         "AGENTVM_WARM_POOL": "0",
+        "AGENTVM_REPO_ROOTS": "",
         "ANTHROPIC_BASE_URL": fake_model.url,
         "ANTHROPIC_API_KEY": HOST_KEY,
     }
 
-    def start() -> LiveServer:
-        server = start_server(tmp_path / "host.db", env=env, registry=None, deadline_s=120)
+    def start(**settings: str) -> LiveServer:
+        server = start_server(
+            tmp_path / "host.db", env={**env, **settings}, registry=None, deadline_s=120
+        )
         servers.append(server)
         return server
 

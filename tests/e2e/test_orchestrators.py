@@ -193,3 +193,64 @@ async def test_reviewer_answers_waiting_senders_and_times_out(host, fake_model):
         "review", {"file": "/home/user/src/auth.py"}, wait=True, timeout=0.05
     )
     assert hurried.status == "timed_out"
+
+
+async def test_fix_bug_reads_a_host_repository_only_inside_the_allowed_roots(
+    host, fake_model, buggy_repo
+):
+    """With ``AGENTVM_REPO_ROOTS`` a raw HTTP caller may name a host path inside a
+    root (no upload); the server's own files stay out of reach."""
+    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    fake_model.script(
+        Turn.tool("edit", FIX_EDIT), Turn.text("Fixed."), marker="root-repo: add subtracts"
+    )
+    async with httpx.AsyncClient(base_url=server.url, timeout=300) as http:
+        for stolen in ("/proc/self/environ", "/proc/self/cwd", str(buggy_repo.parent.parent)):
+            refused = await http.post(
+                "/actors/automator/main/queues/fixBug",
+                json={"body": {"repo": stolen, "issue": "x"}},
+            )
+            assert refused.status_code == 400, refused.text
+            assert refused.json()["error"]["metadata"]["field"] == "body.repo"
+        sent = await http.post(
+            "/actors/automator/main/queues/fixBug",
+            json={
+                "body": {
+                    "repo": str(buggy_repo),
+                    "issue": "root-repo: add subtracts",
+                    "test_command": "sh test_calc.sh",
+                    "vm_key": "fix-root",
+                },
+                "wait": True,
+                "timeout_ms": 240_000,
+            },
+        )
+        assert sent.status_code == 200, sent.text
+        result = sent.json()["response"]
+        vms = (await http.get("/actors", params={"name": "vm"})).json()["actors"]
+    assert result["tests_exit_code"] == 0, result["test_output"]
+    assert "+    return a + b" in result["diff"]
+    # The refused requests made no vm: only the allowed run's.
+    assert [a["key"] for a in vms] == [["fix-root"]]
+
+
+async def test_code_review_reads_back_at_most_a_capped_review(host, fake_model, buggy_repo):
+    """The agent (sandbox code) writes a huge review file; the host reads only its
+    beginning into the workflow, the second prompt and the response."""
+    server = host()
+    huge = "python3 -c \"open('/home/user/review.md','w').write('R' * 3_000_000)\""
+    fake_model.script(
+        Turn.tool("bash", {"command": huge}), Turn.text("Written."), marker="Review the code at"
+    )
+    fake_model.script(Turn.text("Applied."), marker="Apply the following review feedback")
+    client = create_client(server.url)
+    result = await client.pipeline.get_or_create("main").send(
+        "codeReview",
+        {"file_path": "/home/user/repo/calc.py", "repo": str(buggy_repo), "vm_key": "rev-cap"},
+        wait=True,
+        timeout=240,
+    )
+    assert result.status == "completed", result
+    review = result.response["review"]
+    assert review.startswith("R" * 1000) and review.endswith("bytes]")
+    assert len(review) < 40_000

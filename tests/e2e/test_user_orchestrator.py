@@ -9,6 +9,7 @@ import pytest
 from examples.changelog_writer import changelog_writer
 from host.app import HostSettings, build_registry, host_runtime
 from orchestrator import EngineConfig, Registry
+from orchestrator.builtin import RepoPolicy
 from tests.support import eventually
 from tests.support.fake_anthropic import Turn
 
@@ -21,7 +22,9 @@ def runtime(tmp_path, host_id, fake_model, e2e_images, monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-ant-user-orchestrator-test")
 
     def registry(manager):
-        return Registry({**build_registry(manager).actors, "changelog": changelog_writer()})
+        # In-process sends carry host paths: allowed under this test's directory only.
+        writer = changelog_writer(RepoPolicy(roots=[str(tmp_path)]))
+        return Registry({**build_registry(manager).actors, "changelog": writer})
 
     return host_runtime(
         EngineConfig(db=str(tmp_path / "host.db")),
