@@ -19,6 +19,7 @@ import logging
 import os
 import socket
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -392,6 +393,9 @@ class EgressProxy:
         self.credentials = dict(credentials or {})
         self.limits = limits or EgressLimits()
         self._served: dict[str, SandboxEgress] = {}
+        # Lookups run on our own threads: names a sandbox picks (an allowed wildcard's
+        # slow DNS server) must not tie up the default executor the Docker calls use.
+        self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-dns")
 
     async def serve(
         self, sandbox: str, control_dir: str | os.PathLike[str], allow: Iterable[str]
@@ -417,6 +421,7 @@ class EgressProxy:
     async def close(self) -> None:
         for sandbox in list(self._served):
             await self.stop(sandbox)
+        self._dns.shutdown(wait=False, cancel_futures=True)
 
     async def resolve(self, name: str, port: int) -> list[tuple[str, int]]:
         """Addresses to connect to for an allowed name: the override's, else the
@@ -430,7 +435,9 @@ class EgressProxy:
         loop = asyncio.get_running_loop()
         try:
             infos = await asyncio.wait_for(
-                loop.getaddrinfo(name, port, type=socket.SOCK_STREAM),
+                loop.run_in_executor(
+                    self._dns, socket.getaddrinfo, name, port, 0, socket.SOCK_STREAM
+                ),
                 self.limits.connect_timeout,
             )
         except (OSError, TimeoutError) as exc:
