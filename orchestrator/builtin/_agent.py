@@ -10,6 +10,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from ..client import ActorHandle
 from ..errors import InvalidRequest
@@ -55,8 +56,6 @@ def vm_input_for(repo: str | None) -> dict[str, Any] | None:
     egress proxy, docs/egress.md); a local repository needs no network at all."""
     if not repo or not is_remote(repo):
         return None
-    from urllib.parse import urlsplit
-
     host = urlsplit(repo).hostname if repo.startswith(("http://", "https://")) else None
     if not host:
         raise InvalidRequest(
