@@ -200,7 +200,12 @@ class Session:
     # -- events ------------------------------------------------------------------
 
     async def emit(
-        self, kind: EventKind, data: Mapping[str, Any], offset: int | None = None
+        self,
+        kind: EventKind,
+        data: Mapping[str, Any],
+        offset: int | None = None,
+        *,
+        rate_limited: bool | None = None,
     ) -> SessionEvent:
         """Store (and broadcast) an event unless a limit drops it (limits.py): drops
         are counted and stored as an ``events_dropped`` marker later."""
@@ -210,7 +215,8 @@ class Session:
         size = _size(event)
         async with self._emit_lock:
             gate = self.gate
-            verdict = gate.admit(kind, size, rate_limited=kind in AGENT_KINDS)
+            limited = kind in AGENT_KINDS if rate_limited is None else rate_limited
+            verdict = gate.admit(kind, size, rate_limited=limited)
             if verdict != "ok":
                 gate.drop(size, verdict)
                 if verdict == "full" and not gate.full_announced:
@@ -412,7 +418,10 @@ class Session:
                 data = {"stop_reason": result["stopReason"]}
                 if isinstance(result.get("usage"), dict):
                     data["usage"] = result["usage"]
-                await self.emit("prompt_end", data, offset=end)
+                # The answer to a prompt we sent is stored even in a flood (forged
+                # ones, for ids we are not waiting for, pass the rate limiter).
+                pending = self.conn is not None and msg["id"] in self.conn._conn._pending
+                await self.emit("prompt_end", data, offset=end, rate_limited=not pending)
         return True
 
     async def _on_exit(self, exit_code: int | None, reason: str | None) -> None:
