@@ -49,11 +49,13 @@ def clean_bundles(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_the_coding_agent_is_built_in() -> None:
     agent = get_agent("coding-agent")
-    assert agent.command == ("python3", "-I", "-m", "coding_agent")
+    # The execute-only interpreter copy: the agent starts non-dumpable (docs/sessions.md).
+    argv = [bundles.AGENT_PYTHON, "-I", "-m", "coding_agent"]
+    assert agent.command == tuple(argv)
     assert agent.bundles == ("coding-agent",)
     assert agent.source == "builtin"
-    assert agent_command("coding-agent") == ["python3", "-I", "-m", "coding_agent"]
-    assert registry_json()["coding-agent"]["command"] == ["python3", "-I", "-m", "coding_agent"]
+    assert agent_command("coding-agent") == argv
+    assert registry_json()["coding-agent"]["command"] == argv
     bundle = bundles.BUNDLES["coding-agent"]
     assert any(req.startswith("anthropic==") for req in bundle.pip)
     assert "coding_agent" in render_dockerfile([bundle])
