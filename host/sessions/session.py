@@ -51,10 +51,10 @@ STDERR_TAIL = 16 * 1024
 # meant for a connection of an earlier host process never match a newer request.
 ID_SPAN = 1_000_000
 # Events stored because of agent output pass the rate limiter (limits.py); the
-# host's own (prompt, agent_exit, session_closed) only the store limit.
-AGENT_KINDS = frozenset(
-    {"update", "prompt_end", "permission_request", "permission_response", "protocol_error"}
-)
+# host's own (prompt, agent_exit, session_closed) only the store limit, and so do
+# permission requests: dropping one would leave the agent waiting for an answer
+# nobody was asked for, and at most max_open_requests are unanswered at once.
+AGENT_KINDS = frozenset({"update", "prompt_end", "permission_response", "protocol_error"})
 
 
 def _size(event: SessionEvent) -> int:
