@@ -8,14 +8,25 @@ sandbox: ``/vms/fix-42/files/home/user/repo/README.md``.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 
+from host.sandbox.errors import FileTooLarge, SupervisorError
+from host.vm.manager import manager_of
 from orchestrator.errors import InvalidRequest
 
-from .common import ERRORS, engine_of, json_response, reject_unknown_query, resolve
+from .common import (
+    ERRORS,
+    engine_of,
+    json_response,
+    reject_unknown_query,
+    resolve,
+    settings_of,
+)
 from .models import FileListing, FileWritten
 from .paths import decode_part
 
@@ -51,11 +62,41 @@ def _as_bytes(value: Any) -> bytes:
     },
 )
 async def download(request: Request, key: str, path: str) -> Response:
+    """Regular files only, streamed (host memory stays at the channel window), up to
+    ``max_download`` bytes (413 ``file_too_large`` beyond)."""
     engine = engine_of(request)
     file_path = _sandbox_path(path)
-    actor_id, _, _ = await resolve(engine, VM, key, create=False)
-    content = _as_bytes(await engine.call(actor_id, "read_file", [file_path]))
-    return Response(content, media_type="application/octet-stream")
+    limit = settings_of(request).max_download
+    actor_id, _, actor_key = await resolve(engine, VM, key, create=False)
+    manager = manager_of(engine)
+    if manager is None:  # a vm actor without a sandbox manager (tests): whole reads
+        content = _as_bytes(await engine.call(actor_id, "read_file", [file_path]))
+        if len(content) > limit:
+            raise FileTooLarge(f"file is larger than {limit} bytes: {file_path}", path=file_path)
+        return Response(content, media_type="application/octet-stream")
+    stack = contextlib.AsyncExitStack()
+    try:
+        sandbox = await stack.enter_async_context(manager.sandbox_for(engine, list(actor_key)))
+        info = await sandbox.stat(file_path)
+        if info.type == "dir":
+            raise SupervisorError(f"is a directory: {file_path}", code="EISDIR", path=file_path)
+        if info.type != "file":
+            raise SupervisorError(f"not a regular file: {file_path}", code="EINVAL", path=file_path)
+        if info.size > limit:
+            raise FileTooLarge(f"file is larger than {limit} bytes: {file_path}", path=file_path)
+    except BaseException:
+        await stack.aclose()
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            # max_size again: the file may grow (or be swapped) after the stat.
+            async for chunk in sandbox.read_file_stream(file_path, max_size=limit):
+                yield chunk
+        finally:
+            await stack.aclose()
+
+    return StreamingResponse(body(), media_type="application/octet-stream")
 
 
 @router.put(

@@ -21,6 +21,11 @@ class ServerSettings(BaseSettings):
     max_upload: int = Field(
         64 * 1024 * 1024, ge=1, description="largest file upload (PUT /vms/.../files/...)"
     )
+    max_download: int = Field(
+        1024 * 1024 * 1024,
+        ge=0,
+        description="largest file download (GET /vms/.../files/...; streamed, regular files only)",
+    )
     max_wait_ms: int = Field(
         3_600_000, ge=0, description="longest a queue send with wait=true may wait"
     )

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -46,6 +47,15 @@ log = logging.getLogger("agentvm.vm")
 
 # After a failed pool refill (e.g. Docker restarting), wait this long before retrying.
 _REFILL_BACKOFF = 5.0
+
+
+# The manager attached to each engine: HTTP routes stream sandbox files through it.
+_BY_ENGINE: weakref.WeakKeyDictionary[Any, SandboxManager] = weakref.WeakKeyDictionary()
+
+
+def manager_of(engine: Engine) -> SandboxManager | None:
+    """The sandbox manager attached to ``engine`` (None when it runs without one)."""
+    return _BY_ENGINE.get(engine)
 
 
 def _image_error(bundles: tuple[str, ...], exc: Exception) -> SandboxError:
@@ -173,6 +183,7 @@ class SandboxManager:
         """Use ``engine``'s store to tell owned containers from orphans, and start the
         reaper: a pass right away, then every ``reap_interval`` seconds."""
         self._store = engine.store
+        _BY_ENGINE[engine] = self
         if self._reaper is None and not self._closed:
             self._reaper = asyncio.create_task(self._reap_loop(), name="vm-reaper")
 
