@@ -235,7 +235,6 @@ async def test_a_flooding_agent_cannot_grow_the_database_or_stall_the_host(
         written = 30_000
         prompt = asyncio.create_task(vm.send_prompt(sid, f"flood {written} 200"))
         await eventually(lambda: all_events(vm, sid), lambda evs: len(evs) > 50, timeout=60)
-        assert not prompt.done()
         listed = await vm.list_sessions()
         assert [s["session_id"] for s in listed] == [sid]
         assert (await vm.exec("echo alive"))["stdout"] == "alive\n"
