@@ -100,6 +100,9 @@ async def upload_file(http: httpx.AsyncClient, path: Path) -> dict[str, Any]:
 
 async def upload_local_repo(http: httpx.AsyncClient, body: Any) -> Any:
     """``body`` with a local ``repo`` replaced by the uploaded bundle's reference."""
+    repo = body.get("repo") if isinstance(body, dict) else None
+    if not isinstance(repo, str) or repo.startswith(_REMOTE):
+        return body  # the common case: no file-system look-up, no thread hop
     path = await asyncio.to_thread(local_repo, body)
     if path is None:
         return body
