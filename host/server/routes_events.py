@@ -115,6 +115,7 @@ async def _until_disconnect(receive: Receive) -> None:
     "/actors/{name}/{key}/events",
     summary="Server-sent events of the actor's broadcasts",
     response_class=EventStreamResponse,
+    status_code=200,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 async def events(
