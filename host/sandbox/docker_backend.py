@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 import requests.exceptions
-from docker.types import Mount
+from docker.types import DriverConfig, Mount
 
 from vm_images.supervisor import protocol as P
 
@@ -30,11 +31,13 @@ from .backend import (
     SandboxBackend,
 )
 from .control import ControlServer
+from .disk import LoopDisks, default_disk_dir, unavailable_reason
 from .errors import DockerUnavailable, SandboxError, SandboxNotFound
 from .models import SandboxInfo, SandboxSpec
 from .sandbox import Sandbox
 
 T = TypeVar("T")
+log = logging.getLogger("agentvm.sandbox")
 
 HOME = "/home/user"
 UID = 1000  # the image's `user` (images/Dockerfile.agent)
@@ -67,6 +70,7 @@ def hardened_config(
     control_dir: Path,
     token: str,
     labels: dict[str, str],
+    disk: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``containers.create``: every hardening measure in one place
     (docs/security.md lists them and the tests that check each)."""
@@ -95,7 +99,15 @@ def hardened_config(
         "mounts": [
             # Docker creates the volume on first use (one API call less), labelled
             # so the orphan reaper finds it, and seeds it from the image's /home/user.
-            Mount(HOME, volume, type="volume", labels=volume_labels(labels)),
+            # With a disk (``disk``: local-driver options, host/sandbox/disk.py) the
+            # volume is a size-limited ext4 file system: the kernel enforces the quota.
+            Mount(
+                HOME,
+                volume,
+                type="volume",
+                labels=volume_labels(labels),
+                driver_config=DriverConfig("local", disk) if disk else None,
+            ),
             # Only the per-sandbox control directory, read-only: the socket lives there.
             Mount(P.CONTAINER_CONTROL_DIR, str(control_dir), type="bind", read_only=True),
         ],
@@ -118,6 +130,8 @@ class DockerBackend(SandboxBackend):
         *,
         control_root: Path | None = None,
         connect_timeout: float = 30.0,
+        disk_dir: Path | None = None,
+        disk_quota: bool = True,
     ) -> None:
         if not _HOST_ID.match(host_id):
             raise ValueError(f"host id must match {_HOST_ID.pattern}: {host_id!r}")
@@ -126,6 +140,21 @@ class DockerBackend(SandboxBackend):
         self.control_root = (control_root or default_control_root()) / host_id
         self.connect_timeout = connect_timeout
         self._sandboxes: dict[str, Sandbox] = {}
+        # Size-limited /home/user (one loop-mounted ext4 image per volume), or None:
+        # plain named volumes without a size limit (disk_quota_off says why).
+        self.disks: LoopDisks | None = None
+        self.disk_quota_off: str | None = "turned off (disk_quota=False)"
+        if disk_quota:
+            root = disk_dir or default_disk_dir()
+            self.disk_quota_off = unavailable_reason(root)
+            if self.disk_quota_off is None:
+                # One directory per host id: the reaper only ever sees its own disks.
+                self.disks = LoopDisks(root / host_id)
+            else:
+                log.warning(
+                    "disk quotas unavailable: %s; /home/user volumes have NO size limit",
+                    self.disk_quota_off,
+                )
 
     @classmethod
     async def connect(cls, host_id: str, **kwargs: Any) -> DockerBackend:
@@ -190,6 +219,7 @@ class DockerBackend(SandboxBackend):
                 control_dir=control.control_dir,
                 token=token,
                 labels=labels,
+                disk=await self._prepare_disk(spec, volume, existing=keep_volume),
             )
             container = await self._docker(self.client.containers.create, **config)
             sandbox = Sandbox(
@@ -211,6 +241,29 @@ class DockerBackend(SandboxBackend):
             await asyncio.shield(self._cleanup(name, None if keep_volume else volume, control))
             raise
 
+    async def _prepare_disk(
+        self, spec: SandboxSpec, volume: str, *, existing: bool
+    ) -> dict[str, str] | None:
+        """The volume's disk, created or re-attached; None for a plain volume (no
+        quota here, or an existing volume made before quotas: it is kept as it is)."""
+        if self.disks is None:
+            return None
+        if self.disks.exists(volume):
+            await self.disks.attach(volume)
+        elif existing and await self._volume_exists(volume):
+            log.warning("volume %s predates disk quotas: mounted without a size limit", volume)
+            return None
+        else:
+            await self.disks.create(volume, spec.limits.disk_mb)
+        return self.disks.driver_options(volume)
+
+    async def _volume_exists(self, name: str) -> bool:
+        try:
+            await self._docker(self.client.volumes.get, name)
+        except SandboxNotFound:
+            return False
+        return True
+
     async def _cleanup(self, name: str, volume: str | None, control: ControlServer) -> None:
         steps: list[Callable[[], None]] = [
             lambda: self.client.containers.get(name).remove(force=True)
@@ -222,6 +275,9 @@ class DockerBackend(SandboxBackend):
                 await asyncio.to_thread(fn)
             except (docker.errors.DockerException, requests.exceptions.RequestException):
                 pass
+        if volume is not None and self.disks is not None:
+            with contextlib.suppress(SandboxError):
+                await self.disks.remove(volume)
         await control.close()
         shutil.rmtree(control.control_dir, ignore_errors=True)
 
@@ -253,6 +309,10 @@ class DockerBackend(SandboxBackend):
 
     async def start(self, sandbox: Sandbox, *, timeout: float = 30.0) -> None:
         await sandbox.control.start()
+        if self.disks is not None and sandbox.volume:
+            # After a host reboot the loop device is gone: attach it before Docker
+            # mounts the volume (usually a no-op: two small sysfs reads).
+            await self.disks.attach(sandbox.volume)
         # The low-level call: no inspect round trip before the start.
         await self._docker(self.client.api.start, sandbox.id)
         await sandbox.wait_ready(timeout)
@@ -293,6 +353,9 @@ class DockerBackend(SandboxBackend):
             await self._docker(vol.remove, force=True)
         except SandboxNotFound:
             pass
+        # Only once Docker let go of the volume (a volume in use raised above).
+        if self.disks is not None:
+            await self.disks.remove(name)
 
     async def close(self) -> None:
         for sandbox in list(self._sandboxes.values()):
@@ -326,7 +389,12 @@ class DockerBackend(SandboxBackend):
     async def list_volumes(self, *, all_hosts: bool = False) -> list[str]:
         filters = [f"{LABEL_MANAGED}=1"] + ([] if all_hosts else [f"{LABEL_HOST}={self.host_id}"])
         vols = await self._docker(self.client.volumes.list, filters={"label": filters})
-        return sorted(v.name for v in vols)
+        names = {v.name for v in vols}
+        if self.disks is not None:
+            # This host's disk images whose Docker volume is gone count too (the
+            # reaper removes them).
+            names.update(self.disks.names())
+        return sorted(names)
 
     async def memory_usage(self, sandbox: Sandbox) -> dict[str, int]:
         """The container cgroup's memory: ``usage`` and ``working_set`` (minus inactive

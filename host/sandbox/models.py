@@ -103,6 +103,9 @@ class SandboxLimits(BaseModel):
     cpus: float = Field(default=1.0, ge=0.01, le=MAX_CPUS)
     pids: int = Field(default=512, ge=16, le=MAX_PIDS)
     tmp_mb: int = Field(default=256, ge=1, le=MAX_MEMORY_MB)
+    # Size of /home/user, a loop-mounted ext4 image (host/sandbox/disk.py) that only
+    # grows as it is written; fixed when the volume is created. At most 1 TiB.
+    disk_mb: int = Field(default=10240, ge=16, le=1024 * 1024)
 
 
 class SandboxSpec(BaseModel):
