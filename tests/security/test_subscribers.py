@@ -20,7 +20,8 @@ import json
 import re
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -207,3 +208,36 @@ def test_subscribers_that_leave_are_not_counted(host: LiveServer, http: httpx.Cl
         s.close()
     _poll(count, predicate=lambda n: n == 0, timeout=30, what="busy subscribers removed")
     _kill(http, key, pid)
+
+
+async def test_in_process_subscription_is_bounded_by_bytes_and_count(
+    make_engine: Callable[..., Any],
+) -> None:
+    """The bound lives in the engine's ``Subscription``: a reader that falls behind is
+    removed from the actor at once and its next read raises ``SubscriberTooSlow``."""
+    from orchestrator.errors import SubscriberTooSlow
+    from tests.server.registry import build
+
+    async with make_engine(build()) as engine:
+        counter = engine.client().counter.get_or_create("subs")
+        actor_id = await engine.resolve("counter", ("subs",), create=True)
+        by_count = await engine.subscribe(actor_id, max_events=3)
+        by_bytes = await engine.subscribe(actor_id, max_bytes=4096)
+        keeps_up = await engine.subscribe(actor_id)
+        inst = engine.instances[actor_id]
+        assert len(inst.subscribers) == 3
+        await counter.announce("big", "x" * 3000)
+        assert len(inst.subscribers) == 3 and by_bytes.buffered_bytes > 3000
+        assert (await keeps_up.next(timeout=10)).name == "big"
+        await counter.announce("big", "x" * 3000)  # by_bytes: over 4096 unread
+        assert by_bytes not in inst.subscribers and by_bytes.buffered_bytes == 0
+        for _ in range(2):  # by_count: a 4th unread event
+            await counter.announce("small", 1)
+        assert by_count not in inst.subscribers
+        assert inst.subscribers == {keeps_up}
+        for dropped in (by_count, by_bytes):
+            with pytest.raises(SubscriberTooSlow) as exc:
+                await dropped.next(timeout=10)
+            assert exc.value.code == "subscriber_too_slow"
+        await keeps_up.close()
+        assert not inst.subscribers
