@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from pydantic import Field
@@ -42,6 +43,17 @@ class HostSettings(BaseSettings):
     )
     vm_idle_timeout: float = Field(300.0, gt=0, description="seconds before an idle vm stops")
     reap_interval: float = Field(300.0, gt=0, description="seconds between orphan sweeps")
+    vm_disk_mb: int = Field(
+        10240,
+        ge=16,
+        le=1024 * 1024,
+        description="size of a vm's /home/user in MiB unless its create input says otherwise "
+        "(limits.disk_mb; a loop-mounted ext4 image, enforced by the kernel)",
+    )
+    disk_dir: Path = Field(
+        Path("/var/lib/agentvm/disks"),
+        description="where the vms' /home/user disk images live (sparse files, one per vm)",
+    )
     # The egress proxy of allowlist vms (docs/egress.md).
     egress_resolve: str = Field(
         "",
@@ -185,6 +197,7 @@ async def host_runtime(
     """Run the whole host; yields the started engine. ``registry`` replaces the
     built-in one (a Registry, or a function of the sandbox manager)."""
     from host.gateway import LLMGateway
+    from host.sandbox import SandboxLimits
 
     from .vm import SandboxManager, VmOptions
 
@@ -206,10 +219,15 @@ async def host_runtime(
         manager = await SandboxManager.open(
             host_id=settings.host_id or default_host_id(config.db),
             pool_size=settings.warm_pool,
-            defaults=VmOptions(bundles=settings.vm_bundles, idle_timeout=settings.vm_idle_timeout),
+            defaults=VmOptions(
+                bundles=settings.vm_bundles,
+                idle_timeout=settings.vm_idle_timeout,
+                limits=SandboxLimits(disk_mb=settings.vm_disk_mb),
+            ),
             reap_interval=settings.reap_interval,
             gateway=gateway,
             egress=egress,
+            disk_dir=settings.disk_dir,
         )
         if registry is None:
             reg = build_registry(manager, settings)

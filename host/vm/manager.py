@@ -151,12 +151,16 @@ class SandboxManager:
         connect_timeout: float = 30.0,
         gateway: LLMGateway | None = None,
         egress: EgressProxy | None = None,
+        disk_dir: Path | None = None,
     ) -> SandboxManager:
         """Connect to Docker (``DockerUnavailable`` naming the engine address if it is
         down) and start filling the warm pool (``pool_size`` containers for each of
         ``pool_options``, by default just the ``defaults``) in the background."""
         backend = await DockerBackend.connect(
-            host_id, control_root=control_root, connect_timeout=connect_timeout
+            host_id,
+            control_root=control_root,
+            connect_timeout=connect_timeout,
+            disk_dir=disk_dir,  # None: /var/lib/agentvm/disks (host/sandbox/disk.py)
         )
         defaults = defaults or VmOptions()
         manager = cls(
