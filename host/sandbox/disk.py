@@ -256,3 +256,20 @@ def _link_device(link: Path) -> str | None:
         return None
     name = Path(target).name
     return name if target == f"/dev/{name}" and name.startswith("loop") else None
+
+
+def remove_host_disks(host_id: str, root: Path | None = None) -> list[str]:
+    """Detach and delete every disk of ``host_id`` (blocking; for test clean-up and
+    tools that removed that host's Docker volumes directly). Returns the volume names."""
+    host_dir = (root or default_disk_dir()) / host_id
+    if not host_dir.is_dir() or unavailable_reason(host_dir) is not None:
+        return []
+    disks = LoopDisks(host_dir)
+    names = disks.names()
+    for name in names:
+        disks._remove(name)
+    for leftover in (*host_dir.glob("*.part"), *host_dir.glob("*.dev"), host_dir / ".lock"):
+        leftover.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        host_dir.rmdir()
+    return names

@@ -13,6 +13,7 @@ import pytest
 
 from host.sandbox import DockerBackend
 from host.sandbox.backend import LABEL_HOST
+from host.sandbox.disk import remove_host_disks
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -40,6 +41,7 @@ def remove_host(client: docker.DockerClient, host_id: str) -> tuple[list[str], l
     volumes = client.volumes.list(filters=label)
     for volume in volumes:
         volume.remove(force=True)
+    remove_host_disks(host_id)  # the volumes' disk images and loop devices
     return [c.name for c in containers], [v.name for v in volumes]
 
 

@@ -22,6 +22,7 @@ import pytest
 
 from host.sandbox import SandboxLimits
 from host.sandbox.backend import LABEL_HOST
+from host.sandbox.disk import remove_host_disks
 from host.vm import SandboxManager, VmOptions, vm_actor
 from host.vm.manager import SandboxRecord
 from orchestrator import Client, Engine, setup
@@ -44,6 +45,7 @@ def _remove_host(client: docker.DockerClient, host_id: str) -> tuple[list[str], 
     volumes = client.volumes.list(filters=label)
     for volume in volumes:
         volume.remove(force=True)
+    remove_host_disks(host_id)  # the volumes' disk images and loop devices
     return [c.name for c in containers], [v.name for v in volumes]
 
 
