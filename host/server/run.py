@@ -51,6 +51,11 @@ async def serve(
     socket listens (with the real port when ``settings.port`` is 0).
     """
     check_bind(settings.bind, settings.token)
+    if settings.bind in ("0.0.0.0", "::") and not settings.allowed_hosts:
+        log.warning(
+            "listening on every interface, but only loopback Host names are accepted: "
+            "list the names clients use for this machine in AGENTVM_ALLOWED_HOSTS"
+        )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
