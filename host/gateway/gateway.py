@@ -295,8 +295,9 @@ class LLMGateway:
                 outcome = self.on_usage(record)
                 if outcome is not None:
                     await outcome
-            except Exception:
-                log.exception("on_usage callback failed")
+            except Exception as exc:
+                # Once per request a sandbox makes: rate-limited like every gateway log.
+                self.logs.log(logging.ERROR, "on_usage", "on_usage callback failed", exc_info=exc)
 
 
 _OVER_CAP = raw_error(
