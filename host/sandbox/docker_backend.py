@@ -212,6 +212,9 @@ class DockerBackend(SandboxBackend):
         await control.start()  # listen before the supervisor can dial
         container = None
         try:
+            # Before the container: Docker mounts the volume at create already, to
+            # copy the image's /home/user into it.
+            disk = await self._prepare_disk(spec, volume, existing=keep_volume)
             config = hardened_config(
                 spec,
                 name=name,
@@ -219,7 +222,7 @@ class DockerBackend(SandboxBackend):
                 control_dir=control.control_dir,
                 token=token,
                 labels=labels,
-                disk=await self._prepare_disk(spec, volume, existing=keep_volume),
+                disk=disk,
             )
             container = await self._docker(self.client.containers.create, **config)
             sandbox = Sandbox(
