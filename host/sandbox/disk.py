@@ -147,6 +147,13 @@ class LoopDisks:
             return sorted(p.name[: -len(".img")] for p in self.root.glob("*.img"))
         return []
 
+    def prune(self) -> None:
+        """Remove this host's directory if it holds nothing but the lock file."""
+        with contextlib.suppress(OSError):
+            if [p.name for p in self.root.iterdir()] == [".lock"]:
+                (self.root / ".lock").unlink()
+                self.root.rmdir()
+
     # -- async API -------------------------------------------------------------------
 
     async def create(self, volume: str, size_mb: int) -> Path:

@@ -367,6 +367,8 @@ class DockerBackend(SandboxBackend):
         # Leave no empty per-host directory behind (sandboxes still running keep theirs).
         with contextlib.suppress(OSError):
             self.control_root.rmdir()
+        if self.disks is not None:
+            self.disks.prune()
         await asyncio.to_thread(self.client.close)
 
     # -- inspection ------------------------------------------------------------------

@@ -35,13 +35,16 @@ def remove_host(client: docker.DockerClient, host_id: str) -> tuple[list[str], l
     """Remove the containers and volumes labelled with ``host_id``; return their names
     (so a fixture can assert that its tests left nothing behind)."""
     label = {"label": f"{LABEL_HOST}={host_id}"}
-    containers = client.containers.list(all=True, filters=label)
-    for container in containers:
-        container.remove(force=True)
-    volumes = client.volumes.list(filters=label)
-    for volume in volumes:
-        volume.remove(force=True)
-    remove_host_disks(host_id)  # the volumes' disk images and loop devices
+    try:
+        containers = client.containers.list(all=True, filters=label)
+        for container in containers:
+            container.remove(force=True)
+        volumes = client.volumes.list(filters=label)
+        for volume in volumes:
+            volume.remove(force=True)
+    finally:
+        # The volumes' disk images and loop devices (also when the engine is gone).
+        remove_host_disks(host_id)
     return [c.name for c in containers], [v.name for v in volumes]
 
 
