@@ -94,7 +94,11 @@ def hardened_config(
         "read_only": True,
         # Owned by the sandbox user: some kernels apply dockerd's umask to mode=1777.
         "tmpfs": {
-            "/tmp": f"rw,nosuid,nodev,exec,size={limits.tmp_mb}m,uid={UID},gid={UID},mode=1777"
+            "/tmp": f"rw,nosuid,nodev,exec,size={limits.tmp_mb}m,uid={UID},gid={UID},mode=1777",
+            # Hide the host's block devices: each loop device's backing_file names
+            # another vm's disk image (host id, volume) under /var/lib/agentvm/disks.
+            "/sys/block": "ro,size=4k,mode=0555",
+            "/sys/devices/virtual/block": "ro,size=4k,mode=0555",
         },
         "mounts": [
             # Docker creates the volume on first use (one API call less), labelled

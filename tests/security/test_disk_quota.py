@@ -115,6 +115,13 @@ async def test_the_sandbox_cannot_reach_the_loop_device(sandbox: Sandbox) -> Non
     assert " - ext4 " in home
     remount = await sandbox.exec("mount -o remount,size=100G /home/user")
     assert remount.exit_code != 0
+    # Nor learn about other vms' disks from sysfs (a loop device's backing file names
+    # its image): the host's block devices are hidden.
+    sysfs = await sandbox.exec(
+        "cat /sys/block/*/loop/backing_file /sys/class/block/*/loop/backing_file "
+        "/sys/dev/block/*/loop/backing_file 2>/dev/null"
+    )
+    assert ".img" not in sysfs.stdout
 
 
 async def test_files_survive_a_stop_and_a_lost_loop_device(
