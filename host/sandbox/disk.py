@@ -89,6 +89,30 @@ def _run(*argv: str) -> str:
     return proc.stdout.strip()
 
 
+def _mkfs(image: Path) -> None:
+    """ext4 with no reserved blocks (all of the quota is the user's), the root owned by
+    the sandbox user. The file is sparse, so it already reads as zeros: tell mke2fs
+    (nothing to zero now, and no background inode-table zeroing after the mount,
+    which would write ~160 MiB per 10 GiB); e2fsprogs < 1.47 gets lazy init instead."""
+    owner = f"root_owner={UID}:{UID},nodiscard"
+    try:
+        _run(
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-m",
+            "0",
+            "-E",
+            f"{owner},assume_storage_prezeroed=1",
+            str(image),
+        )
+    except DiskError as exc:
+        if "assume_storage_prezeroed" not in str(exc):
+            raise
+        lazy = f"{owner},lazy_itable_init=1,lazy_journal_init=1"
+        _run("mkfs.ext4", "-q", "-F", "-m", "0", "-E", lazy, str(image))
+
+
 def _backing_file(device: str) -> str | None:
     """The file a loop device is attached to (``None`` if it is free or gone)."""
     try:
@@ -183,19 +207,7 @@ class LoopDisks:
                     os.ftruncate(fd, max(size_mb, MIN_MB) * 2**20)  # sparse
                 finally:
                     os.close(fd)
-                # No reserved blocks (all of the quota is the user's); lazy init: the
-                # file is sparse, so the holes already read as zeros. Root dir owned
-                # by the sandbox user.
-                _run(
-                    "mkfs.ext4",
-                    "-q",
-                    "-F",
-                    "-m",
-                    "0",
-                    "-E",
-                    f"root_owner={UID}:{UID},lazy_itable_init=1,lazy_journal_init=1,nodiscard",
-                    str(part),
-                )
+                _mkfs(part)
                 # An empty root: Docker copies the image's /home/user (the skeleton)
                 # into a volume only when it is empty, and mkfs made lost+found.
                 _run("debugfs", "-w", "-R", "rmdir lost+found", str(part))
