@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from pydantic import BaseModel
 from starlette.responses import Response
 
-from host.blobs import BlobNotFound, BlobStore, BlobTooLarge, blob_store_for, parse_blob_id
+from host.blobs import BLOB_ID, BlobNotFound, BlobStore, BlobTooLarge, blob_store_for, parse_blob_id
 from orchestrator.errors import AgentVMError
 
 from .common import ERRORS, engine_of, json_response, reject_unknown_query
+
+# Documented in the schema too, so a schema-valid id is a well-formed one.
+BLOB_ID_PATH = Path(pattern=BLOB_ID.pattern, description="sha256:<64 lowercase hex digits>")
 
 router = APIRouter(tags=["blobs"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
@@ -46,6 +49,7 @@ def store_of(request: Request) -> BlobStore:
     "/blobs",
     summary="Upload a blob (e.g. a git bundle of a local repository)",
     response_model=BlobStored,
+    status_code=201,
     openapi_extra={
         "requestBody": {
             "content": {OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
@@ -79,18 +83,20 @@ async def upload_blob(request: Request) -> Response:
 
 
 @router.head("/blobs/{blob_id}", summary="Whether a blob is stored (its size)")
-async def head_blob(request: Request, blob_id: str) -> Response:
+async def head_blob(request: Request, blob_id: str = BLOB_ID_PATH) -> Response:
     store = store_of(request)
     parse_blob_id(blob_id, "blob_id")
     try:
         size = await store.size(blob_id)
     except BlobNotFound:
-        return Response(status_code=404)
-    return Response(status_code=200, headers={"content-length": str(size)})
+        return Response(status_code=404, media_type="application/json")
+    return Response(
+        status_code=200, headers={"content-length": str(size)}, media_type="application/json"
+    )
 
 
 @router.delete("/blobs/{blob_id}", summary="Delete a blob")
-async def delete_blob(request: Request, blob_id: str) -> Response:
+async def delete_blob(request: Request, blob_id: str = BLOB_ID_PATH) -> Response:
     parse_blob_id(blob_id, "blob_id")
     if not await store_of(request).delete(blob_id):
         raise BlobNotFound(f"no blob {blob_id}", blob=blob_id)
