@@ -390,6 +390,11 @@ class SandboxClient(ABC):
             await channel.send_stream(stream, chunks)
         except LinkClosed as exc:
             raise self._lost(exc) from exc
+        except ConnectionError:
+            # The supervisor ended the call early (e.g. ENOSPC mid-write) and closed our
+            # send window: stop sending; the caller's _finish raises its real error.
+            if channel.conn.closed.is_set():
+                raise
         except BaseException:
             await channel.cancel()
             raise

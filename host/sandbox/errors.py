@@ -29,6 +29,9 @@ _ERRNO_STATUS = {
     "ECANCELED": 499,
     "EAGAIN": 429,
     "EFBIG": 413,
+    # The vm's own disk quota is full: its problem, not the server's.
+    "ENOSPC": 507,
+    "EDQUOT": 507,
 }
 
 

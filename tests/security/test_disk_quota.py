@@ -87,10 +87,15 @@ async def test_filling_home_fails_with_enospc_and_the_host_holds_at_most_the_quo
     # The host's disk holds the image only, and it never grew past the quota.
     assert _allocated(image) <= QUOTA_MB * 2**20
     # Sweep up the last free blocks, then the supervisor's writes fail too: a typed
-    # error with the errno (a body within one frame: P.CHUNK).
+    # error with the errno.
     await sandbox.exec("cat /dev/zero > /home/user/crumbs; sync")
     with pytest.raises(SandboxError) as err:
         await sandbox.write_file("more.bin", b"x" * 200_000)
+    assert err.value.errno_name == "ENOSPC"
+    assert err.value.http_status == 507
+    # A streamed write (many frames) gets the same typed error, not a closed channel.
+    with pytest.raises(SandboxError) as err:
+        await sandbox.write_file("more.bin", b"x" * (3 * 2**20))
     assert err.value.errno_name == "ENOSPC"
 
     # /tmp is a size-limited tmpfs (RAM, bounded by tmp_mb), not the host's disk.
