@@ -2,7 +2,7 @@
 all three resume and complete.
 
 The machine's own Docker engine is never touched: the test starts a **private**
-``dockerd`` (own data root, exec root and socket; no bridge, no iptables), loads the
+``dockerd`` (own data root, exec root, socket and bridge; no iptables), loads the
 vm image into it, and points the host process at it with ``DOCKER_HOST``. Without
 ``--live-restore`` a restarted engine kills the containers it had, so every agent
 connection drops and each run's fix-bug step meets a lost sandbox (retried; the vm
@@ -43,15 +43,21 @@ class PrivateDockerd:
         self.address = f"unix://{self.dir}/docker.sock"
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = self.dir / "dockerd.log"
+        # Its own bridge: with --bridge=none a dockerd deletes the machine's docker0.
+        self.bridge = f"avd{os.getpid() % 10**6}"
 
     def start(self, deadline_s: float = 60.0) -> None:
+        if not Path(f"/sys/class/net/{self.bridge}").exists():
+            subprocess.run(["ip", "link", "add", self.bridge, "type", "bridge"], check=True)
+            subprocess.run(["ip", "addr", "add", "10.213.77.1/24", "dev", self.bridge], check=True)
+            subprocess.run(["ip", "link", "set", self.bridge, "up"], check=True)
         cmd = [
             "dockerd",
             f"--data-root={self.dir}/data",
             f"--exec-root={self.dir}/exec",
             f"--pidfile={self.dir}/dockerd.pid",
             f"--host={self.address}",
-            "--bridge=none",
+            f"--bridge={self.bridge}",
             "--iptables=false",
             "--ip-forward=false",
             "--ip-masq=false",
@@ -118,6 +124,7 @@ class PrivateDockerd:
         for mount in sorted(mounts, reverse=True):  # the deepest first
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
         shutil.rmtree(self.dir, ignore_errors=True)
+        subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
 
     def tail(self) -> str:
         try:
