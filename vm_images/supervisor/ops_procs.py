@@ -114,9 +114,9 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
     async def op_attach(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
         """Re-attach to a process after a reconnect: buffered tail first, then live output."""
         proc = table.get(args.get("pid"))
-        if proc.sink is not None and not args.get("replace"):
+        if proc.has_listener() and not args.get("replace"):
             raise OpError("EBUSY", f"process {proc.pid} already has a listener")
-        proc.sink = None  # `replace`: the older listener gets nothing more
+        proc.sink = proc.listener = None  # `replace`: the older listener gets nothing more
         start = 0
         if proc.retain:
             end = proc.out_base + len(proc.retained)
@@ -254,6 +254,7 @@ async def _stream_to(ch: Channel, proc: Proc) -> None:
         await ch.send_data(stream, data)
 
     proc.sink = sink
+    proc.listener = ch.link
 
 
 async def _follow(ch: Channel, proc: Proc) -> Reply:
@@ -264,5 +265,5 @@ async def _follow(ch: Channel, proc: Proc) -> Reply:
     finally:
         # Cancelled (host gone or cancel): detach, the process keeps running.
         if proc.sink is sink:
-            proc.sink = None
+            proc.sink = proc.listener = None
     return {"pid": proc.pid, "exit_code": code}, b""

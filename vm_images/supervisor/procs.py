@@ -155,6 +155,9 @@ class Proc:
         self.exited = exited
         self.exit_code: int | None = None
         self.sink: Sink | None = None
+        # The host link the sink sends on (``closed`` once the host is gone): a
+        # listener whose link died is no listener (a re-attach after a crash takes over).
+        self.listener: Any = None
         self.tails: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         self.pumps: list[asyncio.Task[None]] = []
         self.transports: list[asyncio.BaseTransport] = []
@@ -172,6 +175,15 @@ class Proc:
         self.drain_limit: float | None = None
         # Write end of the start gate of a tracked exec (None: not gated).
         self.gate: int | None = None
+
+    def has_listener(self) -> bool:
+        """A live host listens to the output (a dead link's sink does not count)."""
+        if self.sink is None:
+            return False
+        if self.listener is not None and getattr(self.listener, "closed", False):
+            self.sink = self.listener = None
+            return False
+        return True
 
     def info(self) -> dict[str, Any]:
         return {
