@@ -24,7 +24,12 @@ from .arguments import ArgumentChecker
 from .common import json_response
 from .errors import install_error_handlers
 from .guard import BrowserGuardMiddleware, JsonBodyMiddleware
-from .middleware import BearerAuthMiddleware, BodyLimitMiddleware, TimingMiddleware
+from .middleware import (
+    BearerAuthMiddleware,
+    BodyLimitMiddleware,
+    TimingMiddleware,
+    UnexpectedErrorMiddleware,
+)
 from .models import ActionRequest, ActionResponse, ErrorBody
 from .paths import RawPathMiddleware
 from .routes_ops import VERSION, register_engine_gauges
@@ -78,6 +83,7 @@ def create_app(
         Middleware(BodyLimitMiddleware, max_body=cfg.max_body, max_upload=cfg.max_upload),
         Middleware(JsonBodyMiddleware, max_depth=cfg.max_json_depth),
         Middleware(RawPathMiddleware),
+        Middleware(UnexpectedErrorMiddleware),
     ]
     app = FastAPI(
         title="agentvm",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import time
 from typing import Any
 
@@ -13,6 +14,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.metrics import REGISTRY
 
 from .errors import error_body
+
+log = logging.getLogger("agentvm.server")
 
 HTTP_SECONDS = REGISTRY.histogram(
     "agentvm_http_request_seconds", "HTTP request latency, by method, route and status."
@@ -183,3 +186,35 @@ class TimingMiddleware:
                 route=path,
                 status=str(status),
             )
+
+
+class UnexpectedErrorMiddleware:
+    """A server fault becomes a 500 in the error shape *without* re-raising.
+
+    Starlette's outermost error middleware re-raises after answering, which makes
+    uvicorn drop the keep-alive connection, so the client's next request on it fails
+    with a transport error. Caught here, the connection stays usable."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except Exception as exc:
+            if started:
+                raise
+            log.exception("unhandled error", exc_info=exc)
+            body = error_body("server", "internal", f"internal error: {type(exc).__name__}: {exc}")
+            await send_json(send, 500, body, [])
