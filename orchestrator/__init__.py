@@ -33,6 +33,7 @@ from .errors import (
     UnknownActorType,
     WorkflowError,
 )
+from .inspect import Inspector
 from .queues import Message, SendResult
 from .workflow import Loop, RaceResult, WorkflowContext, workflow
 
@@ -75,6 +76,7 @@ __all__ = [
     "HistoryDivergedError",
     "HistoryEntry",
     "HttpTransport",
+    "Inspector",
     "InvalidRequest",
     "JoinError",
     "Loop",

@@ -10,8 +10,6 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-
 from ._instance import ActorInstance, Subscription
 from ._tx import Tx, current_tx
 from .config import EngineConfig
@@ -26,10 +24,20 @@ from .errors import (
     NotSerializable,
     UnknownActorType,
 )
+from .inspect import (
+    ActorInfo,
+    HistoryEntry,
+    Inspector,
+    LiveActor,
+    LiveStats,
+    QueuedMessage,
+    WorkflowHistory,
+)
+from .inspect import received_completable as _received_completable
 from .keys import ActorKey, KeyLike, normalize_key
 from .queues import SendResult
 from .storage import SQLiteStore, Store, base
-from .storage.base import ActorRecord, ActorSnapshot, HistoryRecord, ScheduleRecord
+from .storage.base import ActorRecord, ActorSnapshot, ScheduleRecord
 
 if TYPE_CHECKING:
     from .client import Client
@@ -37,65 +45,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentvm.engine")
 
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-# --- inspector models ---------------------------------------------------------------------
-
-
-class ActorInfo(BaseModel):
-    actor_id: str
-    name: str
-    key: list[str]
-    created_at: float
-    awake: bool
-    workflow_status: str | None = None
-
-
-class HistoryEntry(BaseModel):
-    path: str
-    kind: str
-    status: str
-    attempts: int
-    started_at: float | None = None
-    finished_at: float | None = None
-    output: Any = None
-    error: Any = None
-    meta: Any = None
-
-
-class WorkflowHistory(BaseModel):
-    actor_id: str
-    name: str
-    key: list[str]
-    is_workflow: bool
-    workflow_status: str | None = None
-    output: Any = None
-    error: Any = None
-    entries: list[HistoryEntry]
-
-
-class QueuedMessage(BaseModel):
-    message_id: int
-    queue: str
-    body: Any
-    created_at: float
-    in_flight: bool
-
-
-def _loads(text: str | None) -> Any:
-    return json.loads(text) if text is not None else None
-
-
-def _received_completable(history: list[HistoryRecord]) -> set[int]:
-    """Ids of completable messages a workflow has received (recorded) but may not
-    have completed yet: they are leased to it, not pending."""
-    ids: set[int] = set()
-    for h in history:
-        if h.kind == "message" and h.status == "completed" and h.output:
-            for m in json.loads(h.output):
-                if m.get("completable"):
-                    ids.add(m["id"])
-    return ids
 
 
 class Engine:
@@ -127,6 +76,8 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._client: Client | None = None
+        # The public, read-only view the server, CLI and host use (orchestrator/inspect.py).
+        self.inspector = Inspector(self.store, live=self, registry=registry)
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -548,97 +499,65 @@ class Engine:
             for sub in list(inst.subscribers):
                 await sub.close()
 
-    # -- inspection ----------------------------------------------------------------------
+    # -- inspection (delegates to the inspector) -----------------------------------------
 
-    async def list_actors(self, name: str | None = None) -> list[ActorInfo]:
-        recs = await self.store.list_actors(name)
-        return [
-            ActorInfo(
-                actor_id=r.actor_id,
-                name=r.name,
-                key=list(r.key),
-                created_at=r.created_at,
-                awake=r.actor_id in self.instances,
-                workflow_status=r.workflow_status,
-            )
-            for r in recs
-        ]
-
-    async def _record(self, actor_id: str) -> ActorRecord:
+    def live_actor(self, actor_id: str) -> LiveActor | None:
+        """A snapshot of an awake actor for the inspector (None if it is asleep)."""
         inst = self.instances.get(actor_id)
-        if inst is not None:
-            return inst.record
-        rec = await self.store.get_actor(actor_id)
-        if rec is None:
-            raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
-        return rec
+        if inst is None:
+            return None
+        run = inst.workflow_run
+        return LiveActor(
+            record=inst.record,
+            subscribers=len(inst.subscribers),
+            pending=len(inst.pending),
+            leased=set(inst.leased),
+            running_steps=dict(run.running_steps) if run is not None else {},
+        )
+
+    def live_stats(self) -> LiveStats:
+        """Awake actors, queue depths and subscribers by actor type (synchronous)."""
+        out = LiveStats()
+        for inst in list(self.instances.values()):
+            name = inst.name
+            out.awake_by_name[name] = out.awake_by_name.get(name, 0) + 1
+            out.pending_by_name[name] = out.pending_by_name.get(name, 0) + len(inst.pending)
+            out.in_flight_by_name[name] = out.in_flight_by_name.get(name, 0) + len(inst.leased)
+            out.subscribers += len(inst.subscribers)
+        return out
+
+    def broadcast(self, actor_id: str, event: str, payload: Any = None) -> bool:
+        """Send an engine-originated event to an awake actor's subscribers (it is not
+        woken: nobody listens to a sleeping actor). False if it is asleep."""
+        inst = self.instances.get(actor_id)
+        if inst is None:
+            return False
+        inst.broadcast_internal(event, payload)
+        return True
+
+    async def close_subscriptions(self) -> None:
+        """End every broadcast subscription (open SSE/WebSocket streams finish)."""
+        for inst in list(self.instances.values()):
+            for sub in list(inst.subscribers):
+                await sub.close()
+
+    async def list_actors(
+        self, name: str | None = None, *, workflow_status: str | None = None
+    ) -> list[ActorInfo]:
+        return await self.inspector.list_actors(name, workflow_status=workflow_status)
 
     async def get_state(self, actor_id: str) -> Any:
         inst = self.instances.get(actor_id)
         if inst is not None:
             return json.loads(inst._persisted_state)
-        return json.loads((await self._record(actor_id)).state)
+        return await self.inspector.get_state(actor_id)
 
     async def history(self, actor_id: str) -> WorkflowHistory:
         """The workflow history of an actor, as the inspector shows it."""
-        rec = await self._record(actor_id)
-        # The outcome is read before the entries: the live record may change while
-        # the entries load, and "completed" must never come with older entries.
-        status, output, error = rec.workflow_status, rec.workflow_output, rec.workflow_error
-        definition = self.registry.get(rec.name)
-        # Inspecting works even for a type this process does not run.
-        is_workflow = definition.is_workflow if definition is not None else status is not None
-        entries = [
-            HistoryEntry(
-                path=h.path,
-                kind=h.kind,
-                status=h.status,
-                attempts=h.attempts,
-                started_at=h.started_at,
-                finished_at=h.finished_at,
-                output=_loads(h.output),
-                error=_loads(h.error),
-                meta=_loads(h.meta),
-            )
-            for h in await self.store.load_history(actor_id)
-        ]
-        inst = self.instances.get(actor_id)
-        run = inst.workflow_run if inst is not None else None
-        if run is not None:
-            known = {e.path for e in entries}
-            for path, started in run.running_steps.items():
-                if path not in known:
-                    entries.append(
-                        HistoryEntry(
-                            path=path, kind="step", status="running", attempts=0, started_at=started
-                        )
-                    )
-        return WorkflowHistory(
-            actor_id=actor_id,
-            name=rec.name,
-            key=list(rec.key),
-            is_workflow=is_workflow,
-            workflow_status=status,
-            output=_loads(output),
-            error=_loads(error),
-            entries=entries,
-        )
+        return await self.inspector.history(actor_id)
 
     async def queue_contents(self, actor_id: str) -> list[QueuedMessage]:
-        await self._record(actor_id)
-        inst = self.instances.get(actor_id)
-        if inst is not None:
-            leased = set(inst.leased)
-        else:
-            # Asleep: a message its workflow received is still in flight.
-            leased = _received_completable(await self.store.load_history(actor_id))
-        return [
-            QueuedMessage(
-                message_id=m.message_id,
-                queue=m.queue,
-                body=json.loads(m.body),
-                created_at=m.created_at,
-                in_flight=m.message_id in leased,
-            )
-            for m in await self.store.load_messages(actor_id)
-        ]
+        return await self.inspector.queue_contents(actor_id)
+
+
+__all__ = ["ActorInfo", "Engine", "HistoryEntry", "QueuedMessage", "WorkflowHistory"]
