@@ -167,3 +167,46 @@ class Registry:
 def setup(*, use: Mapping[str, ActorDefinition]) -> Registry:
     """Collect actor definitions under their names: ``setup(use={"counter": counter})``."""
     return Registry(use)
+
+
+# --- actions from a class -----------------------------------------------------------------
+
+_ACTION_MARK = "__agentvm_action__"
+
+
+def action(fn: Handler | None = None, *, name: str | None = None) -> Any:
+    """Mark a method as an actor action, for :func:`actions_of`: ``@action`` or
+    ``@action(name="exec")`` (a name that is not a Python identifier)."""
+
+    def mark(f: Handler) -> Handler:
+        setattr(f, _ACTION_MARK, name or f.__name__)
+        return f
+
+    return mark(fn) if fn is not None else mark
+
+
+def actions_of(*objects: Any) -> dict[str, Handler]:
+    """The ``@action`` methods of ``objects`` as an ``actions`` mapping of bound
+    methods (``async def exec(self, c, command, opts=None)`` becomes ``"exec"``), so
+    an actor's actions can live in a class where each is found, imported and tested::
+
+        actor(actions=actions_of(VmActions(manager)), ...)
+
+    Later objects (and subclasses) override earlier names; a name used twice by
+    different methods of one object is a ``ValueError``."""
+    out: dict[str, Handler] = {}
+    for obj in objects:
+        seen: dict[str, str] = {}
+        for klass in reversed(type(obj).__mro__):
+            for attr, value in vars(klass).items():
+                label = getattr(value, _ACTION_MARK, None)
+                if not isinstance(label, str):
+                    continue
+                if not _NAME_RE.match(label):
+                    raise ValueError(f"invalid action name {label!r}")
+                other = seen.get(label)
+                if other is not None and other != attr:
+                    raise ValueError(f"action {label!r} is both {other} and {attr}")
+                seen[label] = attr
+                out[label] = getattr(obj, attr)
+    return out
