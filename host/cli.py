@@ -1,7 +1,8 @@
 """The ``agentvm`` command line.
 
 ``agentvm serve`` runs the engine and its HTTP server; ``send``, ``call``, ``ps``,
-``history`` and ``vm ...`` talk to a running server (``--url``/``$AGENTVM_URL``,
+``history``, ``runs``, ``run``, ``cancel``, ``retry``, ``watch``, ``apply`` and
+``vm ...`` talk to a running server (``--url``/``$AGENTVM_URL``,
 ``--token``/``$AGENTVM_TOKEN``); ``images build`` builds the sandbox image.
 """
 
@@ -16,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 from rich.tree import Tree
 
 from orchestrator import AgentVMError, RemoteClient, WorkflowHistory
@@ -36,6 +38,7 @@ from .cli_common import (
     spinner,
     write_bytes,
 )
+from .cli_runs import register as register_run_commands
 from .cli_vm import vm_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -265,12 +268,6 @@ def ps(
 # --- history -----------------------------------------------------------------------------
 
 
-def _when(ts: float | None) -> str:
-    if ts is None:
-        return "-"
-    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%S.%f")[:-3]
-
-
 _STATUS_STYLE = {
     "completed": "green",
     "running": "yellow",
@@ -282,53 +279,29 @@ _STATUS_STYLE = {
 
 
 def render_history(history: Any) -> Tree:
-    """The workflow history as a tree of name paths with statuses and timings."""
+    """The workflow history as a tree of name paths with statuses and timings.
+
+    Names and errors are printed as plain text (they may come from sandbox code)."""
+    from .cli_runs import clean, history_tree
+
     style = _STATUS_STYLE.get(history.workflow_status or "", "white")
-    root = Tree(
-        f"[bold]{history.name}[/] {history.key} workflow: [{style}]{history.workflow_status}[/]"
-    )
-    nodes: dict[str, Tree] = {"": root}
-    for entry in history.entries:  # already in the order they were first recorded
-        parent_path, _, leaf = entry.path.rpartition("/")
-        parent = nodes.get(parent_path)
-        if parent is None:
-            # An intermediate scope (a loop iteration or branch) with no entry of its own.
-            grand, _, name = parent_path.rpartition("/")
-            parent = nodes.get(grand, root).add(f"[dim]{name}[/]")
-            nodes[parent_path] = parent
-        st = _STATUS_STYLE.get(entry.status, "white")
-        took = ""
-        if entry.started_at and entry.finished_at:
-            took = f" {1000 * (entry.finished_at - entry.started_at):.1f} ms"
-        label = (
-            f"{leaf} [dim]{entry.kind}[/] [{st}]{entry.status}[/]"
-            f" attempts={entry.attempts} started={_when(entry.started_at)}{took}"
-        )
-        if entry.error:
-            msg = entry.error.get("message") if isinstance(entry.error, dict) else entry.error
-            label += f" [red]{msg}[/]"
-        nodes[entry.path] = parent.add(label)
-    return root
+    title = Text(clean(history.name), style="bold")
+    title.append(f" {clean(history.key)} workflow: ")
+    title.append(clean(history.workflow_status), style=style)
+    return history_tree(Tree(title), [e.model_dump() for e in history.entries])
 
 
 def _local_history(actor: str, key: str, db: str) -> WorkflowHistory:
     """Read the history straight from a database file (no server needed)."""
-    from orchestrator import Engine, EngineConfig
+    from orchestrator import Inspector
     from orchestrator.keys import decode_key_path
 
-    config = EngineConfig().model_copy(update={"db": db})
-
     async def main() -> WorkflowHistory:
-        engine = Engine(_registry(), config=config)
-        await engine.store.open()
-        try:
-            rec = await engine.store.find_actor(actor, decode_key_path(key))
-            if rec is None:
+        async with await Inspector.open(db) as inspector:
+            info = await inspector.find_actor(actor, decode_key_path(key))
+            if info is None:
                 raise typer.BadParameter(f"no actor {actor!r} with key {key!r}")
-            engine._running = True
-            return await engine.history(rec.actor_id)
-        finally:
-            await engine.store.close()
+            return await inspector.history(info.actor_id)
 
     return asyncio.run(main())
 
@@ -357,6 +330,9 @@ def history(
         out.print_json(json.dumps(result.model_dump()))
     else:
         out.print(render_history(result))
+
+
+register_run_commands(app)
 
 
 def main() -> None:
