@@ -18,7 +18,7 @@ import logging
 import os
 import posixpath
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from acp import PROTOCOL_VERSION, RequestError, text_block
@@ -47,6 +47,10 @@ log = logging.getLogger("agentvm.sessions")
 HOME = "/home/user"
 # In the environment of pre-started agents (to find strays after a host crash).
 PRESTARTED_ENV = "AGENTVM_PRESTARTED"
+# A prompt whose caller is cancelled: how long sending session/cancel, and then the
+# agent's answer to the cancelled prompt, may take.
+CANCEL_SEND_TIMEOUT = 5.0
+CANCEL_ANSWER_TIMEOUT = 10.0
 CLIENT_INFO = Implementation(name="agentvm", title="agentvm host", version="0.1.0")
 
 
@@ -96,6 +100,10 @@ class SessionManager:
         self._warm: dict[str, asyncio.Task[tuple[Session, Any]]] = {}
         self._warm_failed: set[str] = set()
         self._closed = False
+        # Whether a cancelled send_prompt leaves the agent's turn running: true while
+        # the host shuts down (the agent goes on; the next host re-attaches), false
+        # for a caller that gave up (the turn is cancelled in the agent too).
+        self.keep_turn_on_cancel: Callable[[], bool] = lambda: False
 
     # -- helpers -------------------------------------------------------------------
 
@@ -388,18 +396,34 @@ class SessionManager:
         if session.prompt_lock.locked():
             raise SessionBusy(f"session {session_id} is already running a prompt")
         async with session.prompt_lock:
+            if session.orphan is not None:
+                # A prompt from before a host restart still runs in the agent.
+                await session.orphan.wait()
+                session.check_usable()
             assert session.conn is not None
             session.status = "prompting"
             session.reset_text()
             await session.emit("prompt", {"text": text})
-            try:
-                response = await self._call(
+            turn = asyncio.create_task(
+                self._call(
                     session,
                     session.conn.prompt(
                         session_id=session.record.acp_session_id, prompt=[text_block(text)]
                     ),
                     "session/prompt",
                 )
+            )
+            try:
+                response = await asyncio.shield(turn)
+            except asyncio.CancelledError:
+                # Our caller gave up (e.g. its run was cancelled): stop the agent's turn
+                # too, so it abandons the model call and the session takes the next
+                # prompt. Not when the host is shutting down: the agent goes on.
+                if self.keep_turn_on_cancel():
+                    turn.cancel()
+                else:
+                    await self._stop_turn(session, turn)
+                raise
             finally:
                 if session.status == "prompting":
                     session.status = "ready"
@@ -409,6 +433,22 @@ class SessionManager:
                 text="".join(session.text_parts),
                 usage=usage,
             )
+
+    async def _stop_turn(self, session: Session, turn: asyncio.Task[Any]) -> None:
+        """``session/cancel`` for a prompt whose caller was cancelled, then wait
+        (bounded) for the agent's answer so the next prompt finds it idle."""
+        try:
+            if not turn.done() and session.conn is not None and not session.exited.is_set():
+                session.cancel_permissions()
+                async with asyncio.timeout(CANCEL_SEND_TIMEOUT):
+                    await session.conn.cancel(session_id=session.record.acp_session_id)
+            await asyncio.wait({turn}, timeout=CANCEL_ANSWER_TIMEOUT)
+        except (Exception, asyncio.CancelledError) as exc:
+            log.info("session %s: cancelling the prompt: %s", session.id, exc)
+        finally:
+            if not turn.done():
+                turn.cancel()
+            turn.add_done_callback(_ignore_result)
 
     async def cancel_prompt(self, session_id: str) -> None:
         """Ask the agent to stop the running turn (it answers ``cancelled``)."""
@@ -503,6 +543,11 @@ class SessionManager:
             return session.summary()
         session.start(handle)
         session.status = "ready"
+        if _prompt_open(stored):
+            # A prompt of the earlier host process is still running in the agent: its
+            # answer (or error) becomes the prompt_end; a new prompt waits for it.
+            session.orphan = asyncio.Event()
+            session.status = "prompting"
         return session.summary()
 
     async def close(self) -> None:
@@ -513,6 +558,16 @@ class SessionManager:
         for session in list(self.sessions.values()):
             await session.detach()
         self.sessions.clear()
+
+
+def _prompt_open(events: list[SessionEvent]) -> bool:
+    """The last ``prompt`` event has no end after it (no prompt_end, exit or close)."""
+    for event in reversed(events):
+        if event.kind in ("prompt_end", "agent_exit", "session_closed"):
+            return False
+        if event.kind == "prompt":
+            return True
+    return False
 
 
 def _ok(task: asyncio.Task[Any]) -> bool:

@@ -62,6 +62,18 @@ def _size(event: SessionEvent) -> int:
     return len(event.model_dump_json())
 
 
+def _error_of(error: Any) -> dict[str, Any]:
+    """A JSON-RPC error object as a bounded ``{code, message, data?}``."""
+    if not isinstance(error, dict):
+        return {"message": str(error)[:2000]}
+    out: dict[str, Any] = {"code": error.get("code"), "message": str(error.get("message"))[:2000]}
+    data = error.get("data")
+    if data is not None:
+        text = json.dumps(data)
+        out["data"] = data if len(text) <= 4000 else text[:4000]
+    return out
+
+
 def _tail_text(data: bytes | bytearray, lines: int = 40) -> str:
     text = bytes(data).decode("utf-8", "replace")
     return "\n".join(text.rstrip("\n").splitlines()[-lines:])
@@ -129,6 +141,11 @@ class Session:
         self.text_parts: list[str] = []
         self.text_bytes = 0
         self.prompt_lock = asyncio.Lock()
+        # Ids of our session/prompt requests the agent has not answered yet.
+        self.prompt_ids: set[Any] = set()
+        # Set at re-attach when a prompt sent by an earlier host process was still
+        # running (its `prompt` event has no `prompt_end`): set once it ends.
+        self.orphan: asyncio.Event | None = None
         self.permissions: dict[str, _Permission] = {}
         self.always_kinds: set[str] = set()
         self.terminals: dict[str, _Terminal] = {}
@@ -413,22 +430,71 @@ class Session:
                 if isinstance(meta, dict):
                     meta.update(agentvmRequestId=msg["id"], agentvmReplay=replay, agentvmOffset=end)
         elif method is None and has_id:
-            result = msg.get("result")
-            if isinstance(result, dict) and "stopReason" in result and not replay:
-                data = {"stop_reason": result["stopReason"]}
-                if isinstance(result.get("usage"), dict):
-                    data["usage"] = result["usage"]
-                # The answer to a prompt we sent is stored even in a flood (forged
-                # ones, for ids we are not waiting for, pass the rate limiter).
-                pending = self.conn is not None and msg["id"] in self.conn._conn._pending
-                await self.emit("prompt_end", data, offset=end, rate_limited=not pending)
+            await self._answer(msg, end, replay)
         return True
+
+    def _earlier(self, request_id: Any) -> bool:
+        """An id of a request sent by an earlier host process (see ID_SPAN)."""
+        return (
+            isinstance(request_id, int)
+            and not isinstance(request_id, bool)
+            and request_id < self.record.generation * ID_SPAN
+        )
+
+    async def _answer(self, msg: dict[str, Any], end: int, replay: bool) -> None:
+        """A response from the agent: one to a prompt ends it with ``prompt_end``,
+        a stop reason or (the prompt failed) the error — never silence."""
+        rid = msg["id"]
+        ours = rid in self.prompt_ids
+        self.prompt_ids.discard(rid)
+        orphan = self.orphan is not None and not self.orphan.is_set() and self._earlier(rid)
+        result = msg.get("result")
+        data: dict[str, Any] | None = None
+        if isinstance(result, dict) and "stopReason" in result:
+            data = {"stop_reason": result["stopReason"]}
+            if isinstance(result.get("usage"), dict):
+                data["usage"] = result["usage"]
+        elif (ours or orphan) and "error" in msg:
+            data = {"stop_reason": "error", "error": _error_of(msg.get("error"))}
+        if data is None:
+            return
+        if orphan:
+            self._end_orphan()
+        if replay:
+            return
+        # The answer to a prompt we sent is stored even in a flood (forged ones, for
+        # ids we are not waiting for, pass the rate limiter).
+        pending = self.conn is not None and rid in self.conn._conn._pending
+        await self.emit("prompt_end", data, offset=end, rate_limited=not (pending or orphan))
+
+    def _end_orphan(self) -> None:
+        if self.orphan is not None and not self.orphan.is_set():
+            self.orphan.set()
+            if self.status == "prompting" and not self.prompt_lock.locked():
+                self.status = "ready"
 
     async def _on_exit(self, exit_code: int | None, reason: str | None) -> None:
         if self.exited.is_set():
             return
         self.exit_code = exit_code
         self.exit_reason = reason
+        open_prompt = bool(self.prompt_ids) or (
+            self.orphan is not None and not self.orphan.is_set()
+        )
+        if open_prompt and not self.closing:
+            # The prompt in flight ends with the reason (the agent_exit event follows).
+            with contextlib.suppress(Exception):
+                await self.emit(
+                    "prompt_end",
+                    {
+                        "stop_reason": "error",
+                        "error": {"message": "the agent exited during the prompt"},
+                    },
+                    rate_limited=False,
+                )
+        self.prompt_ids.clear()
+        if self.orphan is not None:
+            self.orphan.set()
         if self.closing:
             self.status = "closed"
         else:
@@ -474,6 +540,9 @@ class Session:
         if self.exited.is_set():
             raise ConnectionError(f"agent of session {self.id} has exited")
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
+        prompt_id = message.get("id") if message.get("method") == "session/prompt" else None
+        if prompt_id is not None:
+            self.prompt_ids.add(prompt_id)
         async with self._write_lock:
             for attempt in range(2):
                 try:
@@ -481,9 +550,11 @@ class Session:
                     break
                 except SandboxLost:
                     if attempt:
+                        self.prompt_ids.discard(prompt_id)
                         raise
                     await self.sandbox.wait_ready()
                 except (ProcessNotFound, SandboxError) as exc:
+                    self.prompt_ids.discard(prompt_id)
                     raise ConnectionError(f"cannot write to the agent: {exc}") from exc
         if "id" in message and "method" not in message:
             # Our answer to an agent request went out: its bytes may be forgotten.

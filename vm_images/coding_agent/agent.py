@@ -45,6 +45,13 @@ _STOP_REASONS: dict[str | None, str] = {
     "model_context_window_exceeded": "max_tokens",
 }
 
+# A model call that fails after the SDK's own retries (which do not cover a response
+# cut mid-stream, e.g. by the host restarting under the gateway) is tried again this
+# many times, after these pauses; the loopback gateway forwarder waits for a host
+# that went away, so one retry normally reaches the restarted host.
+MODEL_RETRIES = 3
+MODEL_RETRY_DELAYS = (1.0, 2.0, 4.0)
+
 _PERMISSION_OPTIONS = [
     S.PermissionOption(option_id="allow_once", name="Allow", kind="allow_once"),
     S.PermissionOption(option_id="allow_always", name="Always allow", kind="allow_always"),
@@ -110,6 +117,10 @@ class Session:
     @property
     def tools(self) -> ToolContext:
         return ToolContext(cwd=self.cwd, bash_timeout=self.config.bash_timeout)
+
+
+class IncompleteResponse(Exception):
+    """The model's stream ended without a stop reason (cut short): retried."""
 
 
 class Cancelled(Exception):
@@ -303,6 +314,38 @@ class CodingAgent:
         session.open_calls.clear()
 
     async def _call_model(self, session: Session) -> Any:
+        """One model request, retried when the connection or the upstream failed."""
+        for attempt in range(MODEL_RETRIES + 1):
+            try:
+                return await self._call_model_once(session)
+            except Exception as exc:
+                if attempt >= MODEL_RETRIES or not await self._retryable(exc):
+                    raise
+                delay = MODEL_RETRY_DELAYS[min(attempt, len(MODEL_RETRY_DELAYS) - 1)]
+                log.warning(
+                    "model call failed (%s: %s); retry %d in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    attempt + 1,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")
+
+    async def _retryable(self, exc: Exception) -> bool:
+        """Connection trouble or a 5xx/429: worth another try. A 4xx is the request's
+        fault and fails the prompt at once."""
+        sdk = await asyncio.shield(self._preload_sdk())
+        if isinstance(exc, sdk.APIConnectionError):
+            return True
+        if isinstance(exc, sdk.APIStatusError):
+            return exc.status_code >= 500 or exc.status_code == 429
+        import httpx  # loaded with the SDK
+
+        # A stream cut mid-body surfaces as httpx's error, not wrapped by the SDK.
+        return isinstance(exc, httpx.TransportError | IncompleteResponse)
+
+    async def _call_model_once(self, session: Session) -> Any:
         client = await self._anthropic()
         config = session.config
         headers = {cfg.SESSION_HEADER: config.session_header or session.id}
@@ -321,6 +364,8 @@ class CodingAgent:
                     await self._send(session, update_agent_thought_text(event.thinking))
             message = await stream.get_final_message()
         session.totals.add(message.usage)
+        if message.stop_reason is None:
+            raise IncompleteResponse("the model's response ended without a stop reason")
         usage = message.usage
         used = (
             int(usage.input_tokens or 0)
