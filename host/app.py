@@ -86,6 +86,12 @@ class HostSettings(BaseSettings):
     blob_ttl: float = Field(
         7 * 86400.0, gt=0, description="seconds a blob is kept after its upload"
     )
+    keep_vm_hours: float = Field(
+        24.0,
+        gt=0,
+        description="hours a vm kept after its run (a request's \"keep_vm\": true) lives "
+        "before it is destroyed; other runs' vms are destroyed when the run ends",
+    )
 
     gateway_max_connections: int = Field(
         32, ge=1, description="open LLM-gateway connections per sandbox; more get a 503"
@@ -179,7 +185,11 @@ def build_registry(manager: Any | None = None, settings: HostSettings | None = N
     from orchestrator.builtin import RepoPolicy, builtin_orchestrators
 
     settings = settings or HostSettings()
-    actors = dict(builtin_orchestrators(RepoPolicy(roots=settings.repo_root_list())))
+    actors = dict(
+        builtin_orchestrators(
+            RepoPolicy(roots=settings.repo_root_list()), keep_vm_hours=settings.keep_vm_hours
+        )
+    )
     if manager is not None:
         from .vm import vm_actor
 

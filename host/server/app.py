@@ -18,6 +18,7 @@ from . import (
     routes_events,
     routes_inspector,
     routes_ops,
+    routes_patch,
     routes_vms,
 )
 from .arguments import ArgumentChecker
@@ -104,6 +105,7 @@ def create_app(
         routes_vms,
         routes_blobs,
         routes_ops,
+        routes_patch,
     ):
         app.include_router(module.router)
     if bench_routes:

@@ -4,6 +4,7 @@ and getting a repository into a vm."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import os
 import tarfile
@@ -23,6 +24,81 @@ DEFAULT_AGENT = "coding-agent"
 MAX_AGENT_FILE = 32 * 1024
 
 
+# Seconds the clean-up of a session (cancel its prompt, close it) may take.
+CLEANUP_TIMEOUT = 30.0
+
+
+class AgentSession:
+    """One agent session in a vm, prompted one or more times (fixBug prompts the same
+    session again with the failing tests). Not durable: a session does not survive a
+    replay, so a workflow opens it lazily inside a step and closes it when done."""
+
+    def __init__(
+        self,
+        vm: ActorHandle,
+        *,
+        agent_type: str = DEFAULT_AGENT,
+        cwd: str = REPO_DIR,
+        model: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.vm = vm
+        self.agent_type = agent_type
+        self.options: dict[str, Any] = {"cwd": cwd}
+        if model:
+            self.options["model"] = model
+        if env:
+            self.options["env"] = env
+        self.session_id: str | None = None
+
+    @property
+    def open(self) -> bool:
+        return self.session_id is not None
+
+    async def prompt(self, text: str) -> dict[str, Any]:
+        """Send ``text`` (opening the session first if needed) → ``{session_id,
+        stop_reason, text, usage}``. Cancelled (the run is cancelled), it cancels the
+        agent's turn and closes the session before re-raising; failed, it closes the
+        session so that a retry starts a fresh one."""
+        if self.session_id is None:
+            info = await self.vm.create_session(self.agent_type, self.options)
+            self.session_id = str(info["session_id"])
+        sid = self.session_id
+        try:
+            reply = await self.vm.send_prompt(sid, text)
+        except asyncio.CancelledError:
+            await self._shielded(self._cancel_and_close(sid))
+            raise
+        except Exception:
+            await self._shielded(self.close())
+            raise
+        return {"session_id": sid, **reply}
+
+    async def _cancel_and_close(self, sid: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.vm.cancel_prompt(sid)
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the session (kills the agent process); never raises."""
+        sid, self.session_id = self.session_id, None
+        if sid is not None:
+            with contextlib.suppress(Exception):
+                await self.vm.close_session(sid)
+
+    @staticmethod
+    async def _shielded(coro: Any) -> None:
+        """Run clean-up to its end even while this task is being cancelled, within a
+        deadline (a dead vm must not hold the run's cancellation up)."""
+        task = asyncio.ensure_future(coro)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), CLEANUP_TIMEOUT)
+        except asyncio.CancelledError:
+            raise  # cancelled again meanwhile: the clean-up goes on by itself
+        except Exception:
+            pass  # timed out or failed: the vm's own idle checks close the session
+
+
 async def run_agent_task(
     vm: ActorHandle,
     prompt: str,
@@ -33,18 +109,13 @@ async def run_agent_task(
     env: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """Create a session, send one prompt and close the session — all inside the
-    caller's step, because a session does not survive a replay."""
-    options: dict[str, Any] = {"cwd": cwd}
-    if model:
-        options["model"] = model
-    if env:
-        options["env"] = env
-    session = await vm.create_session(agent_type, options)
+    caller's step, because a session does not survive a replay. Cancelling the
+    caller cancels the agent's turn and closes the session."""
+    session = AgentSession(vm, agent_type=agent_type, cwd=cwd, model=model, env=env)
     try:
-        reply = await vm.send_prompt(session["session_id"], prompt)
+        return await session.prompt(prompt)
     finally:
-        await vm.close_session(session["session_id"])
-    return {"session_id": session["session_id"], **reply}
+        await AgentSession._shielded(session.close())
 
 
 def is_remote(repo: str) -> bool:

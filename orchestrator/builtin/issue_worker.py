@@ -2,7 +2,7 @@
 
 ``ingest_issue(title, body)`` (callable over HTTP:
 ``POST /actors/issueWorker/main/actions/ingest_issue``) queues the issue; the
-workflow investigates and fixes each in the vm ``issue-worker``, one at a time.
+queue's runs investigate and fix each in the vm ``issue-worker`` (up to 4 at once).
 """
 
 from __future__ import annotations
@@ -14,9 +14,13 @@ from pydantic import BaseModel, Field
 from ..contexts import ActorContext
 from ..definitions import ActorDefinition, actor, event, queue
 from ..errors import InvalidRequest
-from ..workflow import Loop, WorkflowContext, workflow
+from ..workflow import WorkflowContext
 from ._agent import DEFAULT_AGENT, run_agent_task
 from ._input import parse
+from ._runs import BUILTIN_CONCURRENCY, note_vm
+
+# Handled issues kept in state (each run keeps its own result).
+KEEP_HANDLED = 100
 
 
 class Issue(BaseModel):
@@ -32,30 +36,29 @@ async def ingest_issue(c: ActorContext, title: Any, body: Any = "") -> int:
     return await c.queue.send("issues", {"title": title, "body": body})
 
 
-async def _run(ctx: WorkflowContext) -> None:
-    async def one_issue(loop_ctx: WorkflowContext) -> Any:
-        message = await loop_ctx.queue.next("wait-issue", names=["issues"])
-        assert message is not None
-        issue = parse(Issue, message.body)
-        vm = loop_ctx.client().vm.get_or_create(loop_ctx.state["vm_key"])
+async def _issue(ctx: WorkflowContext, message: Any) -> dict[str, Any]:
+    issue = parse(Issue, message.body)
+    key = ctx.state["vm_key"]
+    vm = ctx.client().vm.get_or_create(key)
+    await note_vm(ctx, key)
 
-        async def work() -> Any:
-            prompt = f"Investigate and fix this issue:\n\nTitle: {issue.title}\n\n{issue.body}"
-            return await run_agent_task(
-                vm, prompt, agent_type=loop_ctx.state["agent_type"], cwd="/home/user"
-            )
+    async def work() -> Any:
+        prompt = f"Investigate and fix this issue:\n\nTitle: {issue.title}\n\n{issue.body}"
+        return await run_agent_task(
+            vm, prompt, agent_type=ctx.state["agent_type"], cwd="/home/user"
+        )
 
-        outcome = await loop_ctx.step("work-issue", work, max_retries=1, timeout=3600)
+    outcome = await ctx.step("work-issue", work, max_retries=1, timeout=3600)
+    entry = {"title": issue.title, "stop_reason": outcome.get("stop_reason")}
 
-        def record() -> None:
-            entry = {"title": issue.title, "stop_reason": outcome.get("stop_reason")}
-            loop_ctx.state["handled"].append(entry)
-            loop_ctx.broadcast("issueHandled", entry)
+    def record() -> None:
+        handled = ctx.state["handled"]
+        handled.append(entry)
+        del handled[:-KEEP_HANDLED]
+        ctx.broadcast("issueHandled", entry)
 
-        await loop_ctx.step("record-issue", record)
-        return Loop.continue_()
-
-    await ctx.loop("issue-loop", one_issue)
+    await ctx.step("record-issue", record)
+    return entry
 
 
 def issue_worker() -> ActorDefinition:
@@ -65,8 +68,14 @@ def issue_worker() -> ActorDefinition:
             "agent_type": (input or {}).get("agent_type", DEFAULT_AGENT),
             "handled": [],
         },
-        queues={"issues": queue("an issue: {title, body}", body=Issue)},
+        queues={
+            "issues": queue(
+                "an issue: {title, body}",
+                body=Issue,
+                run=_issue,
+                concurrency=BUILTIN_CONCURRENCY,
+            )
+        },
         events={"issueHandled": event()},
         actions={"ingest_issue": ingest_issue, "get_handled": lambda c: c.state["handled"]},
-        run=workflow(_run),
     )

@@ -1,8 +1,11 @@
 """``reviewer``: completable request/response — the caller waits for the review.
 
 ``send("review", {"file": path}, wait=True, timeout=...)`` returns
-``{"summary": ...}``: an agent reads the file in the vm ``reviewer`` and writes
-a summary to ``/home/user/review.txt``, which becomes the response.
+``{"summary": ...}``: an agent reads the file in the vm ``reviewer`` and writes a
+summary to ``/home/user/review-<run id>.txt`` (its own file: runs of one key go
+side by side, up to 4); the file is the summary if the agent wrote it, else the
+agent's final message. Each message is a run; the vm is shared by the key's runs
+and is not destroyed after one.
 """
 
 from __future__ import annotations
@@ -12,11 +15,11 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from ..definitions import ActorDefinition, actor, queue
-from ..workflow import Loop, WorkflowContext, workflow
+from ..workflow import WorkflowContext
 from ._agent import DEFAULT_AGENT, read_capped, run_agent_task
 from ._input import parse
+from ._runs import BUILTIN_CONCURRENCY, note_vm
 
-SUMMARY_PATH = "/home/user/review.txt"
 # The most of the reviewed file put into the prompt (and the stored step input).
 MAX_CODE = 200 * 1024
 
@@ -26,33 +29,35 @@ class ReviewRequest(BaseModel):
     agent_type: str = DEFAULT_AGENT
 
 
-async def _run(ctx: WorkflowContext) -> None:
-    async def one_review(loop_ctx: WorkflowContext) -> Any:
-        message = await loop_ctx.queue.next("wait-review", names=["review"], completable=True)
-        assert message is not None
-        req = parse(ReviewRequest, message.body)
-        vm = loop_ctx.client().vm.get_or_create(loop_ctx.state["vm_key"])
+async def _review(ctx: WorkflowContext, message: Any) -> dict[str, Any]:
+    req = parse(ReviewRequest, message.body)
+    key = ctx.state["vm_key"]
+    vm = ctx.client().vm.get_or_create(key)
+    await note_vm(ctx, key)
+    summary_path = f"/home/user/review-{message.id}.txt"
 
-        async def review() -> str:
-            code = await read_capped(vm, req.file, MAX_CODE)
-            await run_agent_task(
-                vm,
-                f"Review this code and write a summary to {SUMMARY_PATH}:\n\n{code}",
-                agent_type=req.agent_type,
-                cwd="/home/user",
-            )
-            return await read_capped(vm, SUMMARY_PATH)
+    async def review() -> str:
+        code = await read_capped(vm, req.file, MAX_CODE)
+        await vm.exec(["rm", "-f", summary_path])
+        reply = await run_agent_task(
+            vm,
+            f"Review this code and write a summary to {summary_path}:\n\n{code}",
+            agent_type=req.agent_type,
+            cwd="/home/user",
+        )
+        if await vm.exists(summary_path):
+            text = await read_capped(vm, summary_path)
+            await vm.exec(["rm", "-f", summary_path])
+            return text
+        return str(reply.get("text") or "")[-MAX_CODE:]
 
-        summary = await loop_ctx.step("review", review, max_retries=1, timeout=3600)
+    summary = await ctx.step("review", review, max_retries=1, timeout=3600)
 
-        def record() -> None:
-            loop_ctx.state["reviewed"] += 1
+    def record() -> None:
+        ctx.state["reviewed"] += 1
 
-        await loop_ctx.step("count", record)
-        await message.complete({"summary": summary})
-        return Loop.continue_()
-
-    await ctx.loop("review-loop", one_review)
+    await ctx.step("count", record)
+    return {"summary": summary}
 
 
 def reviewer() -> ActorDefinition:
@@ -61,6 +66,12 @@ def reviewer() -> ActorDefinition:
             "vm_key": (input or {}).get("vm_key", "reviewer"),
             "reviewed": 0,
         },
-        queues={"review": queue("review a file: {file} → {summary}", body=ReviewRequest)},
-        run=workflow(_run),
+        queues={
+            "review": queue(
+                "review a file: {file} → {summary}",
+                body=ReviewRequest,
+                run=_review,
+                concurrency=BUILTIN_CONCURRENCY,
+            )
+        },
     )

@@ -26,6 +26,12 @@ request is recorded (headers with lower-case names, JSON body) in
 A turn with ``wait_for`` (a ``threading.Event``) pauses after its first delta
 until the event is set, so a test can cancel mid-turn. ``Turn.error`` answers
 with an API error instead. ``POST /v1/messages/count_tokens`` is supported.
+
+Timing and fallbacks: ``Turn(delay=s)`` answers that turn ``s`` seconds late (a
+slow model); ``FakeAnthropic(latency=s)`` (or ``fake.latency = s``) adds a fixed
+latency to every Messages call (benchmarks); ``fake.fallback = Turn.text(...)``
+answers requests no script matches (e.g. a model that always answers text, never
+a tool call) instead of the 400.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import contextlib
 import itertools
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -96,6 +103,7 @@ class Turn:
     )
     wait_for: threading.Event | None = None
     error: tuple[int, str, str] | None = None  # (HTTP status, error type, message)
+    delay: float = 0.0  # seconds before the answer starts (a slow model)
 
     @classmethod
     def text(cls, *parts: str, **kwargs: Any) -> Turn:
@@ -200,9 +208,13 @@ def _prompt_text(body: dict[str, Any]) -> str:
 class FakeAnthropic:
     """The server; use as a context manager or call ``start()`` / ``close()``."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, latency: float = 0.0) -> None:
         self.requests: list[Recorded] = []
         self.scripts: list[Script] = []
+        # Seconds every Messages call takes before its answer starts.
+        self.latency = latency
+        # Played (never used up) for a request that no script matches; None: a 400.
+        self.fallback: Turn | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._ids = itertools.count(1)
@@ -288,7 +300,7 @@ class FakeAnthropic:
                 turn = script.turns[script.played]
                 script.played += 1
                 return script, turn
-        return None, None
+            return None, self.fallback
 
     def _record(self, rec: Recorded) -> None:
         with self._changed:
@@ -373,6 +385,9 @@ class _Handler(BaseHTTPRequestHandler):
         if turn is None:
             self._error(400, "invalid_request_error", "fake_anthropic: no scripted turn left")
             return
+        pause = fake.latency + turn.delay
+        if pause > 0:
+            time.sleep(pause)  # this connection's own thread: other requests go on
         if turn.error is not None:
             self._error(*turn.error)
             return
