@@ -177,10 +177,24 @@ def send(
     result = run_client(url, token, go)
     if as_json:
         print_json(result.model_dump())
+        if result.status in ("failed", "cancelled"):
+            raise typer.Exit(1)
         return
     if result.status == "completed":
         console.print(f"[green]completed[/] (message {result.message_id})")
         print_json(result.response)
+    elif result.status in ("failed", "cancelled"):
+        from .cli_runs import clean
+
+        # A run queue's answer: the run ended without a result (see `agentvm run`).
+        line = Text(f"{result.status}", style="red")
+        line.append(f" (run {result.message_id})")
+        error = getattr(result, "error", None)
+        if isinstance(error, dict):
+            line.append(f": {clean(error.get('group'))}/{clean(error.get('code'))}: ")
+            line.append(clean(error.get("message", "")))
+        console.print(line)
+        raise typer.Exit(1)
     elif result.status == "timed_out":
         console.print(f"[yellow]timed out[/]: message {result.message_id} is still queued")
         raise typer.Exit(3)
