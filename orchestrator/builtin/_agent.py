@@ -9,6 +9,7 @@ import io
 import os
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,8 +42,12 @@ class AgentSession:
         cwd: str = REPO_DIR,
         model: str | None = None,
         env: dict[str, str] | None = None,
+        stopping: Callable[[], bool] | None = None,
     ) -> None:
         self.vm = vm
+        # True while the host shuts down: leave the agent alone then (the run resumes
+        # after the restart; a clean-up call into a stopping vm would only stall).
+        self.stopping = stopping or (lambda: False)
         self.agent_type = agent_type
         self.options: dict[str, Any] = {"cwd": cwd}
         if model:
@@ -67,7 +72,8 @@ class AgentSession:
         try:
             reply = await self.vm.send_prompt(sid, text)
         except asyncio.CancelledError:
-            await self._shielded(self._cancel_and_close(sid))
+            if not self.stopping():
+                await self._shielded(self._cancel_and_close(sid))
             raise
         except Exception:
             await self._shielded(self.close())
@@ -82,7 +88,7 @@ class AgentSession:
     async def close(self) -> None:
         """Close the session (kills the agent process); never raises."""
         sid, self.session_id = self.session_id, None
-        if sid is not None:
+        if sid is not None and not self.stopping():
             with contextlib.suppress(Exception):
                 await self.vm.close_session(sid)
 
@@ -107,11 +113,15 @@ async def run_agent_task(
     cwd: str = REPO_DIR,
     model: str | None = None,
     env: dict[str, str] | None = None,
+    stopping: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Create a session, send one prompt and close the session — all inside the
     caller's step, because a session does not survive a replay. Cancelling the
-    caller cancels the agent's turn and closes the session."""
-    session = AgentSession(vm, agent_type=agent_type, cwd=cwd, model=model, env=env)
+    caller cancels the agent's turn and closes the session (not while the host stops:
+    ``stopping``, e.g. ``lambda: ctx.engine_stopping``)."""
+    session = AgentSession(
+        vm, agent_type=agent_type, cwd=cwd, model=model, env=env, stopping=stopping
+    )
     try:
         return await session.prompt(prompt)
     finally:

@@ -114,7 +114,12 @@ def _fix_bug(policy: RepoPolicy, keep_hours: float) -> Any:
         key = req.vm_key or f"fix-{message.id}"
         vm = ctx.client().vm.get_or_create(key, input=vm_input_for(req.repo))
         await note_vm(ctx, key)
-        session = AgentSession(vm, agent_type=req.agent_type, model=req.model)
+        session = AgentSession(
+            vm,
+            agent_type=req.agent_type,
+            model=req.model,
+            stopping=lambda: ctx.engine_stopping,
+        )
         try:
             return await _fix(ctx, message.id, req, key, vm, session, policy)
         finally:

@@ -45,7 +45,11 @@ async def _issue(ctx: WorkflowContext, message: Any) -> dict[str, Any]:
     async def work() -> Any:
         prompt = f"Investigate and fix this issue:\n\nTitle: {issue.title}\n\n{issue.body}"
         return await run_agent_task(
-            vm, prompt, agent_type=ctx.state["agent_type"], cwd="/home/user"
+            vm,
+            prompt,
+            agent_type=ctx.state["agent_type"],
+            cwd="/home/user",
+            stopping=lambda: ctx.engine_stopping,
         )
 
     outcome = await ctx.step("work-issue", work, max_retries=1, timeout=3600)

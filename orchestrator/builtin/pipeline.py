@@ -94,7 +94,13 @@ async def _review(
         # An old review must not pass for this one's (a kept vm, a retry).
         await vm.exec(["rm", "-f", REVIEW_PATH])
         prompt = REVIEW_PROMPT.format(file_path=req.file_path, review_path=REVIEW_PATH)
-        reply = await run_agent_task(vm, prompt, agent_type=req.agent_type, model=req.model)
+        reply = await run_agent_task(
+            vm,
+            prompt,
+            agent_type=req.agent_type,
+            model=req.model,
+            stopping=lambda: ctx.engine_stopping,
+        )
         return {"stop_reason": reply.get("stop_reason"), "text": str(reply.get("text") or "")}
 
     async def read_review() -> dict[str, Any]:
@@ -112,7 +118,13 @@ async def _review(
 
     async def apply_fixes() -> Any:
         prompt = f"Apply the following review feedback:\n\n{review_text}"
-        return await run_agent_task(vm, prompt, agent_type=req.agent_type, model=req.model)
+        return await run_agent_task(
+            vm,
+            prompt,
+            agent_type=req.agent_type,
+            model=req.model,
+            stopping=lambda: ctx.engine_stopping,
+        )
 
     fixed = await ctx.step("fix", apply_fixes, max_retries=1, timeout=3600)
     result = {

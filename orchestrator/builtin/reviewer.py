@@ -44,6 +44,7 @@ async def _review(ctx: WorkflowContext, message: Any) -> dict[str, Any]:
             f"Review this code and write a summary to {summary_path}:\n\n{code}",
             agent_type=req.agent_type,
             cwd="/home/user",
+            stopping=lambda: ctx.engine_stopping,
         )
         if await vm.exists(summary_path):
             text = await read_capped(vm, summary_path)

@@ -37,7 +37,13 @@ async def _task(ctx: WorkflowContext, message: Any) -> dict[str, Any]:
 
     async def run_task() -> Any:
         started = time.time()
-        reply = await run_agent_task(vm, task.prompt, agent_type=task.agent_type, cwd=task.cwd)
+        reply = await run_agent_task(
+            vm,
+            task.prompt,
+            agent_type=task.agent_type,
+            cwd=task.cwd,
+            stopping=lambda: ctx.engine_stopping,
+        )
         return {"started_at": started, "finished_at": time.time(), **reply}
 
     outcome: dict[str, Any] = await ctx.step("run-task", run_task, max_retries=1, timeout=3600)
