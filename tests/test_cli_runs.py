@@ -363,3 +363,75 @@ def test_apply_a_runs_patch(
     wait_status(http, "patcher", unique, none, "completed")
     res = cli(server, "apply", str(none), *args, "--repo", str(clone))
     assert res.returncode == 1 and b"run/no_patch" in res.stderr
+
+
+# --- the real thing: a fixBug in a Docker sandbox, watched and applied ------------------
+
+from tests.e2e.conftest import (  # noqa: E402 (fixtures of the real host, for the test below)
+    buggy_repo,  # noqa: F401
+    e2e_images,  # noqa: F401
+    fake_model,  # noqa: F401
+    host,  # noqa: F401
+    host_id,  # noqa: F401
+)
+from tests.support.fake_anthropic import FakeAnthropic, Turn  # noqa: E402
+
+
+@pytest.mark.docker
+def test_watch_and_apply_a_real_fix_bug(
+    host: Any,  # noqa: F811
+    fake_model: FakeAnthropic,  # noqa: F811
+    buggy_repo: Path,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """The agent in the sandbox is the attacker: its message carries a terminal
+    escape sequence, which ``watch`` must print inert."""
+    server = host()
+    gate = fake_model.gate()
+    fake_model.script(
+        Turn.tool(
+            "edit",
+            {"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"},
+            wait_for=gate,
+        ),
+        Turn.text("Fixed \x1b]0;pwned\x07 add() now adds."),
+        marker="add-subtracts",
+    )
+    sent = agentvm(
+        "send",
+        "automator",
+        "main",
+        "fixBug",
+        json.dumps(
+            {
+                "repo": str(buggy_repo),
+                "issue": "add-subtracts: add(2, 3) returns -1",
+                "test_command": "sh test_calc.sh",
+            }
+        ),
+        "--json",
+        env={"AGENTVM_URL": server.url},
+    )
+    assert sent.returncode == 0, sent.stderr
+    rid = json.loads(sent.stdout)["message_id"]
+    fake_model.wait_for_requests(1, 180)  # the agent is mid-turn
+
+    watch = Watch(server, "automator", "main", str(rid))
+    watch.until(b"prompt:")  # the events so far, from the vm's store
+    gate.set()
+    rc, out, err = watch.finish()
+    text = out.decode()
+    assert rc == 0, (out, err)
+    assert f"fix-{rid}" in text  # the run's vm
+    assert "(edit)" in text and "+    return a + b" in text
+    assert "end_turn" in text and '"fixed": true' in text
+    assert b"\x1b" not in out and "\\x1b]0;pwned\\x07" in text
+
+    clone = tmp_path / "clone"
+    _git(tmp_path, "clone", "-q", str(buggy_repo), str(clone))
+    applied = agentvm(
+        "apply", str(rid), "--repo", str(clone), env={"AGENTVM_URL": server.url, **GIT_ENV}
+    )
+    assert applied.returncode == 0, applied.stderr
+    assert (clone / "calc.py").read_text() == "def add(a, b):\n    return a + b\n"
+    assert _git(clone, "status", "--porcelain") == ""
