@@ -219,9 +219,7 @@ async def host_runtime(
     def on_usage(record: Any) -> None:
         # Token usage as a live event of the vm whose agent made the request.
         if engine_ref:
-            inst = engine_ref[0].instances.get(record.sandbox)
-            if inst is not None:
-                inst.broadcast_internal("llm_usage", record.model_dump(mode="json"))
+            engine_ref[0].broadcast(record.sandbox, "llm_usage", record.model_dump(mode="json"))
 
     gateway = LLMGateway.from_env(on_usage=on_usage, limits=settings.gateway_limits())
     manager = None
@@ -247,7 +245,7 @@ async def host_runtime(
             reg = registry(manager)
         engine = Engine(reg, config=config)
         engine_ref.append(engine)
-        _register_sandbox_gauge(engine, manager)
+        _register_sandbox_gauge(manager)
         async with engine:
             manager.attach(engine)
             yield engine
@@ -262,17 +260,14 @@ async def host_runtime(
 SANDBOX_GAUGE = "agentvm_sandboxes_running"
 
 
-def _register_sandbox_gauge(engine: Engine, manager: Any) -> None:
+def _register_sandbox_gauge(manager: Any) -> None:
     """``/metrics``: sandboxes with a live connection, of vms and in the warm pool."""
 
     def running() -> list[tuple[dict[str, str], float]]:
-        live = sum(
-            1
-            for inst in list(engine.instances.values())
-            if inst.name == "vm"
-            and getattr(getattr(inst.vars, "sandbox", None), "connected", False)
-        )
-        return [({"kind": "vm"}, live), ({"kind": "warm_pool"}, manager.pool_ready())]
+        return [
+            ({"kind": "vm"}, manager.vms_running()),
+            ({"kind": "warm_pool"}, manager.pool_ready()),
+        ]
 
     REGISTRY.unregister(SANDBOX_GAUGE)
     REGISTRY.gauge(SANDBOX_GAUGE, "Running sandboxes: of vm actors, and warm in the pool.", running)

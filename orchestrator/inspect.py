@@ -255,6 +255,12 @@ class Inspector:
             if workflow_status is None or r.workflow_status == workflow_status
         ]
 
+    async def states(self, name: str | None = None) -> dict[str, Any]:
+        """``{actor_id: last committed state}`` of every actor (of type ``name``)."""
+        return {
+            r.actor_id: json.loads(r.state or "null") for r in await self._store.list_actors(name)
+        }
+
     async def get_state(self, actor_id: str) -> Any:
         """The actor's last committed state."""
         return json.loads((await self._record(actor_id)).state)

@@ -85,18 +85,8 @@ async def get_or_create(
 @router.get("/actors/{name}/{key}", response_model=ActorInfo, summary="Describe an actor")
 async def get_actor(request: Request, name: str, key: str) -> Response:
     engine = engine_of(request)
-    actor_id, actor_name, actor_key = await resolve(engine, name, key, create=False)
-    rec = await engine.store.get_actor(actor_id)
-    if rec is None:
-        raise ActorNotFound(f"no actor {actor_name!r} with key {list(actor_key)!r}")
-    info = ActorInfo(
-        actor_id=actor_id,
-        name=actor_name,
-        key=list(actor_key),
-        created_at=rec.created_at,
-        awake=actor_id in engine.instances,
-        workflow_status=rec.workflow_status,
-    )
+    actor_id, _, _ = await resolve(engine, name, key, create=False)
+    info = await engine.inspector.get_actor(actor_id)
     return json_response(info.model_dump())
 
 

@@ -30,7 +30,7 @@ async def healthz(request: Request) -> Response:
             "status": "ok" if engine.running else "stopping",
             "version": VERSION,
             "uptime_s": round(time.time() - _STARTED, 3),
-            "actors_awake": len(engine.instances),
+            "actors_awake": engine.inspector.live_stats().awake,
         },
         status=200 if engine.running else 503,
     )
@@ -50,26 +50,19 @@ def register_engine_gauges(engine: Engine) -> None:
     """Scrape-time gauges of this engine (re-registering replaces an older engine's)."""
 
     def awake() -> Iterable[tuple[dict[str, str], float]]:
-        counts: dict[str, int] = {}
-        for inst in list(engine.instances.values()):
-            counts[inst.name] = counts.get(inst.name, 0) + 1
+        counts = engine.inspector.live_stats().awake_by_name
         return [({"actor": name}, n) for name, n in sorted(counts.items())]
 
     def depth() -> Iterable[tuple[dict[str, str], float]]:
-        pending: dict[str, int] = {}
-        in_flight: dict[str, int] = {}
-        for inst in list(engine.instances.values()):
-            pending[inst.name] = pending.get(inst.name, 0) + len(inst.pending)
-            in_flight[inst.name] = in_flight.get(inst.name, 0) + len(inst.leased)
+        live = engine.inspector.live_stats()
         out: list[tuple[dict[str, str], float]] = []
-        for name in sorted(pending):
-            out.append(({"actor": name, "state": "pending"}, pending[name]))
-            out.append(({"actor": name, "state": "in_flight"}, in_flight[name]))
+        for name in sorted(live.pending_by_name):
+            out.append(({"actor": name, "state": "pending"}, live.pending_by_name[name]))
+            out.append(({"actor": name, "state": "in_flight"}, live.in_flight_by_name[name]))
         return out
 
     def subscribers() -> Iterable[tuple[dict[str, str], float]]:
-        n = sum(len(inst.subscribers) for inst in list(engine.instances.values()))
-        return [({}, n)]
+        return [({}, engine.inspector.live_stats().subscribers)]
 
     REGISTRY.gauge("agentvm_actors_awake", "Actors in memory, by actor type.", awake)
     REGISTRY.gauge(

@@ -119,9 +119,7 @@ class _Server(uvicorn.Server):
 
 async def _end_streams(engine: Engine) -> None:
     """Close every broadcast subscription so open SSE/WebSocket streams finish."""
-    for inst in list(engine.instances.values()):
-        for sub in list(inst.subscribers):
-            await sub.close()
+    await engine.close_subscriptions()
 
 
 def _url(server: uvicorn.Server, settings: ServerSettings) -> str:

@@ -4,15 +4,15 @@ and bounded reads of sandbox files."""
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-from host.blobs import BlobStore, blob_store_for, parse_blob_id
+from host.blobs import blob_store_for, parse_blob_id
 from host.sandbox import Sandbox
 from orchestrator import ActorContext
+from orchestrator.definitions import action
 from orchestrator.errors import InvalidRequest
 
-SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
+from .actions_base import VmActionsBase, sandbox_of, used
 
 
 async def read_prefix(sandbox: Sandbox, path: str, limit: int) -> bytes:
@@ -31,20 +31,20 @@ async def read_prefix(sandbox: Sandbox, path: str, limit: int) -> bytes:
     return b"".join(parts)
 
 
-def blob_actions(store: BlobStore | None, sandbox_of: SandboxOf) -> dict[str, Any]:
-    """``{"put_blob": ...}`` for the vm actor's actions."""
+class BlobActions(VmActionsBase):
+    """``put_blob``: uploaded blobs into the sandbox."""
 
-    async def put_blob(c: ActorContext, blob_id: Any, path: Any) -> dict[str, Any]:
+    @action
+    @used
+    async def put_blob(self, c: ActorContext, blob_id: Any, path: Any) -> dict[str, Any]:
         """Write blob ``sha256:<hex>`` to ``path`` in the sandbox (parents created);
         ``{"path", "size"}``. Streamed: the host never holds the whole blob."""
         parse_blob_id(blob_id, "blob_id")
         if not isinstance(path, str) or not path:
             raise InvalidRequest("path must be a non-empty string", field="path")
-        # The store of this engine's database: the one POST /blobs writes to.
-        blobs = store or blob_store_for(str(getattr(c.store, "path", ":memory:")))
+        # The store of the attached engine's database: the one POST /blobs writes to.
+        blobs = self.blobs or blob_store_for(self.manager.db or ":memory:")
         await blobs.size(blob_id)  # BlobNotFound before anything starts in the sandbox
         sandbox = await sandbox_of(c)
         size = await sandbox.write_file(path, blobs.read(blob_id, "blob_id"), parents=True)
         return {"path": path, "size": size}
-
-    return {"put_blob": put_blob}

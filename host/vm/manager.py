@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import weakref
 from collections import deque
@@ -35,13 +34,12 @@ from host.sandbox import (
     SandboxSpec,
 )
 from host.sandbox.docker_backend import engine_address
-from orchestrator.storage.base import Store
 from vm_images.builder import ensure_image
 
 from .options import VmOptions
 
 if TYPE_CHECKING:
-    from orchestrator import ActorDefinition, Engine
+    from orchestrator import ActorDefinition, Engine, Inspector
 
 log = logging.getLogger("agentvm.vm")
 
@@ -132,7 +130,9 @@ class SandboxManager:
         self._claimed: dict[str, Sandbox] = {}
         # Container and volume names being created right now (the reaper skips them).
         self._creating: set[str] = set()
-        self._store: Store | None = None
+        self._inspector: Inspector | None = None
+        # The attached engine's database (put_blob reads the blob store next to it).
+        self.db: str | None = None
         self._definitions: list[ActorDefinition] = []
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
@@ -186,7 +186,8 @@ class SandboxManager:
     def attach(self, engine: Engine) -> None:
         """Use ``engine``'s store to tell owned containers from orphans, and start the
         reaper: a pass right away, then every ``reap_interval`` seconds."""
-        self._store = engine.store
+        self._inspector = engine.inspector
+        self.db = engine.config.db
         _BY_ENGINE[engine] = self
         if self._reaper is None and not self._closed:
             self._reaper = asyncio.create_task(self._reap_loop(), name="vm-reaper")
@@ -267,6 +268,10 @@ class SandboxManager:
 
     # -- the warm pool -------------------------------------------------------------------
 
+    def vms_running(self) -> int:
+        """Containers handed to vm actors of this process with a live connection."""
+        return sum(1 for sandbox in list(self._claimed.values()) if sandbox.connected)
+
     def pool_ready(self, options: VmOptions | None = None) -> int:
         """How many started containers wait in the pool for ``options`` (default: defaults)."""
         pool = self._pools.get((options or self.defaults).container_key())
@@ -315,12 +320,13 @@ class SandboxManager:
             if sandbox.connected:
                 taken = (sandbox, image)
             else:  # died while waiting in the pool
-                self._background(self.backend.remove(sandbox))
-                self._background(self._egress_down(sandbox.name))
+                self.background(self.backend.remove(sandbox))
+                self.background(self._egress_down(sandbox.name))
         pool.wanted.set()
         return taken
 
-    def _background(self, coro: Any) -> None:
+    def background(self, coro: Any) -> None:
+        """Run ``coro`` as a task of the manager (cancelled by :meth:`close`)."""
         task = asyncio.ensure_future(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -460,11 +466,10 @@ class SandboxManager:
         """Container ids/names and volumes recorded in vm actors' states."""
         containers: set[str] = set()
         volumes: set[str] = set()
-        if self._store is None:
+        if self._inspector is None:
             return containers, volumes
         for type_name in {d.name for d in self._definitions if d.name}:
-            for rec in await self._store.list_actors(type_name):
-                data = json.loads(rec.state or "null")
+            for data in (await self._inspector.states(type_name)).values():
                 sandbox = data.get("sandbox") if isinstance(data, dict) else None
                 if isinstance(sandbox, dict):
                     containers.update(str(sandbox.get(k, "")) for k in ("name", "id"))
@@ -482,7 +487,7 @@ class SandboxManager:
         """Remove this host's containers and volumes that no vm actor owns; returns
         their names. Skips the warm pool and containers being created. Needs
         :meth:`attach` (without a store nothing is known to be an orphan)."""
-        if self._store is None:
+        if self._inspector is None:
             return []
         infos = await self.backend.list_sandboxes()
         volumes = await self.backend.list_volumes()
