@@ -24,8 +24,9 @@ from .errors import (
     SubscriberTooSlow,
 )
 from .metrics import ACTION_SECONDS
+from .runs import RunQueues
 from .storage import base
-from .storage.base import ActorRecord, HistoryRecord, MessageRecord, ScheduleRecord
+from .storage.base import ActorRecord, HistoryRecord, MessageRecord, RunRecord, ScheduleRecord
 
 if TYPE_CHECKING:
     from .definitions import ActorDefinition
@@ -224,6 +225,7 @@ class ActorInstance:
         self._idle_handle: asyncio.TimerHandle | None = None
         self.log_seqs: dict[str, int] = {}
         self.alive = True
+        self.runs = RunQueues(self)
         opts = definition.options
         cfg = engine.config
         self.max_queue_length = opts.max_queue_length or cfg.max_queue_length
@@ -442,7 +444,7 @@ class ActorInstance:
                 size=size,
                 limit=self.max_message_size,
             )
-        depth = len(self.pending) + len(self.leased)
+        depth = len(self.pending) + len(self.leased) + len(self.runs.runs)
         if depth >= self.max_queue_length:
             raise QueueFull(
                 f"queue of actor {self.name!r} holds {depth} messages, the limit is "
@@ -452,19 +454,34 @@ class ActorInstance:
             )
         return MessageRecord(self.store.next_message_id(), self.actor_id, queue, text, time.time())
 
+    def message_ops(self, rec: MessageRecord) -> tuple[list[base.Op], RunRecord | None]:
+        """What a send commits: the message, and on a run queue its run row with it."""
+        if rec.queue in self.runs:
+            run = self.runs.new_run(rec)
+            return [(base.PUT_MESSAGE, rec), (base.PUT_RUN, run)], run
+        return [(base.PUT_MESSAGE, rec)], None
+
+    def accept(self, rec: MessageRecord, run: RunRecord | None) -> None:
+        """A committed send: a run goes to its queue's scheduler, a message to consumers."""
+        if run is not None:
+            self.runs.add(run)
+        else:
+            self.deliver(rec)
+
     def deliver(self, rec: MessageRecord) -> None:
         self.pending.append(rec)
         self._signal.set()
 
     async def send_to_self(self, queue: str, body: Any) -> int:
         rec = self.make_message(queue, body)
+        ops, run = self.message_ops(rec)
         tx = open_tx()
         if tx is not None:
-            tx.ops.append((base.PUT_MESSAGE, rec))
-            tx.after.append(lambda: self.deliver(rec))
+            tx.ops.extend(ops)
+            tx.after.append(lambda: self.accept(rec, run))
         else:
-            await self.store.submit([(base.PUT_MESSAGE, rec)])
-            self.deliver(rec)
+            await self.store.submit(ops)
+            self.accept(rec, run)
         return rec.message_id
 
     def take_messages(self, names: list[str] | None, count: int) -> list[MessageRecord]:
@@ -563,12 +580,23 @@ class ActorInstance:
 
     # -- run handler ----------------------------------------------------------------------
 
-    def start_run(self, history: list[HistoryRecord]) -> None:
+    def start_run(
+        self,
+        history: list[HistoryRecord],
+        runs: list[RunRecord] | None = None,
+        run_history: dict[int, list[HistoryRecord]] | None = None,
+    ) -> None:
+        """Start the main run handler (replaying ``history``) and the unfinished runs."""
+        self.start_main(history)
+        if self.runs.specs:
+            self.runs.load(runs or [], run_history or {})
+
+    def start_main(self, history: list[HistoryRecord]) -> None:
         run = self.definition.run
         if run is None:
             return
         if self.definition.is_workflow:
-            if self.record.workflow_status in ("completed", "failed"):
+            if self.record.workflow_status in ("completed", "failed", "cancelled"):
                 return
             from .workflow._driver import drive_workflow
 
@@ -595,6 +623,12 @@ class ActorInstance:
             self.check_idle()
 
     async def stop_run(self) -> None:
+        """Stop the main run handler and every run (nothing is recorded: they resume
+        on the next wake)."""
+        await self.stop_main()
+        await self.runs.stop()
+
+    async def stop_main(self) -> None:
         task = self.run_task
         self.run_task = None
         if task is not None and not task.done():

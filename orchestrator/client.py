@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import ActorNotFound
+from .errors import ActorNotFound, RunCancelled, RunFailed
 from .keys import ActorKey, KeyLike, normalize_key
 from .queues import SendResult
 
 if TYPE_CHECKING:
     from ._instance import Event
     from .engine import ActorInfo, Engine, QueuedMessage, WorkflowHistory
+    from .records import RunDetail, RunInfo
 
 
 class Transport(Protocol):
@@ -33,6 +34,14 @@ class Transport(Protocol):
     async def queue_contents(self, actor_id: str) -> list[QueuedMessage]: ...
     async def destroy(self, actor_id: str) -> None: ...
     async def list_actors(self, name: str | None) -> list[ActorInfo]: ...
+    async def list_runs(
+        self, actor_id: str | None, *, status: str | None, name: str | None
+    ) -> list[RunInfo]: ...
+    async def get_run(self, actor_id: str, run_id: int) -> RunDetail: ...
+    async def cancel_run(self, actor_id: str, run_id: int) -> RunInfo: ...
+    async def retry_run(self, actor_id: str, run_id: int) -> RunInfo: ...
+    async def recover_workflow(self, actor_id: str) -> WorkflowHistory: ...
+    async def cancel_workflow(self, actor_id: str) -> WorkflowHistory: ...
 
 
 class EventStream(Protocol):
@@ -78,6 +87,41 @@ class InProcessTransport:
 
     async def list_actors(self, name: str | None) -> list[ActorInfo]:
         return await self.engine.list_actors(name)
+
+    async def list_runs(
+        self, actor_id: str | None, *, status: str | None, name: str | None
+    ) -> list[RunInfo]:
+        return await self.engine.list_runs(actor_id, status=status, name=name)
+
+    async def get_run(self, actor_id: str, run_id: int) -> RunDetail:
+        return await self.engine.get_run(actor_id, run_id)
+
+    async def cancel_run(self, actor_id: str, run_id: int) -> RunInfo:
+        return await self.engine.cancel_run(actor_id, run_id)
+
+    async def retry_run(self, actor_id: str, run_id: int) -> RunInfo:
+        return await self.engine.retry_run(actor_id, run_id)
+
+    async def recover_workflow(self, actor_id: str) -> WorkflowHistory:
+        return await self.engine.recover_workflow(actor_id)
+
+    async def cancel_workflow(self, actor_id: str) -> WorkflowHistory:
+        return await self.engine.cancel_workflow(actor_id)
+
+
+def check_send_result(result: SendResult) -> SendResult:
+    """``raise_on_failure``: a failed run raises :class:`RunFailed` (its stored error in
+    ``metadata["error"]``), a cancelled one :class:`RunCancelled`."""
+    if result.status == "failed":
+        err = result.error or {}
+        raise RunFailed(
+            f"run {result.message_id} failed: {err.get('message', 'unknown error')}",
+            run_id=result.message_id,
+            error=err,
+        )
+    if result.status == "cancelled":
+        raise RunCancelled(f"run {result.message_id} was cancelled", run_id=result.message_id)
+    return result
 
 
 class ActorHandle:
@@ -131,13 +175,21 @@ class ActorHandle:
         return await self._with_id(lambda aid: self._transport.call(aid, action, arglist))
 
     async def send(
-        self, queue: str, body: Any = None, *, wait: bool = False, timeout: float | None = None
+        self,
+        queue: str,
+        body: Any = None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        raise_on_failure: bool = False,
     ) -> SendResult:
         """Enqueue ``body`` on ``queue``. With ``wait=True`` wait up to ``timeout``
-        seconds for the consumer to complete it."""
-        return await self._with_id(
+        seconds for the consumer to complete it (or, on a run queue, for the run to
+        fail or be cancelled; ``raise_on_failure`` raises RunFailed/RunCancelled then)."""
+        result: SendResult = await self._with_id(
             lambda aid: self._transport.send(aid, queue, body, wait=wait, timeout=timeout)
         )
+        return check_send_result(result) if raise_on_failure else result
 
     async def connect(self, events: list[str] | None = None) -> EventStream:
         """Subscribe to this actor's broadcasts (async-iterate; ``close()`` when done)."""
@@ -158,6 +210,31 @@ class ActorHandle:
     async def destroy(self) -> None:
         await self._transport.destroy(await self.resolve())
         self._actor_id = None
+
+    # -- runs: messages of queues declared with run=
+
+    async def runs(self, status: str | None = None) -> list[RunInfo]:
+        """This actor's runs, newest first (only ``status`` ones if given)."""
+        return await self._with_id(
+            lambda aid: self._transport.list_runs(aid, status=status, name=None)
+        )
+
+    async def run(self, run_id: int) -> RunDetail:
+        """One run with its input, result or error, and its history."""
+        return await self._with_id(lambda aid: self._transport.get_run(aid, run_id))
+
+    async def cancel_run(self, run_id: int) -> RunInfo:
+        return await self._with_id(lambda aid: self._transport.cancel_run(aid, run_id))
+
+    async def retry_run(self, run_id: int) -> RunInfo:
+        return await self._with_id(lambda aid: self._transport.retry_run(aid, run_id))
+
+    async def recover_workflow(self) -> WorkflowHistory:
+        """Re-run this actor's failed main workflow from the step that failed."""
+        return await self._with_id(self._transport.recover_workflow)
+
+    async def cancel_workflow(self) -> WorkflowHistory:
+        return await self._with_id(self._transport.cancel_workflow)
 
     def __getattr__(self, action: str) -> Any:
         if action.startswith("_"):
@@ -210,6 +287,12 @@ class Client:
 
     async def list_actors(self, name: str | None = None) -> list[ActorInfo]:
         return await self._transport.list_actors(name)
+
+    async def list_runs(
+        self, *, status: str | None = None, name: str | None = None
+    ) -> list[RunInfo]:
+        """Runs across actors, newest first (e.g. ``status="running"``)."""
+        return await self._transport.list_runs(None, status=status, name=name)
 
     def __getattr__(self, name: str) -> ActorAccessor:
         if name.startswith("_"):

@@ -22,3 +22,15 @@ class EngineConfig(BaseSettings):
     )
     max_queue_length: int = Field(1000, ge=1, description="pending messages per actor")
     max_message_size: int = Field(64 * 1024, ge=1, description="bytes of JSON per message")
+    run_concurrency: int = Field(
+        4,
+        ge=1,
+        description="default for queue(run=..., concurrency=None): runs of one queue "
+        "executing at once per actor",
+    )
+    run_history_keep: int = Field(
+        1000,
+        ge=0,
+        description="finished runs per actor whose workflow history is kept for get_run "
+        "(older runs keep their record, input, result and error)",
+    )

@@ -17,10 +17,16 @@ _NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class QueueSpec:
-    """A declared queue; with ``body`` (a pydantic model) sends are validated."""
+    """A declared queue; with ``body`` (a pydantic model) sends are validated.
+
+    With ``run`` every message is a *run*: ``run(ctx, message)`` is a durable workflow
+    of its own, at most ``concurrency`` at once per actor (None: the engine's
+    ``run_concurrency``)."""
 
     description: str = ""
     body: type[BaseModel] | None = None
+    run: Handler | None = None
+    concurrency: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,10 +36,28 @@ class EventSpec:
     description: str = ""
 
 
-def queue(description: str = "", *, body: type[BaseModel] | None = None) -> QueueSpec:
+def queue(
+    description: str = "",
+    *,
+    body: type[BaseModel] | None = None,
+    run: Handler | None = None,
+    concurrency: int | None = None,
+) -> QueueSpec:
     """Declare a queue on an actor: ``queues={"jobs": queue()}``. Give ``body`` a
-    pydantic model to refuse malformed messages at send time, naming the field."""
-    return QueueSpec(description, body)
+    pydantic model to refuse malformed messages at send time, naming the field.
+
+    ``run=handler`` makes each message a run: ``async def handler(ctx, message)`` is a
+    per-message durable workflow (``ctx`` is a :class:`WorkflowContext`); its return
+    value completes the message, an exception fails that run only. ``concurrency``
+    bounds how many runs of this queue execute at once per actor (``1``: serial)."""
+    if run is not None and not callable(run):
+        raise TypeError(f"queue run= must be an async function, not {run!r}")
+    if concurrency is not None:
+        if run is None:
+            raise ValueError("queue concurrency= only applies to a queue with run=")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"queue concurrency must be an integer >= 1, not {concurrency!r}")
+    return QueueSpec(description, body, run, concurrency)
 
 
 def event(description: str = "") -> EventSpec:
@@ -93,6 +117,11 @@ class ActorDefinition:
     @property
     def is_workflow(self) -> bool:
         return getattr(self.run, "__agentvm_workflow__", False)
+
+    @property
+    def run_queues(self) -> dict[str, QueueSpec]:
+        """The queues whose messages are runs (declared with ``run=``)."""
+        return {n: q for n, q in self.queues.items() if q.run is not None}
 
 
 def actor(

@@ -10,6 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from . import _run_ops
 from ._instance import ActorInstance, Subscription
 from ._tx import Tx, current_tx
 from .config import EngineConfig
@@ -36,8 +37,9 @@ from .inspect import (
 from .inspect import received_completable as _received_completable
 from .keys import ActorKey, KeyLike, normalize_key
 from .queues import SendResult
+from .records import RunDetail, RunInfo
 from .storage import SQLiteStore, Store, base
-from .storage.base import ActorRecord, ActorSnapshot, ScheduleRecord
+from .storage.base import ActorRecord, ActorSnapshot, HistoryRecord, RunRecord, ScheduleRecord
 
 if TYPE_CHECKING:
     from .client import Client
@@ -256,7 +258,7 @@ class Engine:
         self._ids[(name, key)] = record.actor_id
         self.instances[record.actor_id] = inst
         tx.run_after()
-        await self._start_instance(inst, [])
+        await self._start_instance(inst, [], [], {})
         return record.actor_id
 
     # -- waking and sleeping ---------------------------------------------------------------
@@ -284,11 +286,23 @@ class Engine:
         # Completable messages recorded in workflow history are already received:
         # they are leased, not pending, or they would be delivered twice.
         leased = _received_completable(snap.history)
+        runs = list(snap.runs)
+        known = {r.run_id for r in runs}
+        legacy: list[base.Op] = []
         for m in snap.messages:
-            if m.message_id in leased:
+            if m.queue in inst.runs:
+                # A run's message: the runs table drives it. One sent before its queue
+                # became a run queue gets its run row now.
+                if m.message_id not in known:
+                    run = inst.runs.new_run(m)
+                    runs.append(run)
+                    legacy.append((base.PUT_RUN, run))
+            elif m.message_id in leased:
                 inst.leased[m.message_id] = m
             else:
                 inst.pending.append(m)
+        if legacy:
+            self.store.submit_nowait(legacy)
         self.instances[rec.actor_id] = inst
         self._ids[(rec.name, rec.key)] = rec.actor_id
         alarm = self._alarms.pop(rec.actor_id, None)
@@ -296,14 +310,20 @@ class Engine:
             alarm.cancel()
         if rec.sleeping or rec.alarm_at is not None:
             self.store.submit_nowait([(base.SET_SLEEP, rec.actor_id, False, None)])
-        await self._start_instance(inst, snap.history)
+        await self._start_instance(inst, snap.history, runs, snap.run_history)
         return inst
 
-    async def _start_instance(self, inst: ActorInstance, history: list[Any]) -> None:
+    async def _start_instance(
+        self,
+        inst: ActorInstance,
+        history: list[Any],
+        runs: list[RunRecord],
+        run_history: dict[int, list[HistoryRecord]],
+    ) -> None:
         inst.begin()
         try:
             await inst.run_hook(inst.definition.on_wake)
-            inst.start_run(history)
+            inst.start_run(history, runs, run_history)
         finally:
             inst.end()
 
@@ -402,7 +422,8 @@ class Engine:
         timeout: float | None = None,
     ) -> SendResult:
         """Durably enqueue ``body``; with ``wait`` return the consumer's response
-        (``completed``) or ``timed_out`` (the message stays queued)."""
+        (``completed``), how its run ended (``failed`` with the error, ``cancelled``),
+        or ``timed_out`` (the message stays queued)."""
         if not isinstance(queue, str):
             raise InvalidRequest("queue name must be a string", field="queue")
         if timeout is not None and timeout < 0:
@@ -411,32 +432,42 @@ class Engine:
         inst.begin()
         try:
             rec = inst.make_message(queue, body)
+            ops, run = inst.message_ops(rec)
             fut: asyncio.Future[Any] | None = None
             if wait:
                 fut = asyncio.get_running_loop().create_future()
                 self._waiters[rec.message_id] = fut
             try:
-                await self.store.submit([(base.PUT_MESSAGE, rec)])
+                await self.store.submit(ops)
             except BaseException:
                 self._waiters.pop(rec.message_id, None)
                 raise
-            inst.deliver(rec)
+            inst.accept(rec, run)
         finally:
             inst.end()
         if fut is None:
             return SendResult(status="queued", message_id=rec.message_id)
         try:
-            response = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            status, payload = await asyncio.wait_for(asyncio.shield(fut), timeout)
         except TimeoutError:
             return SendResult(status="timed_out", message_id=rec.message_id)
         finally:
             self._waiters.pop(rec.message_id, None)
-        return SendResult(status="completed", message_id=rec.message_id, response=response)
+        if status == "failed":
+            return SendResult(status="failed", message_id=rec.message_id, error=payload)
+        if status == "cancelled":
+            return SendResult(status="cancelled", message_id=rec.message_id)
+        return SendResult(status="completed", message_id=rec.message_id, response=payload)
 
     def resolve_waiter(self, message_id: int, response: Any) -> None:
+        self.finish_waiter(message_id, "completed", response)
+
+    def finish_waiter(self, message_id: int, status: str, payload: Any) -> None:
+        """Answer a sender waiting on ``message_id``: ``completed`` (payload: the
+        response), ``failed`` (payload: the error) or ``cancelled``."""
         fut = self._waiters.pop(message_id, None)
         if fut is not None and not fut.done():
-            fut.set_result(response)
+            fut.set_result((status, payload))
 
     async def subscribe(
         self,
@@ -483,7 +514,9 @@ class Engine:
                 await inst.run_hook(inst.definition.on_destroy)
             except Exception:
                 inst.alive = True
-                inst.start_run(await self.store.load_history(actor_id))
+                inst.runs = type(inst.runs)(inst)
+                snap = (await self.store.load_snapshots([actor_id]))[actor_id]
+                inst.start_run(snap.history, snap.runs, snap.run_history)
                 raise
             await self.store.submit([(base.DELETE_ACTOR, actor_id)])
             self.instances.pop(actor_id, None)
@@ -492,8 +525,9 @@ class Engine:
                 if aid == actor_id:
                     handle.cancel()
                     del self._schedule_timers[sid]
-            for mid in list(inst.pending) + list(inst.leased.values()):
-                fut = self._waiters.pop(mid.message_id, None)
+            ids = [m.message_id for m in list(inst.pending) + list(inst.leased.values())]
+            for mid in ids + list(inst.runs.runs):
+                fut = self._waiters.pop(mid, None)
                 if fut is not None and not fut.done():
                     fut.set_exception(ActorDestroyed(f"actor {actor_id} was destroyed"))
             for sub in list(inst.subscribers):
@@ -511,7 +545,8 @@ class Engine:
             record=inst.record,
             subscribers=len(inst.subscribers),
             pending=len(inst.pending),
-            leased=set(inst.leased),
+            # A running run's message is in flight too.
+            leased=set(inst.leased).union(*inst.runs.running.values()),
             running_steps=dict(run.running_steps) if run is not None else {},
         )
 
@@ -558,6 +593,34 @@ class Engine:
 
     async def queue_contents(self, actor_id: str) -> list[QueuedMessage]:
         return await self.inspector.queue_contents(actor_id)
+
+    # -- runs (orchestrator/runs.py; the operations are in _run_ops.py) ---------------------
+
+    async def list_runs(
+        self, actor_id: str | None = None, *, status: str | None = None, name: str | None = None
+    ) -> list[RunInfo]:
+        """Runs, newest first: of one actor, or across actors (``status``, type ``name``)."""
+        return await _run_ops.list_runs(self, actor_id, status=status, name=name)
+
+    async def get_run(self, actor_id: str, run_id: int) -> RunDetail:
+        """A run with its input, result or error, and its history."""
+        return await _run_ops.get_run(self, actor_id, run_id)
+
+    async def cancel_run(self, actor_id: str, run_id: int) -> RunInfo:
+        """Cancel a queued or running run (the step in flight is interrupted)."""
+        return await _run_ops.cancel_run(self, actor_id, run_id)
+
+    async def retry_run(self, actor_id: str, run_id: int) -> RunInfo:
+        """Run a failed or cancelled run again from the step that failed."""
+        return await _run_ops.retry_run(self, actor_id, run_id)
+
+    async def recover_workflow(self, actor_id: str) -> WorkflowHistory:
+        """Re-run an actor's failed main workflow from the step that failed."""
+        return await _run_ops.recover_workflow(self, actor_id)
+
+    async def cancel_workflow(self, actor_id: str) -> WorkflowHistory:
+        """Mark an actor's running or failed main workflow ``cancelled`` (and stop it)."""
+        return await _run_ops.cancel_workflow(self, actor_id)
 
 
 __all__ = ["ActorInfo", "Engine", "HistoryEntry", "QueuedMessage", "WorkflowHistory"]

@@ -183,3 +183,54 @@ class EngineStopped(AgentVMError):
     group = "engine"
     code = "stopped"
     http_status = 503
+
+
+# --- runs -----------------------------------------------------------------------------
+
+
+class RunNotFound(AgentVMError):
+    group = "run"
+    code = "not_found"
+    http_status = 404
+
+
+class RunNotCancellable(AgentVMError):
+    """Only a queued or running run can be cancelled."""
+
+    group = "run"
+    code = "not_cancellable"
+    http_status = 409
+
+
+class RunNotRetryable(AgentVMError):
+    """Only a failed or cancelled run can be retried."""
+
+    group = "run"
+    code = "not_retryable"
+    http_status = 409
+
+
+class RunFailed(AgentVMError):
+    """``send(..., wait=True, raise_on_failure=True)``: the run failed; its stored error
+    is ``metadata["error"]``."""
+
+    group = "run"
+    code = "failed"
+    http_status = 409
+
+
+class RunCancelled(AgentVMError):
+    """``send(..., wait=True, raise_on_failure=True)``: the run was cancelled."""
+
+    group = "run"
+    code = "cancelled"
+    http_status = 409
+
+
+class WorkflowNotRecoverable(AgentVMError):
+    """``recover_workflow`` on an actor whose main workflow has not failed, or
+    ``cancel_workflow`` on one that is already finished."""
+
+    group = "workflow"
+    code = "not_recoverable"
+    http_status = 409

@@ -204,3 +204,8 @@ ACTION_SECONDS = REGISTRY.histogram(
     "Duration of actor action calls, by actor type and action "
     '(the vm\'s exec latency is action="exec").',
 )
+RUNS_TOTAL = REGISTRY.counter(
+    "agentvm_runs_total",
+    "Run transitions, by actor type and the status entered (running, completed, failed, "
+    "cancelled).",
+)

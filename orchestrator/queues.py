@@ -18,11 +18,14 @@ if TYPE_CHECKING:
 
 
 class SendResult(BaseModel):
-    """What ``handle.send`` returns."""
+    """What ``handle.send`` returns. With ``wait=True``: ``completed`` (``response``),
+    ``failed`` (a run's ``error``: ``{group, code, message, metadata}``), ``cancelled``,
+    or ``timed_out`` (the wait ran out; the message is still queued or running)."""
 
-    status: Literal["queued", "completed", "timed_out"]
+    status: Literal["queued", "completed", "failed", "cancelled", "timed_out"]
     message_id: int | None = None
     response: Any = None
+    error: dict[str, Any] | None = None
 
 
 class Message:

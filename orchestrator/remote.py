@@ -27,6 +27,7 @@ from .engine import ActorInfo, QueuedMessage, WorkflowHistory
 from .errors import ActorNotFound, AgentVMError
 from .keys import ActorKey, KeyLike, encode_key_path, normalize_key
 from .queues import SendResult
+from .records import RunDetail, RunInfo
 from .repo_upload import upload_local_repo
 from .wire import from_wire, to_wire
 
@@ -238,6 +239,7 @@ class HttpTransport:
             status=data["status"],
             message_id=data.get("message_id"),
             response=from_wire(data.get("response"), where="response"),
+            error=data.get("error"),
         )
 
     async def subscribe(self, actor_id: str, events: list[str] | None) -> EventStream:
@@ -281,6 +283,45 @@ class HttpTransport:
     async def list_actors(self, name: str | None) -> list[ActorInfo]:
         data = await self._request("GET", "/actors", params={"name": name} if name else None)
         return [ActorInfo.model_validate(a) for a in data["actors"]]
+
+    async def list_runs(
+        self, actor_id: str | None, *, status: str | None, name: str | None
+    ) -> list[RunInfo]:
+        params = {k: v for k, v in (("status", status), ("name", name)) if v is not None}
+        if actor_id is None:
+            path = "/runs"
+        else:
+            actor, key, _ = self._ref(actor_id)
+            path = f"{self._actor_path(actor, key)}/runs"
+            params.pop("name", None)
+        data = await self._request("GET", path, params=params or None)
+        return [RunInfo.model_validate(r) for r in data["runs"]]
+
+    def _run_path(self, actor_id: str, run_id: int) -> str:
+        name, key, _ = self._ref(actor_id)
+        return f"{self._actor_path(name, key)}/runs/{int(run_id)}"
+
+    async def get_run(self, actor_id: str, run_id: int) -> RunDetail:
+        data = await self._request("GET", self._run_path(actor_id, run_id))
+        return RunDetail.model_validate(from_wire(data, where="run"))
+
+    async def cancel_run(self, actor_id: str, run_id: int) -> RunInfo:
+        data = await self._request("POST", self._run_path(actor_id, run_id) + "/cancel")
+        return RunInfo.model_validate(data)
+
+    async def retry_run(self, actor_id: str, run_id: int) -> RunInfo:
+        data = await self._request("POST", self._run_path(actor_id, run_id) + "/retry")
+        return RunInfo.model_validate(data)
+
+    async def recover_workflow(self, actor_id: str) -> WorkflowHistory:
+        name, key, _ = self._ref(actor_id)
+        path = f"{self._actor_path(name, key)}/workflow/recover"
+        return WorkflowHistory.model_validate(await self._request("POST", path))
+
+    async def cancel_workflow(self, actor_id: str) -> WorkflowHistory:
+        name, key, _ = self._ref(actor_id)
+        path = f"{self._actor_path(name, key)}/workflow/cancel"
+        return WorkflowHistory.model_validate(await self._request("POST", path))
 
 
 class RemoteClient(Client):
@@ -396,9 +437,37 @@ class SyncActorHandle:
         return self._runner.run(self._handle.call(action, *args, **options))
 
     def send(
-        self, queue: str, body: Any = None, *, wait: bool = False, timeout: float | None = None
+        self,
+        queue: str,
+        body: Any = None,
+        *,
+        wait: bool = False,
+        timeout: float | None = None,
+        raise_on_failure: bool = False,
     ) -> SendResult:
-        return self._runner.run(self._handle.send(queue, body, wait=wait, timeout=timeout))
+        return self._runner.run(
+            self._handle.send(
+                queue, body, wait=wait, timeout=timeout, raise_on_failure=raise_on_failure
+            )
+        )
+
+    def runs(self, status: str | None = None) -> list[RunInfo]:
+        return self._runner.run(self._handle.runs(status))
+
+    def run(self, run_id: int) -> RunDetail:
+        return self._runner.run(self._handle.run(run_id))
+
+    def cancel_run(self, run_id: int) -> RunInfo:
+        return self._runner.run(self._handle.cancel_run(run_id))
+
+    def retry_run(self, run_id: int) -> RunInfo:
+        return self._runner.run(self._handle.retry_run(run_id))
+
+    def recover_workflow(self) -> WorkflowHistory:
+        return self._runner.run(self._handle.recover_workflow())
+
+    def cancel_workflow(self) -> WorkflowHistory:
+        return self._runner.run(self._handle.cancel_workflow())
 
     def connect(self, events: list[str] | None = None) -> SyncEventStream:
         return SyncEventStream(self._runner, self._runner.run(self._handle.connect(events)))
@@ -469,6 +538,9 @@ class SyncClient:
 
     def list_actors(self, name: str | None = None) -> list[ActorInfo]:
         return self._runner.run(self._client.list_actors(name))
+
+    def list_runs(self, *, status: str | None = None, name: str | None = None) -> list[RunInfo]:
+        return self._runner.run(self._client.list_runs(status=status, name=name))
 
     def __getattr__(self, name: str) -> SyncActorAccessor:
         if name.startswith("_"):

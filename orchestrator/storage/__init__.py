@@ -6,6 +6,7 @@ from .base import (
     HistoryRecord,
     LogRecord,
     MessageRecord,
+    RunRecord,
     ScheduleRecord,
     Store,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "HistoryRecord",
     "LogRecord",
     "MessageRecord",
+    "RunRecord",
     "SQLiteStore",
     "ScheduleRecord",
     "Store",

@@ -68,6 +68,47 @@ class ScheduleRecord:
 
 
 @dataclass(slots=True)
+class RunRecord:
+    """One run: a message on a queue whose handler is a per-message workflow.
+
+    ``run_id`` is the message id. Its workflow history lives in ``workflow_history``
+    under the path prefix ``~run/<run_id>/`` (see :func:`run_scope`).
+    """
+
+    run_id: int
+    actor_id: str
+    queue: str
+    status: str  # queued | running | completed | failed | cancelled
+    input: str  # JSON text
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    result: str | None = None  # JSON text
+    error: str | None = None  # JSON text: {group, code, message, metadata}
+    meta: str = "{}"  # JSON object text
+    name: str = ""  # the actor's type; filled in by reads
+    key: tuple[str, ...] = ()  # the actor's key; filled in by reads
+
+
+RUN_FINISHED = ("completed", "failed", "cancelled")
+RUN_PREFIX = "~run"
+
+
+def run_scope(run_id: int) -> str:
+    """The history scope of one run. Entry names never start with ``~``, so no main
+    workflow entry can live under it."""
+    return f"{RUN_PREFIX}/{run_id}"
+
+
+def run_of_path(path: str) -> int | None:
+    """The run id of a history path under ``~run/<id>/``, else None."""
+    if not path.startswith(RUN_PREFIX + "/"):
+        return None
+    part = path.split("/", 2)[1]
+    return int(part) if part.isdigit() else None
+
+
+@dataclass(slots=True)
 class LogRecord:
     """One numbered entry of an actor's append-only log (e.g. a session's updates)."""
 
@@ -95,6 +136,8 @@ PUT_SCHEDULE = "put_schedule"  # (op, ScheduleRecord)
 DELETE_SCHEDULE = "delete_schedule"  # (op, schedule_id)
 SET_META = "set_meta"  # (op, key, value)
 APPEND_LOG = "append_log"  # (op, LogRecord)
+PUT_RUN = "put_run"  # (op, RunRecord) insert or replace
+PRUNE_RUN_HISTORY = "prune_run_history"  # (op, actor_id, keep) drop histories of old runs
 
 Op = tuple[Any, ...]
 
@@ -104,8 +147,10 @@ class ActorSnapshot:
     """Everything needed to wake an actor."""
 
     record: ActorRecord
-    history: list[HistoryRecord] = field(default_factory=list)
+    history: list[HistoryRecord] = field(default_factory=list)  # the main workflow's
     messages: list[MessageRecord] = field(default_factory=list)
+    runs: list[RunRecord] = field(default_factory=list)  # unfinished, oldest first
+    run_history: dict[int, list[HistoryRecord]] = field(default_factory=dict)
 
 
 class Store(ABC):
@@ -154,7 +199,26 @@ class Store(ABC):
         """Actor rows with their history and pending messages, for waking."""
 
     @abstractmethod
-    async def load_history(self, actor_id: str) -> list[HistoryRecord]: ...
+    async def load_history(self, actor_id: str) -> list[HistoryRecord]:
+        """The main workflow's history entries (runs' entries excluded), oldest first."""
+
+    @abstractmethod
+    async def load_run_history(self, actor_id: str, run_id: int) -> list[HistoryRecord]:
+        """The history entries of one run (paths under ``~run/<run_id>/``), oldest first."""
+
+    @abstractmethod
+    async def list_runs(
+        self,
+        actor_id: str | None = None,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        """Runs, newest first; filtered by actor, status and actor type."""
+
+    @abstractmethod
+    async def get_run(self, actor_id: str, run_id: int) -> RunRecord | None: ...
 
     @abstractmethod
     async def load_messages(self, actor_id: str) -> list[MessageRecord]: ...

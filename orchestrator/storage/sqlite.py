@@ -37,6 +37,7 @@ from .base import (
     LogRecord,
     MessageRecord,
     Op,
+    RunRecord,
     ScheduleRecord,
     Store,
 )
@@ -96,6 +97,22 @@ CREATE TABLE IF NOT EXISTS schedules (
     created_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS schedules_actor ON schedules (actor_id);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id      INTEGER PRIMARY KEY,
+    actor_id    TEXT NOT NULL,
+    queue       TEXT NOT NULL,
+    status      TEXT NOT NULL,
+    input       TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    started_at  REAL,
+    finished_at REAL,
+    result      TEXT,
+    error       TEXT,
+    meta        TEXT NOT NULL DEFAULT '{}',
+    history_pruned INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS runs_actor ON runs (actor_id, run_id);
+CREATE INDEX IF NOT EXISTS runs_status ON runs (status, run_id);
 CREATE TABLE IF NOT EXISTS actor_logs (
     actor_id   TEXT NOT NULL,
     stream     TEXT NOT NULL,
@@ -111,6 +128,39 @@ _ACTOR_COLS = (
     "workflow_status, workflow_output, workflow_error"
 )
 _HISTORY_COLS = "path, kind, status, attempts, started_at, finished_at, output, error, meta, seq"
+_RUN_COLS = (
+    "r.run_id, r.actor_id, r.queue, r.status, r.input, r.created_at, r.started_at, "
+    "r.finished_at, r.result, r.error, r.meta, a.name, a.key"
+)
+# History paths of runs sort in ["~run/", "~run0"): "/" + 1 == "0".
+_NOT_RUN_PATH = "NOT (path >= '~run/' AND path < '~run0')"
+
+
+def _run(row: tuple[Any, ...]) -> RunRecord:
+    return RunRecord(
+        run_id=row[0],
+        actor_id=row[1],
+        queue=row[2],
+        status=row[3],
+        input=row[4],
+        created_at=row[5],
+        started_at=row[6],
+        finished_at=row[7],
+        result=row[8],
+        error=row[9],
+        meta=row[10],
+        name=row[11] or "",
+        key=tuple(json.loads(row[12] or "[]")),
+    )
+
+
+def _delete_tree(conn: sqlite3.Connection, actor_id: str, path: str) -> None:
+    # The half-open range [path + "/", path + "0") is exactly the entries below ``path``.
+    conn.execute(
+        "DELETE FROM workflow_history WHERE actor_id = ? AND "
+        "(path = ? OR (path >= ? AND path < ?))",
+        (actor_id, path, path + "/", path + "0"),
+    )
 
 
 def _actor(row: tuple[Any, ...]) -> ActorRecord:
@@ -171,14 +221,38 @@ def _apply(conn: sqlite3.Connection, op: Op) -> None:
     elif code == base.DELETE_MESSAGE:
         conn.execute("DELETE FROM queue_messages WHERE message_id = ?", (op[1],))
     elif code == base.DELETE_HISTORY_TREE:
-        path = op[2]
-        # "/" + 1 == "0": the half-open range [path + "/", path + "0") is exactly
-        # the entries below ``path``.
+        _delete_tree(conn, op[1], op[2])
+    elif code == base.PUT_RUN:
+        r: RunRecord = op[1]
         conn.execute(
-            "DELETE FROM workflow_history WHERE actor_id = ? AND "
-            "(path = ? OR (path >= ? AND path < ?))",
-            (op[1], path, path + "/", path + "0"),
+            "INSERT OR REPLACE INTO runs (run_id, actor_id, queue, status, input, created_at, "
+            "started_at, finished_at, result, error, meta) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            (
+                r.run_id,
+                r.actor_id,
+                r.queue,
+                r.status,
+                r.input,
+                r.created_at,
+                r.started_at,
+                r.finished_at,
+                r.result,
+                r.error,
+                r.meta,
+            ),
         )
+    elif code == base.PRUNE_RUN_HISTORY:
+        # Finished runs beyond the newest ``keep`` lose their history (the run row stays).
+        aid, keep = op[1], op[2]
+        old = conn.execute(
+            "SELECT run_id FROM (SELECT run_id, history_pruned FROM runs WHERE actor_id = ? "
+            "AND status IN ('completed','failed','cancelled') ORDER BY run_id DESC "
+            "LIMIT -1 OFFSET ?) WHERE history_pruned = 0",
+            (aid, keep),
+        ).fetchall()
+        for (rid,) in old:
+            _delete_tree(conn, aid, base.run_scope(rid))
+            conn.execute("UPDATE runs SET history_pruned = 1 WHERE run_id = ?", (rid,))
     elif code == base.SET_SLEEP:
         conn.execute(
             "UPDATE actors SET sleeping = ?, alarm_at = ? WHERE actor_id = ?",
@@ -234,6 +308,7 @@ def _apply(conn: sqlite3.Connection, op: Op) -> None:
         conn.execute("DELETE FROM queue_messages WHERE actor_id = ?", (aid,))
         conn.execute("DELETE FROM schedules WHERE actor_id = ?", (aid,))
         conn.execute("DELETE FROM actor_logs WHERE actor_id = ?", (aid,))
+        conn.execute("DELETE FROM runs WHERE actor_id = ?", (aid,))
         conn.execute("DELETE FROM actors WHERE actor_id = ?", (aid,))
     else:  # pragma: no cover - programming error
         raise ValueError(f"unknown store operation {code!r}")
@@ -285,7 +360,8 @@ class SQLiteStore(Store):
             lambda c: c.execute(
                 "SELECT (SELECT COALESCE(MAX(message_id), 0) FROM queue_messages),"
                 " (SELECT COALESCE(MAX(schedule_id), 0) FROM schedules),"
-                " (SELECT COALESCE(MAX(seq), 0) FROM workflow_history)"
+                " (SELECT COALESCE(MAX(seq), 0) FROM workflow_history),"
+                " (SELECT COALESCE(MAX(run_id), 0) FROM runs)"
             ).fetchone()
         )
         marks = dict(
@@ -293,6 +369,8 @@ class SQLiteStore(Store):
                 lambda c: c.execute("SELECT k, v FROM meta WHERE k LIKE 'hwm:%'").fetchall()
             )
         )
+        # A run id is its message's id: never hand out one a run row already has.
+        ids = (max(ids[0], ids[3]), ids[1], ids[2])
         for name, highest in zip(("message_id", "schedule_id", "seq"), ids, strict=True):
             start = max(int(highest), int(marks.get(f"hwm:{name}", 0)))
             self._counters[name] = start
@@ -525,12 +603,26 @@ class SQLiteStore(Store):
                     out[row[0]] = ActorSnapshot(_actor(row))
                 for row in c.execute(
                     f"SELECT actor_id, {_HISTORY_COLS} FROM workflow_history "
-                    f"WHERE actor_id IN ({marks}) ORDER BY seq",
+                    f"WHERE actor_id IN ({marks}) AND {_NOT_RUN_PATH} ORDER BY seq",
                     chunk,
                 ):
                     snap = out.get(row[0])
                     if snap is not None:
                         snap.history.append(_history(row[1:]))
+                # Unfinished runs and their histories (finished ones are not replayed).
+                for row in c.execute(
+                    f"SELECT {_RUN_COLS} FROM runs r JOIN actors a USING (actor_id) "
+                    f"WHERE r.actor_id IN ({marks}) AND r.status IN ('queued','running') "
+                    "ORDER BY r.run_id",
+                    chunk,
+                ):
+                    snap = out.get(row[1])
+                    if snap is not None:
+                        run = _run(row)
+                        snap.runs.append(run)
+                        snap.run_history[run.run_id] = _read_run_history(
+                            c, run.actor_id, run.run_id
+                        )
                 for row in c.execute(
                     "SELECT message_id, actor_id, queue, body, created_at FROM queue_messages "
                     f"WHERE actor_id IN ({marks}) ORDER BY message_id",
@@ -546,11 +638,47 @@ class SQLiteStore(Store):
     async def load_history(self, actor_id: str) -> list[HistoryRecord]:
         rows = await self._read(
             lambda c: c.execute(
-                f"SELECT {_HISTORY_COLS} FROM workflow_history WHERE actor_id = ? ORDER BY seq",
+                f"SELECT {_HISTORY_COLS} FROM workflow_history WHERE actor_id = ? "
+                f"AND {_NOT_RUN_PATH} ORDER BY seq",
                 (actor_id,),
             ).fetchall()
         )
         return [_history(r) for r in rows]
+
+    async def load_run_history(self, actor_id: str, run_id: int) -> list[HistoryRecord]:
+        return await self._read(lambda c: _read_run_history(c, actor_id, run_id))
+
+    async def list_runs(
+        self,
+        actor_id: str | None = None,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("r.actor_id", actor_id), ("r.status", status), ("a.name", name)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        sql = f"SELECT {_RUN_COLS} FROM runs r JOIN actors a USING (actor_id)"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY r.run_id DESC LIMIT ?"
+        args.append(-1 if limit is None else limit)
+        rows = await self._read(lambda c: c.execute(sql, args).fetchall())
+        return [_run(r) for r in rows]
+
+    async def get_run(self, actor_id: str, run_id: int) -> RunRecord | None:
+        row = await self._read(
+            lambda c: c.execute(
+                f"SELECT {_RUN_COLS} FROM runs r JOIN actors a USING (actor_id) "
+                "WHERE r.run_id = ? AND r.actor_id = ?",
+                (run_id, actor_id),
+            ).fetchone()
+        )
+        return _run(row) if row else None
 
     async def load_messages(self, actor_id: str) -> list[MessageRecord]:
         rows = await self._read(
@@ -602,6 +730,16 @@ class SQLiteStore(Store):
             ).fetchall()
         )
         return [_actor(r) for r in rows]
+
+
+def _read_run_history(c: sqlite3.Connection, actor_id: str, run_id: int) -> list[HistoryRecord]:
+    scope = base.run_scope(run_id)
+    rows = c.execute(
+        f"SELECT {_HISTORY_COLS} FROM workflow_history WHERE actor_id = ? "
+        "AND path >= ? AND path < ? ORDER BY seq",
+        (actor_id, scope + "/", scope + "0"),
+    ).fetchall()
+    return [_history(r) for r in rows]
 
 
 def _call(fn: Callable[..., None], *args: Any) -> None:

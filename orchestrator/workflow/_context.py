@@ -44,6 +44,7 @@ from ..storage.base import HistoryRecord
 
 if TYPE_CHECKING:
     from .._instance import ActorInstance
+    from ..runs import RunState
 
 T = TypeVar("T")
 
@@ -113,8 +114,16 @@ def _parent(path: str) -> str:
 class WorkflowRun:
     """The history of one workflow as loaded at wake, and replay bookkeeping."""
 
-    def __init__(self, instance: ActorInstance, history: list[HistoryRecord]) -> None:
+    def __init__(
+        self,
+        instance: ActorInstance,
+        history: list[HistoryRecord],
+        *,
+        run: RunState | None = None,
+    ) -> None:
         self.instance = instance
+        # Set when this is the workflow of one run (a queue's per-message handler).
+        self.run_state = run
         self.store = instance.engine.store
         self.actor_id = instance.actor_id
         self.records: dict[str, HistoryRecord] = {}
@@ -125,6 +134,13 @@ class WorkflowRun:
             self.unvisited.setdefault(_parent(rec.path), set()).add(rec.path)
         self.rollback_stack: list[tuple[str, Callable[..., Any], Any]] = []
         self.running_steps: dict[str, float] = {}
+
+    def step_event(
+        self, path: str, status: str, attempt: int, error: BaseException | None = None
+    ) -> None:
+        """Tell a run's watchers about a step (``run_step``); nothing for other workflows."""
+        if self.run_state is not None:
+            self.run_state.step_event(path, status, attempt, error)
 
     def visit(self, path: str) -> None:
         pending = self.unvisited.get(_parent(path))
@@ -291,6 +307,22 @@ class WorkflowContext(ActorContext):
         """The name path of this context ('' at the workflow's top level)."""
         return self._scope
 
+    @property
+    def run_id(self) -> int | None:
+        """The id of the run this workflow serves (a queue's ``run=`` handler), else None."""
+        state = self._run.run_state
+        return state.run_id if state is not None else None
+
+    async def run_meta(self, **fields: Any) -> dict[str, Any]:
+        """Merge JSON ``fields`` into this run's ``meta`` (durably) and broadcast
+        ``run_meta``; e.g. ``await ctx.run_meta(vm="fix-12")``. Idempotent on replay."""
+        state = self._run.run_state
+        if state is None:
+            raise InvalidRequest(
+                "ctx.run_meta() is only available inside a queue's run= handler", field="meta"
+            )
+        return await state.set_meta(fields)
+
     # -- bookkeeping
 
     def _enter(self, name: str, kind: str) -> tuple[str, HistoryRecord | None]:
@@ -367,6 +399,7 @@ class WorkflowContext(ActorContext):
             tx = Tx()
             token = current_tx.set(tx)
             run.running_steps[path] = started
+            run.step_event(path, "running", attempts + 1)
             try:
                 result = fn()
                 if inspect.isawaitable(result):
@@ -377,6 +410,7 @@ class WorkflowContext(ActorContext):
             except CriticalError as exc:
                 inst.restore_state()
                 await self._record_failure(path, attempts + 1, first_started, exc, critical=True)
+                run.step_event(path, "failed", attempts + 1, exc)
                 raise
             except Exception as exc:
                 # A failed attempt changes nothing: its half-made state changes would
@@ -391,6 +425,7 @@ class WorkflowContext(ActorContext):
                     )
                 if attempts > max_retries:
                     await self._record_failure(path, attempts, first_started, err)
+                    run.step_event(path, "failed", attempts, err)
                     raise StepExhaustedError(
                         f"step {path!r} failed after {attempts} attempts: {err}",
                         step=path,
@@ -412,6 +447,7 @@ class WorkflowContext(ActorContext):
                         )
                     ]
                 )
+                run.step_event(path, "retrying", attempts, err)
                 continue
             finally:
                 current_tx.reset(token)
@@ -441,6 +477,7 @@ class WorkflowContext(ActorContext):
             )
             ops.extend(inst.state_ops())
             await self.store.submit(ops)
+            run.step_event(path, "completed", attempts + 1)
             STEP_SECONDS.observe(time.time() - started, actor=inst.name, outcome="completed")
             if tx.after:
                 tx.run_after()

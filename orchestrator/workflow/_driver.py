@@ -8,6 +8,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AgentVMError, HistoryDivergedError
+from ..records import error_dict
 from ..storage import base
 from ..storage.base import HistoryRecord
 from ._context import WorkflowContext, WorkflowRun, _dumps, _error_json
@@ -47,6 +48,11 @@ async def drive_workflow(instance: ActorInstance, fn: Any, history: list[History
                 "workflow of actor %s %s failed: %s", instance.name, list(instance.key), exc
             )
             instance.broadcast_internal("workflow_failed", json.loads(error))
+            # Senders waiting on messages this workflow received learn it now, not
+            # when their wait runs out.
+            failure = error_dict(exc)
+            for message_id in list(instance.leased):
+                instance.engine.finish_waiter(message_id, "failed", failure)
             return
         instance.record.workflow_status = "completed"
         instance.record.workflow_output = output
