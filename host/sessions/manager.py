@@ -511,6 +511,12 @@ class SessionManager:
         """What to keep (e.g. in actor state) to :meth:`reattach` after a host restart."""
         return self._get(session_id).record.model_copy(deep=True)
 
+    def agent_pids(self) -> set[int]:
+        """Pids of the agent processes this manager listens to (sessions, pre-started)."""
+        pids = {s.record.pid for s in self.sessions.values()}
+        pids |= {t.result()[0].record.pid for t in self._warm.values() if _ok(t)}
+        return pids
+
     def records(self) -> list[SessionRecord]:
         return [
             s.record.model_copy(deep=True)

@@ -185,12 +185,19 @@ class SandboxManager:
 
     def attach(self, engine: Engine) -> None:
         """Use ``engine``'s store to tell owned containers from orphans, and start the
-        reaper: a pass right away, then every ``reap_interval`` seconds."""
+        reaper: a pass right away, then every ``reap_interval`` seconds. Also wakes
+        the vms with open sessions (their agents are re-attached at start-up)."""
         self._inspector = engine.inspector
         self.db = engine.config.db
         _BY_ENGINE[engine] = self
         if self._reaper is None and not self._closed:
             self._reaper = asyncio.create_task(self._reap_loop(), name="vm-reaper")
+        if not self._closed:
+            # vms with open sessions re-attach their agents now, not at the next call.
+            from .sessions import wake_session_vms
+
+            names = {d.name for d in self._definitions if d.name}
+            self.background(wake_session_vms(engine, sorted(names)))
 
     async def close(self, *, remove_pool: bool = True) -> None:
         """Stop the reaper and the pool refills, remove the pool's containers, and stop

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -26,12 +26,14 @@ from host.sessions import (
     SessionRecord,
 )
 from orchestrator import ActorContext
+from orchestrator.definitions import action, actions_of
 from orchestrator.errors import InvalidRequest
 
 from .options import parse_call_options
 
 if TYPE_CHECKING:
     from host.app import HostSettings
+    from orchestrator import Engine
 
 log = logging.getLogger("agentvm.vm.sessions")
 
@@ -147,6 +149,9 @@ def session_manager(c: ActorContext, s: SessionState, sandbox: Sandbox) -> Sessi
             prestart=s.prestart,
             limits=_settings().session_limits(),
         )
+        # A send_prompt cancelled by the engine stopping (host restart) leaves the
+        # agent's turn running for the next host; any other cancel stops the turn.
+        s.manager.keep_turn_on_cancel = lambda: c.engine_stopping
         s.sandbox = sandbox
     return s.manager
 
@@ -209,34 +214,50 @@ async def gateway_down(c: ActorContext, gateway: LLMGateway | None, *, forget: b
     await gateway.stop(c.actor_id, forget=forget)
 
 
-def session_actions(
-    st: Callable[[ActorContext], SessionState],
-    sandbox_of: SandboxOf,
-    gateway: LLMGateway | None,
-) -> dict[str, Callable[..., Any]]:
-    """The session actions of the vm actor (see docs/sessions.md)."""
+class SessionActions:
+    """The session actions of the vm actor (see docs/sessions.md), one method each;
+    :func:`session_actions` turns them into the actor's ``actions`` entries.
 
-    async def manager(c: ActorContext) -> SessionManager:
-        sandbox = await sandbox_of(c)
-        return session_manager(c, st(c), sandbox)
+    ``st(c)`` is the vm's :class:`SessionState`, ``sandbox_of(c)`` its live sandbox
+    (acquired on demand), ``gateway`` the host's LLM gateway (None: none)."""
 
-    async def create_session(c: ActorContext, agent_type: Any, opts: Any = None) -> dict[str, Any]:
+    def __init__(
+        self,
+        st: Callable[[ActorContext], SessionState],
+        sandbox_of: SandboxOf,
+        gateway: LLMGateway | None,
+    ) -> None:
+        self.st = st
+        self.sandbox_of = sandbox_of
+        self.gateway = gateway
+
+    async def manager(self, c: ActorContext) -> SessionManager:
+        sandbox = await self.sandbox_of(c)
+        return session_manager(c, self.st(c), sandbox)
+
+    @action
+    async def create_session(
+        self, c: ActorContext, agent_type: Any, opts: Any = None
+    ) -> dict[str, Any]:
         """Start an agent (``agent_type``, e.g. ``coding-agent``) in the sandbox →
         ``{session_id, agent_type, capabilities, agent_info}``."""
         o = parse_call_options(CreateSessionOptions, opts, "create_session")
-        sm = await manager(c)
+        sm = await self.manager(c)
         info = await sm.create_session(_text(agent_type, "agent_type"), **o.model_dump())
+        s = self.st(c)
         _records(c)[info.session_id] = sm.record(info.session_id).model_dump(mode="json")
-        st(c).holds[info.session_id] = c.hold()
-        st(c).last_active[info.session_id] = time.time()
+        s.holds[info.session_id] = c.hold()
+        s.last_active[info.session_id] = time.time()
         await arm_idle_check(c)
         return info.model_dump(mode="json")
 
-    async def send_prompt(c: ActorContext, session_id: Any, text: Any) -> dict[str, Any]:
-        """Prompt the agent and wait for the turn to end → ``{stop_reason, text, usage}``."""
-        sm = await manager(c)
+    @action
+    async def send_prompt(self, c: ActorContext, session_id: Any, text: Any) -> dict[str, Any]:
+        """Prompt the agent and wait for the turn to end → ``{stop_reason, text, usage}``.
+        A caller cancelled meanwhile (e.g. its run) cancels the agent's turn too."""
+        sm = await self.manager(c)
         sid = _text(session_id, "session_id")
-        active = st(c).last_active
+        active = self.st(c).last_active
         active[sid] = time.time()
         try:
             result = await sm.send_prompt(sid, _text(text, "text"))
@@ -244,61 +265,74 @@ def session_actions(
             active[sid] = time.time()
         return result.model_dump(mode="json")
 
-    async def cancel_prompt(c: ActorContext, session_id: Any) -> None:
-        sm = await manager(c)
+    @action
+    async def cancel_prompt(self, c: ActorContext, session_id: Any) -> None:
+        """Ask the agent to stop the running turn (it answers ``cancelled``)."""
+        sm = await self.manager(c)
         await sm.cancel_prompt(_text(session_id, "session_id"))
 
+    @action
     async def respond_permission(
-        c: ActorContext, session_id: Any, permission_id: Any, reply: Any
+        self, c: ActorContext, session_id: Any, permission_id: Any, reply: Any
     ) -> None:
         """Answer a ``permission_request`` event: ``once``, ``always`` or ``reject``."""
         if reply not in ("once", "always", "reject"):
             raise InvalidRequest("reply must be 'once', 'always' or 'reject'", field="reply")
-        sm = await manager(c)
+        sm = await self.manager(c)
         await sm.respond_permission(
             _text(session_id, "session_id"), _text(permission_id, "permission_id"), reply
         )
 
-    async def close_session(c: ActorContext, session_id: Any) -> None:
+    @action
+    async def close_session(self, c: ActorContext, session_id: Any) -> None:
+        """Stop the agent process and forget the session (its events stay readable)."""
         sid = _text(session_id, "session_id")
-        sm = await manager(c)
+        sm = await self.manager(c)
+        s = self.st(c)
         try:
             await sm.close_session(sid)
         finally:
             _records(c).pop(sid, None)
-            st(c).last_active.pop(sid, None)
-            release = st(c).holds.pop(sid, None)
+            s.last_active.pop(sid, None)
+            release = s.holds.pop(sid, None)
             if release is not None:
                 release()
 
-    async def close_idle_sessions(c: ActorContext) -> list[str]:
+    @action
+    async def close_idle_sessions(self, c: ActorContext) -> list[str]:
         """Scheduled: close sessions without a prompt for the session idle timeout
         (``AGENTVM_SESSION_IDLE_TIMEOUT``); returns the ids it closed."""
         c.state["session_idle_check"] = None
-        s = st(c)
+        s = self.st(c)
         limit, now = session_idle_timeout(), time.time()
         closed = []
         for sid in list(_records(c)):
             session = s.manager.sessions.get(sid) if s.manager is not None else None
-            busy = session is not None and session.prompt_lock.locked()
+            # A prompt running (also one of an earlier host process) is not idle.
+            busy = session is not None and (
+                session.prompt_lock.locked() or session.status == "prompting"
+            )
             if busy or now - s.last_active.get(sid, now) < limit:
                 continue
             try:
-                await close_session(c, sid)
+                await self.close_session(c, sid)
             except SessionNotFound:
                 _records(c).pop(sid, None)
             closed.append(sid)
         await arm_idle_check(c)
         return closed
 
-    async def list_sessions(c: ActorContext) -> list[dict[str, Any]]:
-        s = st(c)
+    @action
+    async def list_sessions(self, c: ActorContext) -> list[dict[str, Any]]:
+        """The vm's sessions this wake: ``[{session_id, status, pid, ...}]``."""
+        s = self.st(c)
         if s.manager is None:
             return []
         return [x.model_dump(mode="json") for x in await s.manager.list_sessions()]
 
+    @action
     async def get_session_events(
-        c: ActorContext, session_id: Any, opts: Any = None
+        self, c: ActorContext, session_id: Any, opts: Any = None
     ) -> list[dict[str, Any]]:
         """Stored updates of a session with ``seq > since`` (works after it closed):
         at most ``limit`` (default 1000) and about 8 MiB; page with ``since``."""
@@ -317,32 +351,59 @@ def session_actions(
             out.append(dumped)
         return out
 
-    async def llm_usage(c: ActorContext) -> dict[str, Any]:
+    @action
+    async def llm_usage(self, c: ActorContext) -> dict[str, Any]:
         """Tokens used through the gateway, in total and per session."""
-        if gateway is None:
+        if self.gateway is None:
             return {"total": c.state.get("llm_usage") or Usage().model_dump(), "sessions": {}}
-        return gateway.usage(c.actor_id).model_dump(mode="json")
+        return self.gateway.usage(c.actor_id).model_dump(mode="json")
 
-    async def set_token_budget(c: ActorContext, budget: Any) -> None:
+    @action
+    async def set_token_budget(self, c: ActorContext, budget: Any) -> None:
         """Cap the tokens this vm may use through the gateway (None: no cap)."""
         if budget is not None and (not isinstance(budget, int) or budget < 0):
             raise InvalidRequest("budget must be a non-negative integer or null", field="budget")
         c.state["token_budget"] = budget
-        if gateway is not None:
-            gateway.set_budget(c.actor_id, budget)
+        if self.gateway is not None:
+            self.gateway.set_budget(c.actor_id, budget)
 
-    return {
-        "create_session": create_session,
-        "send_prompt": send_prompt,
-        "cancel_prompt": cancel_prompt,
-        "respond_permission": respond_permission,
-        "close_session": close_session,
-        "close_idle_sessions": close_idle_sessions,
-        "list_sessions": list_sessions,
-        "get_session_events": get_session_events,
-        "llm_usage": llm_usage,
-        "set_token_budget": set_token_budget,
-    }
+
+def session_actions(
+    st: Callable[[ActorContext], SessionState],
+    sandbox_of: SandboxOf,
+    gateway: LLMGateway | None,
+) -> dict[str, Callable[..., Any]]:
+    """The session actions of the vm actor, as its ``actions`` entries."""
+    return actions_of(SessionActions(st, sandbox_of, gateway))
+
+
+def session_pids(s: SessionState) -> set[int]:
+    """Pids of the vm's session agents (and pre-started ones) this wake: their output
+    is the sessions' (re-attaching them as plain processes would steal it)."""
+    if s.manager is None:
+        return set()
+    return s.manager.agent_pids()
+
+
+async def wake_session_vms(engine: Engine, names: Iterable[str]) -> list[str]:
+    """At host start: wake every vm (actors of the types ``names``) whose state records
+    open sessions, so their agents are re-attached — event streams resume and a
+    prompt of the previous host process ends — without waiting for a caller to touch
+    the vm. Returns the woken actor ids."""
+    woken: list[str] = []
+    for name in names:
+        for info in await engine.list_actors(name):
+            try:
+                state = await engine.get_state(info.actor_id)
+                if not (isinstance(state, dict) and state.get("sessions")):
+                    continue
+                await engine.call(info.actor_id, "list_sessions", [])  # wakes it
+                woken.append(info.actor_id)
+            except Exception as exc:  # one vm's trouble must not keep the others asleep
+                log.warning("could not wake vm %s to re-attach its sessions: %s", info.key, exc)
+    if woken:
+        log.info("re-attached the sessions of %d vm(s) at start-up", len(woken))
+    return woken
 
 
 async def reattach_sessions(c: ActorContext, s: SessionState, sandbox: Sandbox) -> None:
