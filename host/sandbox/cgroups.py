@@ -80,10 +80,14 @@ class ExecTracker:
 
     def _host_pid(self, ns_pid: int) -> int | None:
         """The host pid of the supervisor's child ``ns_pid`` (its direct child)."""
-        try:
-            children = Path(f"/proc/{self.init_pid}/task/{self.init_pid}/children").read_text()
-        except OSError:
-            children = ""
+        # Every thread's children: a child forked by another thread of the supervisor
+        # (once an agent ran, e.g.) is not listed under the main thread.
+        children = ""
+        for task in Path(f"/proc/{self.init_pid}/task").glob("*"):
+            try:
+                children += " " + (task / "children").read_text()
+            except OSError:
+                continue
         for raw in children.split():
             if _ns_pid(int(raw)) == ns_pid:
                 return int(raw)
