@@ -19,6 +19,7 @@ from . import (
     routes_inspector,
     routes_ops,
     routes_patch,
+    routes_runs,
     routes_vms,
 )
 from .arguments import ArgumentChecker
@@ -106,6 +107,7 @@ def create_app(
         routes_blobs,
         routes_ops,
         routes_patch,
+        routes_runs,
     ):
         app.include_router(module.router)
     if bench_routes:

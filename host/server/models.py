@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 from orchestrator.engine import ActorInfo, HistoryEntry, QueuedMessage, WorkflowHistory
+from orchestrator.records import RunDetail, RunInfo
 
 __all__ = [
     "ActionRequest",
@@ -28,6 +29,9 @@ __all__ = [
     "HistoryEntry",
     "QueueContents",
     "QueuedMessage",
+    "RunDetail",
+    "RunInfo",
+    "RunList",
     "SendRequest",
     "SendResponse",
     "StateResponse",
@@ -96,9 +100,17 @@ class SendRequest(_Request):
 
 
 class SendResponse(BaseModel):
-    status: Literal["queued", "completed", "timed_out"]
-    message_id: int | None = None
+    status: Literal["queued", "completed", "failed", "cancelled", "timed_out"] = Field(
+        description="with wait: completed, failed or cancelled (a run), or timed_out "
+        "(only the wait ran out)"
+    )
+    message_id: int | None = Field(None, description="also the run id on a run queue")
     response: Any = Field(None, description="the consumer's response (status 'completed')")
+    error: ErrorDetail | None = Field(None, description="why the run failed (status 'failed')")
+
+
+class RunList(BaseModel):
+    runs: list[RunInfo]
 
 
 class StateResponse(BaseModel):

@@ -44,9 +44,13 @@ CREATE_DOC = "create the actor if it does not exist (get-or-create); false: 404 
 
 @router.get("/actors", response_model=ActorList, summary="List actors")
 async def list_actors(
-    request: Request, name: str | None = Query(None, description="only this actor type")
+    request: Request,
+    name: str | None = Query(None, description="only this actor type"),
+    workflow_status: Literal["running", "completed", "failed", "cancelled"] | None = Query(
+        None, description="only actors whose main workflow has this status (e.g. failed)"
+    ),
 ) -> Response:
-    actors = await engine_of(request).list_actors(name)
+    actors = await engine_of(request).list_actors(name, workflow_status=workflow_status)
     return json_response({"actors": [a.model_dump() for a in actors]})
 
 
@@ -149,6 +153,8 @@ async def send(
     out: dict[str, object] = {"status": result.status, "message_id": result.message_id}
     if result.status == "completed":
         out["response"] = result.response
+    elif result.status == "failed":
+        out["error"] = result.error
     return json_response(out)
 
 
