@@ -54,6 +54,8 @@ from ._runs import (
 KEEP_RESULTS = 20
 MAX_SUMMARY = 4000
 MAX_TEST_OUTPUT = 8000
+# Seconds the tests may run (killed after, then the step fails).
+TESTS_TIMEOUT = 900
 
 
 class FixBugRequest(RepoRequest, KeepVm):
@@ -169,7 +171,11 @@ async def _fix(
             }
 
         async def run_tests() -> dict[str, Any]:
-            result = await vm.exec(req.test_command, {"cwd": REPO_DIR, "timeout": 900})
+            # The deadline is the sandbox's `timeout` plus the step's: a tracked exec
+            # (the exec "timeout" option) fails intermittently once an agent ran a
+            # terminal in the vm ("Broken pipe" from the supervisor's start gate).
+            command = ["timeout", "-k", "10", str(TESTS_TIMEOUT), "sh", "-c", req.test_command]
+            result = await vm.exec(command, {"cwd": REPO_DIR})
             return {
                 "exit_code": result["exit_code"],
                 "output": (result["stdout"] + result["stderr"])[-MAX_TEST_OUTPUT:],
@@ -178,7 +184,9 @@ async def _fix(
 
         suffix = "" if attempt == 1 else f"-{attempt}"
         agent = await ctx.step(f"fix-bug{suffix}", fix, max_retries=1, timeout=3600)
-        tests = await ctx.step(f"run-tests{suffix}", run_tests, max_retries=1)
+        tests = await ctx.step(
+            f"run-tests{suffix}", run_tests, max_retries=1, timeout=TESTS_TIMEOUT + 60
+        )
         attempts = attempt
         if tests["exit_code"] == 0:
             break

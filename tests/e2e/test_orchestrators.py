@@ -24,8 +24,9 @@ FIX_EDIT = {"path": "calc.py", "old_string": "return a - b", "new_string": "retu
 FIX_SED = {"command": "sed -i 's/return a - b/return a + b/' calc.py"}
 
 
-def _steps(history: Any) -> dict[str, Any]:
-    return {e.path.rsplit("/", 1)[-1]: e for e in history.entries if e.kind == "step"}
+def _steps(run: Any) -> dict[str, Any]:
+    """The steps of a run (``handle.run(id)``) by name."""
+    return {e.path.rsplit("/", 1)[-1]: e for e in run.history if e.kind == "step"}
 
 
 async def test_fix_bug_fixes_the_repo_and_files_are_inspectable_meanwhile(
@@ -47,6 +48,7 @@ async def test_fix_bug_fixes_the_repo_and_files_are_inspectable_meanwhile(
             "issue": "add-subtracts: add(2, 3) returns -1",
             "test_command": "sh test_calc.sh",
             "vm_key": "fix-e2e",
+            "keep_vm": True,  # read back below; a run's vm is destroyed otherwise
         },
     )
     assert sent.status == "queued"
@@ -59,9 +61,10 @@ async def test_fix_bug_fixes_the_repo_and_files_are_inspectable_meanwhile(
         assert file.status_code == 200 and b"return a - b" in file.content
         listing = await http.get("/vms/fix-e2e/ls/home/user/repo")
         assert "calc.py" in {e["name"] for e in listing.json()["entries"]}
-        history = (await http.get("/actors/automator/main/inspector/workflow-history")).json()
-        assert any(e["path"].endswith("clone-repo") and e["status"] == "completed"
-                   for e in history["entries"])  # fmt: skip
+        run = (await http.get(f"/actors/automator/main/runs/{sent.message_id}")).json()
+        assert run["status"] == "running" and run["meta"] == {"vm": "fix-e2e"}
+        assert any(e["path"] == "clone-repo" and e["status"] == "completed"
+                   for e in run["history"])  # fmt: skip
     cat = await asyncio.to_thread(
         agentvm, "vm", "cat", "fix-e2e", "/home/user/repo/calc.py", "--url", server.url
     )
@@ -77,8 +80,8 @@ async def test_fix_bug_fixes_the_repo_and_files_are_inspectable_meanwhile(
     )
     assert result["tests_exit_code"] == 0, result["test_output"]
     assert "+    return a + b" in result["diff"]
-    steps = _steps(await automator.history())
-    for name in ("clone-repo", "fix-bug", "run-tests"):
+    steps = _steps(await automator.run(sent.message_id))
+    for name in ("clone-repo", "fix-bug", "run-tests", "make-patch"):
         assert steps[name].status == "completed", (name, steps[name])
     # The gateway put the host's key on every model request; the sandbox had none.
     assert {r.api_key for r in fake_model.message_requests()} == {HOST_KEY}
@@ -103,7 +106,7 @@ async def test_fix_bug_resumes_after_kill_9_without_cloning_again(host, fake_mod
         },
     )
     await asyncio.to_thread(fake_model.wait_for_requests, 1, 180)
-    before = _steps(await automator.history())
+    before = _steps(await automator.run(sent.message_id))
     assert before["clone-repo"].status == "completed"
     assert "fix-bug" not in before or before["fix-bug"].status != "completed"
 
@@ -121,7 +124,7 @@ async def test_fix_bug_resumes_after_kill_9_without_cloning_again(host, fake_mod
         what="fixBug result after restart",
     )
     assert result["tests_exit_code"] == 0, result["test_output"]
-    after = _steps(await automator.history())
+    after = _steps(await automator.run(sent.message_id))
     # clone-repo was not run again: the same record, one attempt.
     assert after["clone-repo"].attempts == 1
     assert after["clone-repo"].finished_at == before["clone-repo"].finished_at
@@ -172,11 +175,9 @@ async def test_task_runner_runs_tasks_one_at_a_time(host, fake_model):
 async def test_reviewer_answers_waiting_senders_and_times_out(host, fake_model):
     server = host()
     summary = "auth.py: the token check is fine"
-    fake_model.script(
-        *[Turn.tool("write", {"path": "/home/user/review.txt", "content": summary}),
-          Turn.text("done")] * 2,
-        marker="Review this code",
-    )  # fmt: skip
+    # The summary is the agent's final message: it writes no file (each run would
+    # have its own, /home/user/review-<run id>.txt).
+    fake_model.script(*[Turn.text(summary)] * 2, marker="Review this code")
     async with httpx.AsyncClient(base_url=server.url, timeout=60) as http:
         put = await http.put(
             "/vms/reviewer/files/home/user/src/auth.py", content=b"def check(t): return t\n"
@@ -220,6 +221,7 @@ async def test_fix_bug_reads_a_host_repository_only_inside_the_allowed_roots(
                     "issue": "root-repo: add subtracts",
                     "test_command": "sh test_calc.sh",
                     "vm_key": "fix-root",
+                    "keep_vm": True,
                 },
                 "wait": True,
                 "timeout_ms": 240_000,
