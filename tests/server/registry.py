@@ -9,6 +9,7 @@ exactly as they call the real one, without Docker.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import posixpath
 from typing import Any
@@ -160,8 +161,65 @@ vm = actor(
 )
 
 
+# --- runner: run queues (per-message workflows) for the runs routes ------------------------
+#
+# "jobs" (concurrency 2): steps "prepare" (counted in state) and "work", which fails
+# while the actor's state says "broken" (``break_work``/``heal`` toggle it) and holds
+# for ``body["hold"]`` seconds; the recorded step times show runs overlapping.
+# "slow" (concurrency 1): one step sleeping ``body["seconds"]``, to be cancelled.
+
+
+async def run_job(ctx: WorkflowContext, message: Any) -> Any:
+    body = message.body if isinstance(message.body, dict) else {}
+    await ctx.run_meta(label=body.get("label"))
+
+    def prepare() -> int:
+        ctx.state["prepared"] = ctx.state.get("prepared", 0) + 1
+        return int(ctx.state["prepared"])
+
+    prepared = await ctx.step("prepare", prepare)
+
+    async def work() -> str:
+        if ctx.state.get("broken"):
+            raise RuntimeError("work is broken")
+        if body.get("hold"):
+            await asyncio.sleep(float(body["hold"]))
+        return f"done {body.get('label')}"
+
+    result = await ctx.step("work", work, max_retries=int(body.get("retries", 0)))
+    return {"result": result, "prepared": prepared}
+
+
+async def run_slow(ctx: WorkflowContext, message: Any) -> Any:
+    seconds = float(message.body.get("seconds", 60)) if isinstance(message.body, dict) else 60.0
+
+    async def nap() -> str:
+        await asyncio.sleep(seconds)
+        return "woke"
+
+    return await ctx.step("nap", nap)
+
+
+def break_work(c: ActorContext) -> None:
+    c.state["broken"] = True
+
+
+def heal(c: ActorContext) -> None:
+    c.state["broken"] = False
+
+
+runner = actor(
+    state={"prepared": 0, "broken": False},
+    queues={
+        "jobs": queue(run=run_job, concurrency=2),
+        "slow": queue(run=run_slow, concurrency=1),
+    },
+    actions={"break_work": break_work, "heal": heal},
+)
+
+
 def build() -> Registry:
-    registry = Registry({"counter": counter, "worker": worker, "vm": vm})
+    registry = Registry({"counter": counter, "worker": worker, "vm": vm, "runner": runner})
     for name, definition in ex.progress_broadcast().actors.items():
         registry.add(name, definition)
     return registry
