@@ -460,3 +460,17 @@ def test_queue_declaration_is_checked():
 
 async def _async(value: Any) -> Any:
     return value
+
+
+async def test_the_runs_example(make_engine):
+    from examples import runs as ex
+
+    async with make_engine(ex.registry) as engine:
+        h = engine.client().translator.get_or_create("main")
+        ok = await h.send("jobs", {"text": "hello world"}, wait=True, timeout=10)
+        assert ok.response == {"text": "bonjour monde"}
+        bad = await h.send("jobs", {"text": "hi", "lang": "xx"}, wait=True, timeout=10)
+        assert bad.status == "failed" and bad.error["code"] == "step_exhausted"
+        with pytest.raises(InvalidRequest):
+            await h.send("jobs", {"lang": "fr"})  # body validated at send time
+        assert [r.meta for r in await h.runs()] == [{"lang": "xx"}, {"lang": "fr"}]
