@@ -484,28 +484,40 @@ class SessionPrinter:
         self._end_message()
 
 
-async def _backfill(http: httpx.AsyncClient, vm_path: str, printer: SessionPrinter) -> None:
-    """The vm's session events so far (watch started mid-run); best effort."""
+# Pages of stored session events ``watch`` reads per session when catching up.
+BACKFILL_PAGES = 10
+
+
+async def _backfill(
+    http: httpx.AsyncClient, vm_path: str, printer: SessionPrinter, *, quiet: bool = False
+) -> None:
+    """Print the vm's stored session events not printed yet (events are stored before
+    they are broadcast): the ones before ``watch`` subscribed, and at the run's end the
+    ones still in flight on the vm's stream. Best effort: the vm may be gone."""
+
+    async def action(name: str, *args: Any) -> Any:
+        resp = await http.post(
+            f"{vm_path}/actions/{name}", params={"create": "false"}, json={"args": list(args)}
+        )
+        return check(resp).json().get("output")
+
     try:
-        listed = check(
-            await http.post(
-                f"{vm_path}/actions/list_sessions", params={"create": "false"}, json={"args": []}
-            )
-        ).json()
-        for session in listed.get("output") or []:
-            sid = session.get("session_id") if isinstance(session, dict) else None
+        listed = await action("list_sessions")
+        sids = [x.get("session_id") for x in listed or [] if isinstance(x, dict)]
+        for sid in dict.fromkeys([*sids, *printer.seen]):  # closed sessions are not listed
             if not isinstance(sid, str):
                 continue
-            resp = await http.post(
-                f"{vm_path}/actions/get_session_events",
-                params={"create": "false"},
-                json={"args": [sid, {"since": 0, "limit": 1000}]},
-            )
-            for ev in check(resp).json().get("output") or []:
-                if isinstance(ev, dict):
-                    printer.event(ev)
+            for _ in range(BACKFILL_PAGES):
+                since = printer.seen.get(sid, 0)
+                page = await action("get_session_events", sid, {"since": since, "limit": 1000})
+                for ev in page or []:
+                    if isinstance(ev, dict):
+                        printer.event(ev)
+                if not page or printer.seen.get(sid, 0) == since:
+                    break
     except Exception as exc:  # no such vm or action, a transport error, a bad answer
-        console.print(Text(f"(earlier session events unavailable: {clean(str(exc), 200)})"))
+        if not quiet:
+            console.print(Text(f"(stored session events unavailable: {clean(str(exc), 200)})"))
 
 
 def _step_line(p: dict[str, Any]) -> Text:
@@ -584,6 +596,14 @@ async def watch_run(http: httpx.AsyncClient, actor: str, key: str, rid: int) -> 
                 if isinstance(vm, str) and vm_stream is None:
                     vm_stream = follow_vm(vm)
             elif name in ("run_completed", "run_failed", "run_cancelled"):
+                # The vm's stream is another connection: its last events may still be
+                # on the way. Print what arrived, then the rest from the vm's store.
+                while not events.empty():
+                    source, name, payload = events.get_nowait()
+                    if source == "vm" and name == "session_event" and isinstance(payload, dict):
+                        printer.event(payload)
+                if vm_path:
+                    await _backfill(http, vm_path, printer, quiet=True)
                 return dict(check(await http.get(f"{base}/runs/{rid}")).json())
     finally:
         printer.finish()
