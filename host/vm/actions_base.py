@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict
 from host.blobs import BlobStore
 from host.sandbox import Sandbox
 from orchestrator import ActorContext
-from orchestrator.errors import InvalidRequest
+from orchestrator.errors import EngineStopped, InvalidRequest
 
 from .manager import SandboxManager, SandboxRecord
 from .options import VmOptions
@@ -88,15 +88,31 @@ async def sandbox_of(c: ActorContext) -> Sandbox:
             sandbox = v.sandbox
             if sandbox is None or not sandbox.connected:
                 record = current_record(c)
+                fresh = record is None
                 if record is None:
                     sandbox, record = await v.manager.acquire(list(c.key), vm_options(c))
                 else:
                     sandbox, record = await v.manager.resume(record, list(c.key), vm_options(c))
                 v.sandbox, v.record = sandbox, record
-                await gateway_up(c, v.manager.gateway, sandbox, c.state.get("token_budget"))
-                await sessions_up(c, v.sessions, sandbox, vm_options(c).bundles, adopted=False)
+                try:
+                    await gateway_up(c, v.manager.gateway, sandbox, c.state.get("token_budget"))
+                    await sessions_up(c, v.sessions, sandbox, vm_options(c).bundles, adopted=False)
+                finally:
+                    # Also on success: an action may outlive the vm's on_sleep.
+                    if fresh and c.engine_stopping:
+                        await _give_back(c, v)
     remember(c, v.record)
     return sandbox
+
+
+async def _give_back(c: ActorContext, v: VmVars) -> None:
+    """A container acquired while the engine stops is removed, not kept: the vm's
+    on_sleep may have run already, so nothing would record it and it would outlive
+    the host (a warm-pool container left running after a clean stop)."""
+    record, v.sandbox, v.record = v.record, None, None
+    if record is not None:
+        await asyncio.shield(v.manager.destroy(record))
+    raise EngineStopped("the engine is stopping; the vm's container was not kept")
 
 
 def used(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections import deque
@@ -45,6 +46,8 @@ log = logging.getLogger("agentvm.vm")
 
 # After a failed pool refill (e.g. Docker restarting), wait this long before retrying.
 _REFILL_BACKOFF = 5.0
+# close() waits this long for a pool container being created (or removed) to finish.
+_CLOSE_DEADLINE = 60.0
 
 
 # The manager attached to each engine: HTTP routes stream sandbox files through it.
@@ -94,6 +97,13 @@ class _Pool:
     added: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
     creating: int = 0
+    # The container creation in flight: shielded from the refill task's cancellation
+    # (close() waits for it and removes what it made).
+    inflight: asyncio.Future[Sandbox] | None = None
+
+
+def _done_creating(pool: _Pool, _: object) -> None:
+    pool.creating -= 1
 
 
 class SandboxManager:
@@ -137,6 +147,8 @@ class SandboxManager:
         self._reaper: asyncio.Task[None] | None = None
         self._closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Removals of dead pool containers: awaited by close(), never cancelled.
+        self._removals: set[asyncio.Future[None]] = set()
 
     @classmethod
     async def open(
@@ -210,6 +222,14 @@ class SandboxManager:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        # Cancelling a container creation half-way leaks it: Docker's calls run in
+        # threads that finish after the cancel (and after the clean-up that ran on
+        # it), leaving a started pool container, its volume and its disk. So a refill
+        # in flight is waited for (bounded) and what it made is removed below.
+        for pool in self._pools.values():
+            await self._settle_inflight(pool)
+        if self._removals:
+            await asyncio.wait(list(self._removals), timeout=_CLOSE_DEADLINE)
         if remove_pool:
             for pool in self._pools.values():
                 while pool.ready:
@@ -279,6 +299,10 @@ class SandboxManager:
         """Containers handed to vm actors of this process with a live connection."""
         return sum(1 for sandbox in list(self._claimed.values()) if sandbox.connected)
 
+    def pool_creating(self) -> int:
+        """Warm-pool containers being created right now (all pools)."""
+        return sum(pool.creating for pool in self._pools.values())
+
     def pool_ready(self, options: VmOptions | None = None) -> int:
         """How many started containers wait in the pool for ``options`` (default: defaults)."""
         pool = self._pools.get((options or self.defaults).container_key())
@@ -304,10 +328,11 @@ class SandboxManager:
                     image = await self.image_for(pool.options.bundles)
                     spec = self._spec(pool.options, image, [], pool.options.pool_id())
                     pool.creating += 1
-                    try:
-                        sandbox = await self._create(spec, claim=False)
-                    finally:
-                        pool.creating -= 1
+                    create = pool.inflight = asyncio.ensure_future(self._create(spec, claim=False))
+                    create.add_done_callback(functools.partial(_done_creating, pool))
+                    # Shielded: see close(). A failed create cleans up after itself.
+                    sandbox = await asyncio.shield(create)
+                    pool.inflight = None
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
@@ -327,10 +352,38 @@ class SandboxManager:
             if sandbox.connected:
                 taken = (sandbox, image)
             else:  # died while waiting in the pool
-                self.background(self.backend.remove(sandbox))
-                self.background(self._egress_down(sandbox.name))
+                self._remove_later(sandbox)
         pool.wanted.set()
         return taken
+
+    def _remove_later(self, sandbox: Sandbox) -> None:
+        """Remove a dead pool container in the background; close() waits for it."""
+
+        async def remove() -> None:
+            with contextlib.suppress(SandboxError):
+                await self.backend.remove(sandbox)
+            await self._egress_down(sandbox.name)
+
+        task = asyncio.ensure_future(remove())
+        self._removals.add(task)
+        task.add_done_callback(self._removals.discard)
+
+    async def _settle_inflight(self, pool: _Pool) -> None:
+        """Wait (bounded) for the pool's creation in flight and keep what it made in
+        ``pool.ready``, for close() to remove."""
+        create, pool.inflight = pool.inflight, None
+        if create is None:
+            return
+        try:
+            sandbox = await asyncio.wait_for(asyncio.shield(create), _CLOSE_DEADLINE)
+        except TimeoutError:
+            create.cancel()  # the backend's own clean-up is the last resort
+            with contextlib.suppress(BaseException):
+                await create
+            return
+        except Exception:
+            return  # the failed create removed what it had made
+        pool.ready.append((sandbox, ""))
 
     def background(self, coro: Any) -> None:
         """Run ``coro`` as a task of the manager (cancelled by :meth:`close`)."""
