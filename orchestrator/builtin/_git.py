@@ -62,8 +62,9 @@ async def prepare_repo(vm: ActorHandle, repo: str, policy: RepoPolicy | None) ->
 async def ensure_repo(vm: ActorHandle, repo: str, policy: RepoPolicy | None, base: str) -> None:
     """Before an agent works: if the vm lost the repository (a retried run whose vm
     was destroyed when it failed, a vm lost for good), put it back."""
-    if (await _git(vm, "cat-file", "-e", f"{base}^{{commit}}"))["exit_code"] == 0:
-        return
+    if await vm.exists(f"{REPO_DIR}/.git"):
+        if (await _git(vm, "cat-file", "-e", f"{base}^{{commit}}"))["exit_code"] == 0:
+            return
     await prepare_repo(vm, repo, policy)
 
 

@@ -265,7 +265,7 @@ async def test_retry_a_failed_run_does_not_repeat_completed_steps(host, fake_mod
         retried = await http.post(f"/actors/automator/main/runs/{run_id}/retry")
         assert retried.status_code == 200, retried.text
         run = await _until(http, "automator", run_id, {"completed", "failed"})
-    assert run["status"] == "completed", run
+    assert run["status"] == "completed", (run["error"], run["history"])
     assert run["result"]["fixed"] is True
     after = _steps(run)
     assert after["clone-repo"]["attempts"] == 1
