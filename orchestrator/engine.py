@@ -36,6 +36,7 @@ from .inspect import (
 )
 from .inspect import received_completable as _received_completable
 from .keys import ActorKey, KeyLike, normalize_key
+from .metrics import register_runs_gauge
 from .queues import SendResult
 from .records import RunDetail, RunInfo
 from .storage import SQLiteStore, Store, base
@@ -86,6 +87,7 @@ class Engine:
     async def start(self) -> None:
         await self.store.open()
         self._running = True
+        register_runs_gauge(self)
         now = time.time()
         recs = await self.store.actors_to_recover()
         wake_now: list[str] = []

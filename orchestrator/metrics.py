@@ -11,7 +11,9 @@ from __future__ import annotations
 import bisect
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterable
+from typing import Any
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -209,3 +211,22 @@ RUNS_TOTAL = REGISTRY.counter(
     "Run transitions, by actor type and the status entered (running, completed, failed, "
     "cancelled).",
 )
+
+
+def register_runs_gauge(engine: Any) -> None:
+    """``agentvm_runs{actor,status}``: queued and running runs of the awake actors of
+    ``engine`` (the latest engine started in this process; held weakly)."""
+    ref = weakref.ref(engine)
+
+    def sample() -> Iterable[tuple[dict[str, str], float]]:
+        eng = ref()
+        if eng is None:
+            return []
+        counts: dict[tuple[str, str], int] = {}
+        for inst in list(eng.instances.values()):
+            for st in list(inst.runs.runs.values()):
+                k = (inst.name, st.record.status)
+                counts[k] = counts.get(k, 0) + 1
+        return [({"actor": a, "status": s}, n) for (a, s), n in sorted(counts.items())]
+
+    REGISTRY.gauge("agentvm_runs", "Queued and running runs of awake actors.", sample)

@@ -474,3 +474,17 @@ async def test_the_runs_example(make_engine):
         with pytest.raises(InvalidRequest):
             await h.send("jobs", {"lang": "fr"})  # body validated at send time
         assert [r.meta for r in await h.runs()] == [{"lang": "xx"}, {"lang": "fr"}]
+
+
+async def test_run_metrics(make_engine):
+    from orchestrator.metrics import REGISTRY
+
+    probe = Probe()
+    async with make_engine(registry(probe)) as engine:
+        h = engine.client().worker.get_or_create("metrics")
+        await h.send("jobs", {"tag": "m", "block": True})
+        await eventually(lambda: _async(probe.running), lambda n: n == 1)
+        assert 'agentvm_runs{actor="worker",status="running"} 1' in REGISTRY.render()
+        probe.gate("m").set()
+        await eventually(h.runs, lambda r: r[0].status == "completed")
+        assert 'agentvm_runs_total{actor="worker",status="completed"}' in REGISTRY.render()
