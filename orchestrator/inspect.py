@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from .errors import ActorNotFound
+from .errors import ActorNotFound, InvalidRequest, RunNotFound
 from .keys import KeyLike, normalize_key
 from .storage.base import ActorRecord, HistoryRecord, Store
 
 if TYPE_CHECKING:
     from .definitions import Registry
+    from .records import RunDetail, RunInfo
 
 
 # --- models ------------------------------------------------------------------------------
@@ -342,6 +343,37 @@ class Inspector:
             entries_by_status=dict(Counter(e.status for e in history.entries)),
             running_steps=[e.path for e in history.entries if e.status == "running"],
         )
+
+    # -- runs --
+
+    async def list_runs(
+        self, actor_id: str | None = None, *, status: str | None = None, name: str | None = None
+    ) -> list[RunInfo]:
+        """Runs (messages of ``queue(run=...)`` queues), newest first: of one actor or
+        across actors, by ``status`` and actor type ``name``."""
+        from ._run_ops import RUN_STATUSES
+        from .records import run_info  # records imports this module
+
+        if status is not None and status not in RUN_STATUSES:
+            raise InvalidRequest(
+                f"unknown run status {status!r}; one of {', '.join(RUN_STATUSES)}",
+                field="status",
+                allowed=list(RUN_STATUSES),
+            )
+        if actor_id is not None:
+            await self._record(actor_id)  # ActorNotFound for an unknown actor
+        recs = await self._store.list_runs(actor_id, status=status, name=name)
+        return [run_info(r) for r in recs]
+
+    async def get_run(self, actor_id: str, run_id: int) -> RunDetail:
+        """A run with its input, result or error, and its recorded history."""
+        from .records import run_detail
+        if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:
+            raise InvalidRequest(f"a run id is a positive integer, not {run_id!r}", field="run_id")
+        rec = await self._store.get_run(actor_id, run_id)
+        if rec is None:
+            raise RunNotFound(f"no run {run_id} on actor {actor_id}", run_id=run_id)
+        return run_detail(rec, await self._store.load_run_history(actor_id, run_id))
 
     # -- stats --
 

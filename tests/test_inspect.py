@@ -9,7 +9,7 @@ import pytest
 from support import eventually
 
 from orchestrator import Inspector, WorkflowContext, actor, queue, setup, workflow
-from orchestrator.errors import ActorNotFound
+from orchestrator.errors import ActorNotFound, InvalidRequest, RunNotFound
 
 
 def _registry() -> Any:
@@ -137,3 +137,36 @@ async def test_inspector_on_a_store_without_an_engine(make_engine: Any, db_path:
         assert await inspector.find_actor("plain", "nobody") is None
         with pytest.raises(ActorNotFound):
             await inspector.history("no-such-id")
+
+
+async def test_runs_on_a_store_without_an_engine(make_engine: Any, db_path: str) -> None:
+    async def handle(ctx: WorkflowContext, message: Any) -> Any:
+        value = await ctx.step("double", lambda: message.body["n"] * 2)
+        if message.body["n"] < 0:
+            raise ValueError("negative")
+        return value
+
+    registry = setup(use={"jobs": actor(queues={"in": queue(run=handle, concurrency=2)})})
+    async with make_engine(registry) as engine:
+        h = await engine.client().jobs.create("j")
+        ok = await h.send("in", {"n": 2}, wait=True, timeout=10)
+        bad = await h.send("in", {"n": -1}, wait=True, timeout=10)
+        assert (ok.status, bad.status) == ("completed", "failed")
+        info = await engine.inspector.find_actor("jobs", "j")
+        assert info is not None
+        live = await engine.get_run(info.actor_id, ok.message_id)
+    async with await Inspector.open(db_path) as inspector:
+        runs = await inspector.list_runs()
+        assert {r.run_id: r.status for r in runs} == {
+            ok.message_id: "completed",
+            bad.message_id: "failed",
+        }
+        assert [r.run_id for r in await inspector.list_runs(status="failed")] == [bad.message_id]
+        detail = await inspector.get_run(live.actor_id, ok.message_id)
+        assert detail.result == 4 and detail.model_dump() == live.model_dump()
+        failed = await inspector.get_run(live.actor_id, bad.message_id)
+        assert failed.error is not None and "negative" in failed.error["message"]
+        with pytest.raises(InvalidRequest):
+            await inspector.list_runs(status="stuck")
+        with pytest.raises(RunNotFound):
+            await inspector.get_run(live.actor_id, 10**9)
