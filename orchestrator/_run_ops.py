@@ -123,7 +123,7 @@ async def cancel_run(engine: Engine, actor_id: str, run_id: int) -> RunInfo:
     # Recorded before the task is interrupted: a crash right after must not resume it.
     st.cancel_requested = True
     done = dataclasses.replace(st.record, status="cancelled", finished_at=time.time())
-    await inst.store.submit(queues.finish_ops(done))
+    await inst.store.submit(queues.finish_ops(done, with_state=False))
     st.record = done
     queued = queues.dequeue(st)
     queues.announce(done)

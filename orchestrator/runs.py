@@ -205,14 +205,15 @@ class RunQueues:
 
     # -- outcomes
 
-    def finish_ops(self, rec: RunRecord) -> list[base.Op]:
+    def finish_ops(self, rec: RunRecord, *, with_state: bool = True) -> list[base.Op]:
         """The batch that ends a run: its record, the message's removal, the actor's
-        state, and the pruning of old finished runs' histories."""
+        state (not for a cancel: the interrupted step's half-made changes must not
+        land), and the pruning of old finished runs' histories."""
         inst = self.inst
         return [
             (base.PUT_RUN, rec),
             (base.DELETE_MESSAGE, rec.run_id),
-            *inst.state_ops(),
+            *(inst.state_ops() if with_state else []),
             (base.PRUNE_RUN_HISTORY, inst.actor_id, inst.engine.config.run_history_keep),
         ]
 

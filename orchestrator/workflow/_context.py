@@ -407,6 +407,11 @@ class WorkflowContext(ActorContext):
                         result = await asyncio.wait_for(result, limit)
                     else:
                         result = await result
+            except asyncio.CancelledError:
+                # Interrupted (a cancelled run, or the actor stopping): like a failed
+                # attempt, it changes nothing.
+                inst.restore_state()
+                raise
             except CriticalError as exc:
                 inst.restore_state()
                 await self._record_failure(path, attempts + 1, first_started, exc, critical=True)
