@@ -138,6 +138,12 @@ def test_runs_run_retry_and_errors(
         assert res.returncode == 1 and code in res.stderr, (args, res.stderr)
     assert cli(server, "run", "jobs", unique, "abc").returncode == 2
 
+    # `agentvm send --wait` to a run queue: a failed run is an error, exit 1.
+    body = json.dumps({"n": 1, "need": str(tmp_path / "absent")})
+    sent = cli(server, "send", "jobs", unique, "tasks", body, "--wait", "--timeout", "60")
+    assert sent.returncode == 1, sent.stderr
+    assert b"failed" in sent.stderr and b"missing" in sent.stderr
+
 
 def test_cancel_running_and_queued(
     server: LiveServer, http: httpx.Client, unique: str, tmp_path: Path
