@@ -340,10 +340,14 @@ class CodingAgent:
             return True
         if isinstance(exc, sdk.APIStatusError):
             return exc.status_code >= 500 or exc.status_code == 429
-        import httpx  # loaded with the SDK
-
-        # A stream cut mid-body surfaces as httpx's error, not wrapped by the SDK.
-        return isinstance(exc, httpx.TransportError | IncompleteResponse)
+        if isinstance(exc, IncompleteResponse):
+            return True
+        # A stream cut mid-body surfaces as the HTTP library's error (httpx's
+        # TransportError), not wrapped by the SDK; matched by name, since the
+        # library may be vendored under another module path.
+        return any(
+            k.__name__ == "TransportError" and "httpx" in k.__module__ for k in type(exc).__mro__
+        )
 
     async def _call_model_once(self, session: Session) -> Any:
         client = await self._anthropic()
