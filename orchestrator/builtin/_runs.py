@@ -17,8 +17,9 @@ from ..workflow import WorkflowContext
 
 log = logging.getLogger("agentvm.builtin")
 
-# Built-in queues run this many requests of one orchestrator key at once (taskRunner: 1).
-BUILTIN_CONCURRENCY = 4
+# Built-in queues run as many requests of one orchestrator key at once as the engine's
+# default (AGENTVM_RUN_CONCURRENCY, 4 unless set); taskRunner is serial (1).
+BUILTIN_CONCURRENCY: int | None = None
 # Default of AGENTVM_KEEP_VM_HOURS: how long a vm kept with ``keep_vm`` lives.
 DEFAULT_KEEP_VM_HOURS = 24.0
 # The longest the final clean-up (destroying a vm) may hold a run's end up.

@@ -1,0 +1,198 @@
+"""fixBug runs side by side vs one after another.
+
+    uv run python bench/runs.py [--quick] [--runs N] [--latency L]
+
+One real host (``host_runtime``: SQLite engine, Docker sandboxes with the coding
+agent, warm pool of N containers, the LLM gateway) in this process; the fake
+Anthropic server (tests/support/fake_anthropic.py) in a child process, answering
+every Messages call after a fixed latency L. Each ``fixBug`` run clones a small
+buggy repository into its own vm, lets the agent fix it (two model calls: an edit,
+then a final text), runs the tests, makes the patch and destroys its vm.
+
+1. **concurrent**: N runs sent at once to ``automator/main`` (run concurrency N),
+   until all completed.
+2. **serial**: the same N runs one after another (each sent with ``wait``).
+
+Before each phase the warm pool is refilled (outside the timing). The last line is
+one JSON object: ``runs``, ``model_latency_s``, ``concurrent_s``, ``serial_s``,
+``speedup`` (serial / concurrent) and ``overhead_per_run_s`` (the median wall time
+of a serial run minus its model time: model calls x L). Targets: N=8 and
+concurrency 8: ``speedup`` >= 6, ``overhead_per_run_s`` <= 0.5.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from host.app import HostSettings, build_registry, host_runtime  # noqa: E402
+from orchestrator import EngineConfig  # noqa: E402
+from tests.support.docker import docker_client, remove_host  # noqa: E402
+
+HOST_ID = f"bench-runs{os.getpid()}"
+VERBOSE = bool(os.environ.get("BENCH_VERBOSE"))
+
+# The fake model in a child process: every request with a run's marker plays an edit
+# then a final text; each call answers after the latency. Prints its request count
+# on stdin's end.
+FAKE = """
+import sys
+from tests.support.fake_anthropic import FakeAnthropic, Turn
+edit = {"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}
+with FakeAnthropic(latency=float(sys.argv[1])) as fake:
+    for i in range(int(sys.argv[2])):
+        fake.script(Turn.tool("edit", edit), Turn.text("Fixed."), marker=f"bench-run-{i}:")
+    print(fake.url, flush=True)
+    sys.stdin.read()
+    print(len(fake.message_requests()), flush=True)
+"""
+
+
+async def start_fake(latency: float, scripts: int) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FAKE,
+        str(latency),
+        str(scripts),
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    url = (await proc.stdout.readline()).decode().strip()
+    if not url.startswith("http"):
+        raise RuntimeError("the fake model did not start")
+    return proc, url
+
+
+def make_repo(root: Path) -> Path:
+    repo = root / "calc"
+    repo.mkdir()
+    (repo / "calc.py").write_text("def add(a, b):\n    return a - b\n")
+    (repo / "test_calc.sh").write_text(
+        "#!/bin/sh\npython3 -c 'import calc; assert calc.add(2, 3) == 5'\n"
+    )
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "b",
+        "GIT_AUTHOR_EMAIL": "b@e",
+        "GIT_COMMITTER_NAME": "b",
+        "GIT_COMMITTER_EMAIL": "b@e",
+    }
+    for cmd in (["git", "init", "-q"], ["git", "add", "."], ["git", "commit", "-qm", "calc"]):
+        subprocess.run(cmd, cwd=repo, check=True, env=env)
+    return repo
+
+
+async def main(runs: int, latency: float) -> dict[str, Any]:
+    tmp = tempfile.TemporaryDirectory(prefix="agentvm-bench-runs-")
+    root = Path(tmp.name)
+    repo = make_repo(root)
+    fake, fake_url = await start_fake(latency, 2 * runs)
+    os.environ.update(ANTHROPIC_BASE_URL=fake_url, ANTHROPIC_API_KEY="sk-ant-bench-runs")
+    settings = HostSettings(
+        host_id=HOST_ID, warm_pool=runs, repo_roots=str(root), prestart_agents="coding-agent"
+    )
+    config = EngineConfig(db=str(root / "bench.db"), run_concurrency=runs)
+    managers: list[Any] = []
+
+    def registry(manager: Any) -> Any:
+        managers.append(manager)
+        return build_registry(manager, settings)
+
+    def body(i: int) -> dict[str, Any]:
+        return {
+            "repo": str(repo),
+            "issue": f"bench-run-{i}: add(2, 3) returns -1",
+            "test_command": "sh test_calc.sh",
+        }
+
+    async def pool_full() -> None:
+        deadline = time.monotonic() + 300
+        while managers[0].pool_ready() < runs:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"warm pool not refilled: {managers[0].pool_ready()}")
+            await asyncio.sleep(0.2)
+
+    try:
+        async with host_runtime(config, settings, registry=registry) as engine:
+            automator = engine.client().automator.get_or_create("main")
+
+            async def one(i: int) -> float:
+                start = time.perf_counter()
+                sent = await automator.send("fixBug", body(i), wait=True, timeout=600)
+                if sent.status != "completed" or not sent.response["fixed"]:
+                    raise RuntimeError(f"run {i}: {sent.status} {sent.error or sent.response}")
+                elapsed = time.perf_counter() - start
+                if VERBOSE:
+                    run = await automator.run(sent.message_id)
+                    t0 = run.created_at
+                    steps = [
+                        f"{e.path}:{(e.started_at or t0) - t0:.2f}+{(e.finished_at or 0) - (e.started_at or 0):.2f}"
+                        for e in run.history
+                    ]
+                    end = (run.finished_at or t0) - t0
+                    print(f"run {i}: {elapsed:.2f}s start {(run.started_at or t0) - t0:.2f} end {end:.2f} {steps}", file=sys.stderr)
+                return elapsed
+
+            await pool_full()
+            start = time.perf_counter()
+            await asyncio.gather(*(one(i) for i in range(runs)))
+            concurrent_s = time.perf_counter() - start
+
+            await pool_full()
+            serial: list[float] = []
+            for i in range(runs, 2 * runs):
+                serial.append(await one(i))
+            serial_s = sum(serial)
+    finally:
+        assert fake.stdin is not None and fake.stdout is not None
+        fake.stdin.close()
+        calls = int((await fake.stdout.readline()).decode().strip() or 0)
+        await fake.wait()
+        client = docker_client()
+        remove_host(client, HOST_ID)
+        client.close()
+        tmp.cleanup()
+
+    model_s = calls / (2 * runs) * latency  # model time of one run
+    return {
+        "runs": runs,
+        "concurrency": runs,
+        "model_latency_s": latency,
+        "model_calls_per_run": calls / (2 * runs),
+        "concurrent_s": round(concurrent_s, 2),
+        "serial_s": round(serial_s, 2),
+        "speedup": round(serial_s / concurrent_s, 2),
+        "run_wall_median_s": round(statistics.median(serial), 2),
+        "overhead_per_run_s": round(statistics.median(serial) - model_s, 2),
+        "targets": {"speedup": 6, "overhead_per_run_s": 0.5},
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="fixBug runs: concurrent vs serial")
+    parser.add_argument("--quick", action="store_true", help="4 runs, shorter latency")
+    parser.add_argument("--runs", type=int, default=None, help="N (default 8; --quick: 4)")
+    parser.add_argument("--latency", type=float, default=None, help="seconds per model call")
+    args = parser.parse_args()
+    n = args.runs or (4 if args.quick else 8)
+    latency = args.latency if args.latency is not None else (1.0 if args.quick else 2.0)
+    started = time.perf_counter()
+    figures = asyncio.run(main(n, latency))
+    figures["quick"] = args.quick
+    figures["wall_s"] = round(time.perf_counter() - started, 1)
+    print(json.dumps(figures))
