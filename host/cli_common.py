@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,7 @@ from typing import Annotated, Any, TypeVar
 import httpx
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from orchestrator import AgentVMError, RemoteClient, create_client
 from orchestrator.keys import ActorKey, decode_key_path
@@ -54,8 +56,21 @@ def print_json(value: Any) -> None:
     out.print_json(json.dumps(to_wire(value), ensure_ascii=False), highlight=False)
 
 
+# C0 controls but \t and \n, DEL, C1 controls (\x9b is a CSI on some terminals).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def clean(text: Any, limit: int | None = None) -> str:
+    """Server text made safe for a terminal: control characters shown escaped."""
+    s = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, default=str)
+    if limit is not None and len(s) > limit:
+        s = s[:limit] + f"... ({len(s) - limit} more characters)"
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    console.print(f"[red]error:[/] {message}", highlight=False, markup=True)
+    # The message may quote the server (and sandbox code): never read as markup.
+    console.print(Text("error: ", style="red") + Text(clean(message)), highlight=False)
     return typer.Exit(code)
 
 

@@ -12,7 +12,6 @@ must not be able to drive the operator's terminal with escape sequences.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -34,6 +33,7 @@ from .cli_common import (
     TokenOpt,
     UrlOpt,
     check,
+    clean,
     console,
     fail,
     out,
@@ -54,17 +54,6 @@ STATUS_STYLE = {
 }
 # Longest excerpt of agent text (a prompt, a tool input or output) printed by ``watch``.
 EXCERPT = 2000
-
-# C0 controls but \t and \n, DEL, C1 controls (\x9b is a CSI on some terminals).
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-def clean(text: Any, limit: int | None = None) -> str:
-    """Server text made safe for a terminal: control characters shown escaped."""
-    s = text if isinstance(text, str) else json.dumps(text, ensure_ascii=False, default=str)
-    if limit is not None and len(s) > limit:
-        s = s[:limit] + f"... ({len(s) - limit} more characters)"
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", s)
 
 
 def _clean_value(value: Any) -> Any:
