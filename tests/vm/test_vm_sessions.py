@@ -317,6 +317,57 @@ async def test_agent_crash_is_reported(
         await vm.destroy()
 
 
+async def test_a_cancelled_send_prompt_cancels_the_agents_turn(
+    session_host: HostFactory, fake_anthropic: FakeAnthropic
+) -> None:
+    """The caller of send_prompt is cancelled (as a run cancel does to its step): the
+    agent gets session/cancel, its turn ends ``cancelled`` (the model call abandoned)
+    and the session takes the next prompt."""
+    gate = fake_anthropic.gate()
+    fake_anthropic.script(
+        Turn.text("working on it", " slowly", wait_for=gate),
+        Turn.text("Next one."),
+        marker="[caller-cancel]",
+    )
+    async with session_host() as h:
+        vm = h.client.vm.get_or_create(["sess", "caller-cancel"])
+        sid = (await vm.create_session("coding-agent"))["session_id"]
+        prompt = asyncio.create_task(vm.send_prompt(sid, "[caller-cancel] go"))
+        await wait_event(vm, sid, lambda e: "working on it" in str(e["data"]))
+        prompt.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await prompt
+        events = await eventually(
+            lambda: events_of(vm, sid),
+            lambda evs: evs[-1]["kind"] == "prompt_end",
+            timeout=30,
+            what="the cancelled turn's prompt_end",
+        )
+        assert events[-1]["data"]["stop_reason"] == "cancelled"
+        gate.set()
+        again = await vm.send_prompt(sid, "[caller-cancel] next")
+        assert again == {**again, "stop_reason": "end_turn", "text": "Next one."}
+        await vm.destroy()
+
+
+async def test_a_failed_prompt_ends_with_a_prompt_end_carrying_the_error(
+    session_host: HostFactory, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.script(
+        Turn.fail(400, "invalid_request_error", "prompt is too long"), marker="[fails]"
+    )
+    async with session_host() as h:
+        vm = h.client.vm.get_or_create(["sess", "fails"])
+        sid = (await vm.create_session("coding-agent"))["session_id"]
+        with pytest.raises(AgentError):
+            await vm.send_prompt(sid, "[fails] go")
+        events = await events_of(vm, sid)
+        assert events[-1]["kind"] == "prompt_end", events
+        end = events[-1]["data"]
+        assert end["stop_reason"] == "error" and "prompt is too long" in str(end["error"])
+        await vm.destroy()
+
+
 async def test_host_restart_during_a_prompt_loses_no_event(
     session_host: HostFactory, fake_anthropic: FakeAnthropic
 ) -> None:
