@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import socket
+from pathlib import Path
 
 import pytest
 from sessions_stub import INPUT_TOKENS, OUTPUT_TOKENS, StubUpstream, sse_body
 
 from host.gateway import LLMGateway
 from host.sandbox import Sandbox
+from tests.support import eventually
 
 pytestmark = pytest.mark.docker
 
@@ -34,6 +39,34 @@ async def test_without_a_gateway_the_sandbox_gets_a_clear_503(sandbox: Sandbox) 
     assert res.stdout == "503"
     body = json.loads(await sandbox.read_file("/tmp/body"))
     assert body["type"] == "error" and "gateway unavailable" in body["error"]["message"]
+
+
+async def test_a_model_call_waits_for_a_host_that_died_and_goes_through(
+    sandbox: Sandbox, gateway: LLMGateway, upstream: StubUpstream
+) -> None:
+    """A host killed with -9 leaves its gateway.sock behind (connections refused):
+    the in-sandbox forwarder holds the request and retries until a host serves the
+    gateway again, instead of answering 503 at once."""
+    path = Path(sandbox.control.control_dir) / "gateway.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    os.chmod(path, 0o666)
+    stale.close()  # the file stays; nobody listens
+    request = asyncio.create_task(sandbox.exec(curl(BODY)))
+
+    async def connected() -> str:
+        # The client's connection to the forwarder (port 4141 = 0x102D) is open.
+        return (await sandbox.exec("cat /proc/net/tcp")).stdout
+
+    await eventually(connected, lambda tcp: ":102D " in tcp and " 01 " in tcp, timeout=30)
+    assert not request.done()
+    await gateway.serve(sandbox.name, sandbox.control.control_dir, container=sandbox.id)
+    try:
+        res = await asyncio.wait_for(request, 60)
+        assert res.stdout == "200", res
+        assert len(upstream.requests) == 1
+    finally:
+        await gateway.stop(sandbox.name)
 
 
 async def test_streaming_pass_through_key_injection_and_usage(
