@@ -140,12 +140,17 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
                 if VERBOSE:
                     run = await automator.run(sent.message_id)
                     t0 = run.created_at
-                    steps = [
-                        f"{e.path}:{(e.started_at or t0) - t0:.2f}+{(e.finished_at or 0) - (e.started_at or 0):.2f}"
-                        for e in run.history
-                    ]
+                    steps = []
+                    for e in run.history:
+                        began = (e.started_at or t0) - t0
+                        took = (e.finished_at or 0) - (e.started_at or 0)
+                        steps.append(f"{e.path}:{began:.2f}+{took:.2f}")
+                    start_at = (run.started_at or t0) - t0
                     end = (run.finished_at or t0) - t0
-                    print(f"run {i}: {elapsed:.2f}s start {(run.started_at or t0) - t0:.2f} end {end:.2f} {steps}", file=sys.stderr)
+                    print(
+                        f"run {i}: {elapsed:.2f}s start {start_at:.2f} end {end:.2f} {steps}",
+                        file=sys.stderr,
+                    )
                 return elapsed
 
             await pool_full()

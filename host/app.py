@@ -89,7 +89,7 @@ class HostSettings(BaseSettings):
     keep_vm_hours: float = Field(
         24.0,
         gt=0,
-        description="hours a vm kept after its run (a request's \"keep_vm\": true) lives "
+        description='hours a vm kept after its run (a request\'s "keep_vm": true) lives '
         "before it is destroyed; other runs' vms are destroyed when the run ends",
     )
 

@@ -368,6 +368,7 @@ class Inspector:
     async def get_run(self, actor_id: str, run_id: int) -> RunDetail:
         """A run with its input, result or error, and its recorded history."""
         from .records import run_detail
+
         if isinstance(run_id, bool) or not isinstance(run_id, int) or run_id < 1:
             raise InvalidRequest(f"a run id is a positive integer, not {run_id!r}", field="run_id")
         rec = await self._store.get_run(actor_id, run_id)
