@@ -44,7 +44,7 @@ import time  # noqa: E402
 from typing import Any  # noqa: E402
 
 ROOT = os.path.dirname(_HERE)
-REGISTRY = ("--registry", "bench.http:registry")
+REGISTRY = ("--registry", "bench.http_api:registry")
 BODY = {"args": [{"id": 1, "text": "hello", "items": [1, 2, 3]}]}
 
 
