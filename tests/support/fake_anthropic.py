@@ -42,8 +42,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -104,6 +104,48 @@ class Turn:
     wait_for: threading.Event | None = None
     error: tuple[int, str, str] | None = None  # (HTTP status, error type, message)
     delay: float = 0.0  # seconds before the answer starts (a slow model)
+    # Made into the turn's blocks when a request plays it, from that request's `tools`
+    # (Turn.shell / Turn.edit: whichever agent asks, its own tool names and schemas).
+    resolve: Callable[[dict[str, Any]], list[Block]] | None = None
+
+    @classmethod
+    def shell(cls, command: str, *, say: str | None = None, **kwargs: Any) -> Turn:
+        """A call of the requesting agent's own shell tool (``bash``, ``Bash``,
+        ``mcp__acp__Bash``...), its arguments named by that tool's schema."""
+
+        def make(body: dict[str, Any]) -> list[Block]:
+            tool = find_tool(body, "bash")
+            return [
+                *([text(say)] if say else []),
+                tool_use(tool["name"], shell_input(tool, command)),
+            ]
+
+        return cls(resolve=make, **kwargs)
+
+    @classmethod
+    def edit(cls, path: str, old: str, new: str, *, say: str | None = None, **kwargs: Any) -> Turn:
+        """A call of the requesting agent's own edit tool (``edit``, ``Edit``...): exact
+        replacement of ``old`` by ``new`` in ``path``, in that tool's argument shape."""
+
+        def make(body: dict[str, Any]) -> list[Block]:
+            tool = find_tool(body, "edit")
+            return [
+                *([text(say)] if say else []),
+                tool_use(tool["name"], edit_input(tool, path, old, new)),
+            ]
+
+        return cls(resolve=make, **kwargs)
+
+    def for_request(self, body: dict[str, Any]) -> Turn:
+        """This turn as played for ``body`` (a resolving turn gets its blocks; a request
+        without the tool it needs gets a 400 naming the tools it had)."""
+        if self.resolve is None:
+            return self
+        try:
+            blocks = self.resolve(body)
+        except LookupError as exc:
+            return Turn(error=(400, "invalid_request_error", f"fake_anthropic: {exc}"))
+        return replace(self, blocks=blocks, resolve=None)
 
     @classmethod
     def text(cls, *parts: str, **kwargs: Any) -> Turn:
@@ -141,6 +183,68 @@ class Turn:
         return [b.id for b in self.blocks if b.type == "tool_use"]
 
 
+def tool_names(body: dict[str, Any]) -> list[str]:
+    return [str(t.get("name")) for t in body.get("tools") or [] if isinstance(t, dict)]
+
+
+def find_tool(body: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The request's tool for ``kind`` (``bash`` / ``edit``): named so (any case) or
+    ending in ``__<kind>`` (an MCP-served tool such as ``mcp__acp__Bash``)."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
+    for exact in (True, False):
+        for tool in tools:
+            name = str(tool["name"]).lower()
+            if name == kind if exact else name.endswith(f"__{kind}"):
+                return tool
+    raise LookupError(f"no {kind!r} tool in the request; its tools: {tool_names(body)}")
+
+
+def _schema(tool: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    schema = tool.get("input_schema") or {}
+    return dict(schema.get("properties") or {}), list(schema.get("required") or [])
+
+
+def _fill_required(input: dict[str, Any], props: dict[str, Any], required: list[str]) -> None:
+    """Give required string arguments we know nothing about (e.g. opencode's bash
+    ``description``) a short value, as a model would."""
+    for name in required:
+        if name not in input and props.get(name, {}).get("type") == "string":
+            input[name] = f"fake model: {name}"
+
+
+def _pick(props: dict[str, Any], *names: str) -> str:
+    for name in names:
+        if name in props:
+            return name
+    return names[0]
+
+
+def shell_input(tool: dict[str, Any], command: str) -> dict[str, Any]:
+    props, required = _schema(tool)
+    input: dict[str, Any] = {_pick(props, "command", "cmd", "script"): command}
+    _fill_required(input, props, required)
+    return input
+
+
+def edit_input(tool: dict[str, Any], path: str, old: str, new: str) -> dict[str, Any]:
+    """Arguments of an edit tool in its own shape: ``path`` / ``file_path`` /
+    ``filePath``, and ``old_string``/``new_string`` (Claude Code, coding-agent),
+    ``oldString``/``newString`` (opencode) or ``oldText``/``newText``, flat or as an
+    ``edits`` list (pi)."""
+    props, required = _schema(tool)
+    input: dict[str, Any] = {_pick(props, "path", "file_path", "filePath"): path}
+    if "edits" in props:
+        item = (props["edits"].get("items") or {}).get("properties") or {}
+        old_key = _pick(item, "oldText", "old_string", "oldString")
+        new_key = _pick(item, "newText", "new_string", "newString")
+        input["edits"] = [{old_key: old, new_key: new}]
+    else:
+        input[_pick(props, "old_string", "oldString", "oldText", "old_str")] = old
+        input[_pick(props, "new_string", "newString", "newText", "new_str")] = new
+    _fill_required(input, props, required)
+    return input
+
+
 @dataclass
 class Script:
     turns: list[Turn]
@@ -175,6 +279,10 @@ class Recorded:
     @property
     def messages(self) -> list[dict[str, Any]]:
         return list(self.body.get("messages", []))
+
+    @property
+    def tool_names(self) -> list[str]:
+        return tool_names(self.body)
 
     def tool_results(self) -> dict[str, dict[str, Any]]:
         """``tool_use_id`` -> tool_result block, from the last user message."""
@@ -215,6 +323,9 @@ class FakeAnthropic:
         self.latency = latency
         # Played (never used up) for a request that no script matches; None: a 400.
         self.fallback: Turn | None = None
+        # Played (never used up) for a request that offers no tools, before any script:
+        # side calls of real agents (opencode's title request) leave the scripts alone.
+        self.untooled: Turn | None = None
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._ids = itertools.count(1)
@@ -291,6 +402,8 @@ class FakeAnthropic:
 
     def _next_turn(self, body: dict[str, Any]) -> tuple[Script | None, Turn | None]:
         prompt = _prompt_text(body)
+        if self.untooled is not None and not body.get("tools"):
+            return None, self.untooled
         with self._lock:
             for script in self.scripts:
                 if script.done:
@@ -299,8 +412,8 @@ class FakeAnthropic:
                     continue
                 turn = script.turns[script.played]
                 script.played += 1
-                return script, turn
-            return None, self.fallback
+                return script, turn.for_request(body)
+            return None, self.fallback.for_request(body) if self.fallback else None
 
     def _record(self, rec: Recorded) -> None:
         with self._changed:
@@ -510,8 +623,11 @@ __all__ = [
     "Recorded",
     "Script",
     "Turn",
+    "edit_input",
     "fake_anthropic",
+    "find_tool",
     "serve",
+    "shell_input",
     "text",
     "thinking",
     "tool_use",
