@@ -55,3 +55,26 @@ class AgentError(SessionError):
 
     code = "agent_error"
     http_status = 502
+
+
+class TooManySessions(SessionError):
+    """A session limit is reached; ``metadata.limit`` names it
+    (``AGENTVM_MAX_SESSIONS_PER_VM`` or ``AGENTVM_MAX_SESSIONS``)."""
+
+    code = "too_many_sessions"
+    http_status = 429
+
+
+class ResumeUnsupported(SessionError):
+    """The session cannot be resumed or forked (its agent has neither ACP
+    ``session/load`` nor agentvm's history hand-over), or it is still open."""
+
+    code = "resume_unsupported"
+    http_status = 409
+
+
+class McpUnsupported(SessionError):
+    """The agent does not support a kind of MCP server the caller passed."""
+
+    code = "mcp_unsupported"
+    http_status = 400

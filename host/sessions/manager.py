@@ -18,7 +18,9 @@ import logging
 import os
 import posixpath
 import secrets
-from collections.abc import Callable, Collection, Mapping
+import time
+import weakref
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from acp import PROTOCOL_VERSION, RequestError, text_block
@@ -28,8 +30,16 @@ from host.gateway import PLACEHOLDER_KEY
 from host.sandbox import ProcessNotFound, Sandbox, SandboxError
 
 from .agents import AgentCommand, AgentOverrides, resolve_agent
-from .errors import AgentError, AgentStartFailed, SessionBusy, SessionNotFound
+from .errors import (
+    AgentError,
+    AgentStartFailed,
+    McpUnsupported,
+    SessionBusy,
+    SessionNotFound,
+    TooManySessions,
+)
 from .events import EventStore, MemoryEventStore
+from .features import SessionFeatures
 from .limits import SessionLimits
 from .models import (
     PermissionPolicy,
@@ -40,18 +50,28 @@ from .models import (
     SessionRecord,
     SessionSummary,
 )
+from .options import (
+    SessionMode,
+    SessionOptions,
+    agent_meta,
+    agentvm_tool_meta,
+    parse_mcp_servers,
+    parse_tool_names,
+)
+from .prestart import HOME, PRESTARTED_ENV, PrestartMixin, _ignore_result, _ok
+
+__all__ = ["HOME", "LIVE_MANAGERS", "PRESTARTED_ENV", "SessionManager"]
 from .session import Session
 
 log = logging.getLogger("agentvm.sessions")
 
-HOME = "/home/user"
-# In the environment of pre-started agents (to find strays after a host crash).
-PRESTARTED_ENV = "AGENTVM_PRESTARTED"
 # A prompt whose caller is cancelled: how long sending session/cancel, and then the
 # agent's answer to the cancelled prompt, may take.
 CANCEL_SEND_TIMEOUT = 5.0
 CANCEL_ANSWER_TIMEOUT = 10.0
 CLIENT_INFO = Implementation(name="agentvm", title="agentvm host", version="0.1.0")
+# Every manager of this host process (host-wide session limit and stats).
+LIVE_MANAGERS: weakref.WeakSet[SessionManager] = weakref.WeakSet()
 
 
 def _dump(model: Any) -> dict[str, Any]:
@@ -61,7 +81,7 @@ def _dump(model: Any) -> dict[str, Any]:
     return dumped
 
 
-class SessionManager:
+class SessionManager(SessionFeatures, PrestartMixin):
     """ACP client side for the agents of one sandbox.
 
     ``store`` receives every event, numbered (default: in memory);
@@ -72,7 +92,9 @@ class SessionManager:
     ``prestart`` names agent types (which must take their per-session settings from
     ``session/new`` ``_meta.agentvm``) of which one process is kept started and
     initialized, ready for the next ``create_session`` (call :meth:`warm_up`);
-    ``limits`` bound what each agent can make the host hold (limits.py).
+    ``limits`` bound what each agent can make the host hold (limits.py);
+    ``max_sessions`` caps this manager's open sessions and ``max_host_sessions``
+    those of every manager of the host process (:class:`TooManySessions`, 429).
     """
 
     def __init__(
@@ -85,8 +107,14 @@ class SessionManager:
         start_timeout: float = 60.0,
         prestart: Collection[str] = (),
         limits: SessionLimits | None = None,
+        max_sessions: int | None = None,
+        max_host_sessions: int | None = None,
     ) -> None:
         self.sandbox = sandbox
+        self.max_sessions = max_sessions
+        self.max_host_sessions = max_host_sessions
+        self.creating = 0  # create_session calls under way (they count as open)
+        LIVE_MANAGERS.add(self)
         self.limits = limits or SessionLimits()
         self.store: EventStore = store if store is not None else MemoryEventStore()
         self.agents = agents
@@ -153,15 +181,98 @@ class SessionManager:
         additional_instructions: str | None = None,
         system_prompt: str | None = None,
         permission_policy: PermissionPolicy = "allow",
+        mcp_servers: Sequence[Any] | None = None,
+        allowed_tools: Sequence[str] | None = None,
+        disallowed_tools: Sequence[str] | None = None,
+        mode: SessionMode = "agent",
     ) -> SessionInfo:
-        """Start the agent in the sandbox and run ACP ``initialize`` + ``session/new``."""
+        """Start the agent in the sandbox and run ACP ``initialize`` + ``session/new``
+        (``mcp_servers``, tool control and ``mode``: options.py, docs/sessions.md)."""
+        if mode not in ("agent", "single_shot"):
+            from orchestrator.errors import InvalidRequest
+
+            raise InvalidRequest("mode must be 'agent' or 'single_shot'", field="mode")
+        opts = SessionOptions(
+            model=model,
+            additional_instructions=additional_instructions,
+            system_prompt=system_prompt,
+            mcp_servers=parse_mcp_servers(mcp_servers),
+            allowed_tools=parse_tool_names(allowed_tools, "allowed_tools"),
+            disallowed_tools=parse_tool_names(disallowed_tools, "disallowed_tools"),
+            mode=mode,
+        )
+        return await self._create(
+            agent_type, opts, env=env, cwd=cwd, permission_policy=permission_policy
+        )
+
+    def open_count(self) -> int:
+        """Open sessions (and ones being created) of this manager."""
+        alive = sum(1 for s in self.sessions.values() if s.status not in ("closed", "exited"))
+        return alive + self.creating
+
+    def _check_limits(self) -> None:
+        if self.max_sessions is not None and self.open_count() >= self.max_sessions:
+            raise TooManySessions(
+                f"this vm has {self.max_sessions} open sessions, the most allowed "
+                "(AGENTVM_MAX_SESSIONS_PER_VM); close or prune some",
+                limit="AGENTVM_MAX_SESSIONS_PER_VM",
+                max=self.max_sessions,
+            )
+        host = self.max_host_sessions
+        if host is not None and sum(m.open_count() for m in list(LIVE_MANAGERS)) >= host:
+            raise TooManySessions(
+                f"the host has {host} open sessions, the most allowed (AGENTVM_MAX_SESSIONS)",
+                limit="AGENTVM_MAX_SESSIONS",
+                max=host,
+            )
+
+    async def _create(
+        self,
+        agent_type: str,
+        opts: SessionOptions,
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        permission_policy: PermissionPolicy = "allow",
+        history: list[dict[str, Any]] | None = None,
+        load: str | None = None,
+        origin: dict[str, str] | None = None,
+    ) -> SessionInfo:
+        """create_session, resume_session and fork_session: ``history`` is handed to
+        the agent in ``_meta.agentvm.history``; ``load`` is an ACP session id to
+        ``session/load``; ``origin`` is ``{resumed_from|forked_from: id}``."""
+        self._check_limits()
+        self.creating += 1
+        try:
+            return await self._create_session(
+                agent_type, opts, env, cwd, permission_policy, history, load, origin or {}
+            )
+        finally:
+            self.creating -= 1
+
+    async def _create_session(
+        self,
+        agent_type: str,
+        opts: SessionOptions,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        permission_policy: PermissionPolicy,
+        history: list[dict[str, Any]] | None,
+        load: str | None,
+        origin: dict[str, str],
+    ) -> SessionInfo:
+        model, additional_instructions = opts.model, opts.additional_instructions
+        system_prompt = opts.system_prompt
         agent = resolve_agent(agent_type, self.agents)
         session_id = "s-" + secrets.token_hex(8)
         workdir = posixpath.normpath(posixpath.join(HOME, cwd or "."))
         agentvm_meta: dict[str, Any] = {
             "sessionId": session_id,
             "permissionMode": permission_policy,
+            **agentvm_tool_meta(opts),
         }
+        if history:
+            agentvm_meta["history"] = history
         proc_env = {**agent.env, **self._agent_env(env), "AGENTVM_SESSION_ID": session_id}
         proc_env["AGENTVM_PERMISSION_MODE"] = permission_policy
         if model:
@@ -196,21 +307,49 @@ class SessionManager:
             )
         conn = session.conn
         assert conn is not None
+        mcp = _dump(init.agent_capabilities).get("mcpCapabilities") or {}
+        for i, server in enumerate(opts.mcp_servers):
+            if server.type != "stdio" and not mcp.get(server.type):
+                await self._abandon(session)
+                raise McpUnsupported(
+                    f"mcp_servers.{i}: agent {agent_type!r} does not support "
+                    f"{server.type} MCP servers (its mcpCapabilities: {mcp})",
+                    field=f"mcp_servers.{i}.type",
+                )
+        servers: list[Any] = [s.acp() for s in opts.mcp_servers]
+        extra = agent_meta(agent_type, opts, permission_policy)
         try:
             async with asyncio.timeout(self.start_timeout):
-                new = await conn.new_session(cwd=workdir, mcp_servers=[], agentvm=agentvm_meta)
+                if load is not None:
+                    await conn.load_session(
+                        cwd=workdir, session_id=load, mcp_servers=servers, agentvm=agentvm_meta
+                    )
+                    acp_id = load
+                else:
+                    new = await conn.new_session(
+                        cwd=workdir, mcp_servers=servers, agentvm=agentvm_meta, **extra
+                    )
+                    acp_id = new.session_id
         except BaseException as exc:
             raise await self._start_failed(session, agent_type, exc) from None
         record = session.record
-        record.acp_session_id = new.session_id
+        record.acp_session_id = acp_id
         record.capabilities = _dump(init.agent_capabilities)
         record.agent_info = _dump(init.agent_info) or None
+        record.options = opts.model_dump(mode="json")
+        record.resumed_from = origin.get("resumed_from")
+        record.forked_from = origin.get("forked_from")
+        if history:
+            from_id = record.resumed_from or record.forked_from
+            await session.emit("history", {"messages": history, "from": from_id})
         session.status = "ready"
         return SessionInfo(
             session_id=session_id,
             agent_type=agent_type,
             capabilities=record.capabilities,
             agent_info=record.agent_info,
+            resumed_from=record.resumed_from,
+            forked_from=record.forked_from,
         )
 
     async def _start(
@@ -281,104 +420,6 @@ class SessionManager:
             stderr_tail=err.metadata.get("stderr_tail") if err else None,
         )
 
-    # -- pre-started agents --------------------------------------------------------
-
-    def warm_up(self) -> None:
-        """Start (in the background) one agent process of each ``prestart`` type that
-        has none; ``create_session`` takes it and starts the next."""
-        for agent_type in self.prestart:
-            if agent_type not in self._warm:
-                self._refill(agent_type)
-
-    async def _take_prestarted(self, agent_type: str) -> tuple[Session, Any] | None:
-        """The pre-started agent of this type (waiting for it if it is still starting,
-        which is never slower than a new one), and start the next; None: none usable."""
-        warm = self._warm.pop(agent_type, None)
-        if warm is None:
-            return None
-        self._refill(agent_type)
-        try:
-            session, init = await warm
-        except AgentStartFailed as exc:
-            log.warning("pre-started %s agent failed; starting a new one: %s", agent_type, exc)
-            return None
-        if session.exited.is_set():
-            await self._abandon(session)
-            return None
-        return session, init
-
-    def _refill(self, agent_type: str) -> None:
-        if self._closed or agent_type in self._warm_failed or agent_type not in self.prestart:
-            return
-        task = asyncio.create_task(self._prestart(agent_type), name=f"prestart-{agent_type}")
-        task.add_done_callback(_ignore_result)
-        self._warm[agent_type] = task
-
-    async def _prestart(self, agent_type: str) -> tuple[Session, Any]:
-        try:
-            agent = resolve_agent(agent_type, self.agents)
-            session_id = "s-" + secrets.token_hex(8)
-            env = {
-                **agent.env,
-                **self._agent_env(None),
-                "AGENTVM_SESSION_ID": session_id,
-                PRESTARTED_ENV: "1",
-            }
-            return await self._start(
-                agent_type, agent, session_id, env, HOME, "allow", prestarted=True
-            )
-        except Exception:
-            self._warm_failed.add(agent_type)  # no retry loop (e.g. not in the image)
-            raise
-
-    async def wait_prestarted(self) -> None:
-        """Until the pre-started agents are initialized (or failed); for benchmarks."""
-        for task in list(self._warm.values()):
-            with contextlib.suppress(Exception):
-                await asyncio.shield(task)
-
-    async def _drop_prestarted(self) -> None:
-        """Kill the pre-started agents (nobody will take them)."""
-        tasks = list(self._warm.values())
-        self._warm.clear()
-        for task in tasks:
-            if not task.done():
-                task.cancel()
-            try:
-                session, _ = await task
-            except (asyncio.CancelledError, Exception):  # nothing to kill
-                continue
-            await self._abandon(session)
-
-    async def kill_stale_prestarted(self) -> list[int]:
-        """Kill agents pre-started by an earlier host process that ended without
-        :meth:`close` (e.g. killed): running processes that are not sessions of this
-        manager and run a pre-start type's command, or have the pre-start marker in
-        their environment. (A non-dumpable agent's environment cannot be read, hence
-        the command: such a process is an orphan of a lost ``create_session``.)"""
-        known = {s.record.pid for s in self.sessions.values()}
-        known |= {t.result()[0].record.pid for t in self._warm.values() if _ok(t)}
-        commands = set()
-        for agent_type in self.prestart:
-            with contextlib.suppress(Exception):
-                commands.add(tuple(resolve_agent(agent_type, self.agents).command))
-        killed: list[int] = []
-        for proc in await self.sandbox.list_processes():
-            if not proc.running or proc.pid in known:
-                continue
-            stale = tuple(proc.argv) in commands
-            if not stale:
-                try:
-                    environ = await self.sandbox.read_file(f"/proc/{proc.pid}/environ")
-                except SandboxError:
-                    continue
-                stale = f"{PRESTARTED_ENV}=1".encode() in environ.split(b"\0")
-            if stale:
-                with contextlib.suppress(SandboxError):
-                    await self.sandbox.kill_process(proc.pid)
-                killed.append(proc.pid)
-        return killed
-
     async def _abandon(self, session: Session) -> None:
         session.closing = True
         with contextlib.suppress(SandboxError):
@@ -402,6 +443,7 @@ class SessionManager:
                 session.check_usable()
             assert session.conn is not None
             session.status = "prompting"
+            session.last_active = time.time()
             session.reset_text()
             await session.emit("prompt", {"text": text})
             turn = asyncio.create_task(
@@ -574,15 +616,6 @@ def _prompt_open(events: list[SessionEvent]) -> bool:
         if event.kind == "prompt":
             return True
     return False
-
-
-def _ok(task: asyncio.Task[Any]) -> bool:
-    return task.done() and not task.cancelled() and task.exception() is None
-
-
-def _ignore_result(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled():
-        task.exception()  # retrieved: a failed pre-start is logged when taken
 
 
 async def _settle(session: Session) -> None:

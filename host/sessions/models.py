@@ -20,6 +20,8 @@ EventKind = Literal[
     "session_closed",
     "protocol_error",  # an agent line the host dropped (data = {error, ...}; limits.py)
     "events_dropped",  # events not stored (data = {count, bytes, reason, total})
+    "history",  # a resumed/forked session's earlier conversation (data = {messages, from})
+    "transcript",  # compacted turns of a closed session (data = {messages, turns})
 ]
 
 
@@ -30,6 +32,8 @@ class SessionInfo(BaseModel):
     agent_type: str
     capabilities: dict[str, Any] = Field(default_factory=dict)
     agent_info: dict[str, Any] | None = None
+    resumed_from: str | None = None
+    forked_from: str | None = None
 
 
 class PromptResult(BaseModel):
@@ -65,6 +69,20 @@ class SessionRecord(BaseModel):
     generation: int = 0
     capabilities: dict[str, Any] = Field(default_factory=dict)
     agent_info: dict[str, Any] | None = None
+    # SessionOptions (options.py) it was created with: a resume/fork reuses them.
+    options: dict[str, Any] = Field(default_factory=dict)
+    resumed_from: str | None = None
+    forked_from: str | None = None
+
+
+class SessionStats(BaseModel):
+    """``session_stats()``: sessions of one vm (or summed over the host)."""
+
+    open: int = 0
+    prompting: int = 0
+    idle: int = 0
+    tokens: int = 0
+    limit: int | None = None  # the most open sessions allowed
 
 
 class SessionSummary(BaseModel):
@@ -79,3 +97,7 @@ class SessionSummary(BaseModel):
     pending_permissions: list[str] = Field(default_factory=list)
     exit_code: int | None = None
     created_at: float
+    last_active: float | None = None
+    tokens: int = 0
+    resumed_from: str | None = None
+    forked_from: str | None = None

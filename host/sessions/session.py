@@ -115,6 +115,9 @@ class Session:
         self.id = record.session_id
         self.status: SessionStatus = "starting"
         self.created_at = time.time()
+        # When it was created, last prompted or answered (prune_sessions, stats).
+        self.last_active = self.created_at
+        self.tokens = 0  # model tokens its prompts used (the agent's usage answers)
         self.transport = _Transport(self)
         self.conn: ClientSideConnection | None = None
         self.handle: ProcessHandle | None = None
@@ -190,6 +193,10 @@ class Session:
             pending_permissions=sorted(self.permissions),
             exit_code=self.exit_code,
             created_at=self.created_at,
+            last_active=self.last_active,
+            tokens=self.tokens,
+            resumed_from=self.record.resumed_from,
+            forked_from=self.record.forked_from,
         )
 
     def check_usable(self) -> None:
@@ -454,10 +461,13 @@ class Session:
             data = {"stop_reason": result["stopReason"]}
             if isinstance(result.get("usage"), dict):
                 data["usage"] = result["usage"]
+                if ours or orphan:  # the agent's own count; a forged line is not ours
+                    self.tokens += _token_count(result["usage"].get("totalTokens"))
         elif (ours or orphan) and "error" in msg:
             data = {"stop_reason": "error", "error": _error_of(msg.get("error"))}
         if data is None:
             return
+        self.last_active = time.time()
         if orphan:
             self._end_orphan()
         if replay:
@@ -577,3 +587,10 @@ class Session:
         for perm in self.permissions.values():
             if not perm.future.done():
                 perm.future.set_result(None)
+
+
+def _token_count(value: Any) -> int:
+    """A token count from the agent (hostile input): a sane non-negative int or 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**40:
+        return value
+    return 0

@@ -29,6 +29,7 @@ from acp.helpers import (
 
 from . import NAME, TITLE, __version__
 from . import config as cfg
+from .mcp_client import McpError, McpTools, connect
 from .tools import KINDS, MUTATING, SCHEMAS, ToolContext, ToolResult, locations, run_tool, title
 
 if TYPE_CHECKING:
@@ -113,6 +114,9 @@ class Session:
     open_calls: set[str] = field(default_factory=set)
     # Permission decisions remembered for the session: tool name -> allow?
     remembered: dict[str, bool] = field(default_factory=dict)
+    mcp: McpTools = field(default_factory=McpTools)
+    # The tools offered to the model (built-in and MCP, after allowed/disallowed).
+    tool_schemas: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def tools(self) -> ToolContext:
@@ -203,6 +207,10 @@ class CodingAgent:
             agent_capabilities=S.AgentCapabilities(
                 load_session=False,
                 prompt_capabilities=S.PromptCapabilities(embedded_context=True, image=True),
+                mcp_capabilities=S.McpCapabilities(http=True, sse=False),
+                # agentvm's extensions: an earlier conversation in _meta.agentvm.history
+                # (resume/fork), allowedTools/disallowedTools and mode.
+                field_meta={"agentvm": {"history": True, "toolControl": True}},
             ),
             agent_info=S.Implementation(name=NAME, title=TITLE, version=__version__),
             auth_methods=[],
@@ -228,6 +236,19 @@ class CodingAgent:
         if not os.path.isdir(cwd):  # noqa: ASYNC240 (a stat, once per session)
             raise acp.RequestError.invalid_params({"cwd": f"{cwd} is not a directory"})
         session = Session(id=f"sess_{uuid.uuid4().hex}", cwd=cwd, config=config)
+        try:
+            session.messages = cfg.history_messages(
+                meta.get("history") if isinstance(meta, dict) else None
+            )
+        except ValueError as exc:
+            raise acp.RequestError.invalid_params({"_meta.agentvm.history": str(exc)}) from exc
+        try:
+            session.mcp = await connect(list(mcp_servers or ()), cwd)
+        except McpError as exc:
+            raise acp.RequestError.invalid_params({"mcpServers": str(exc)}) from exc
+        session.tool_schemas = cfg.select_tools(
+            [*SCHEMAS, *session.mcp.schemas], config.allowed_tools, config.disallowed_tools
+        )
         self._sessions[session.id] = session
         self._preload_sdk()
         log.info("new session %s in %s (model %s)", session.id, cwd, config.model)
@@ -238,6 +259,8 @@ class CodingAgent:
         if session is not None and session.task is not None and not session.task.done():
             session.cancelled = True
             session.task.cancel()
+        if session is not None:
+            await session.mcp.close()
         return S.CloseSessionResponse()
 
     async def cancel(self, session_id: str, **kwargs: Any) -> None:
@@ -283,11 +306,18 @@ class CodingAgent:
     async def _run(self, session: Session) -> str:
         pending: dict[str, dict[str, Any]] = {}  # tool_use id -> tool_result, this round
         try:
+            single = session.config.mode == "single_shot"
             for _ in range(session.config.max_turns):
                 message = await self._call_model(session)
                 content = [_block_dict(b) for b in message.content]
-                session.messages.append({"role": "assistant", "content": content})
                 tool_uses = [b for b in content if b.get("type") == "tool_use"]
+                if single:  # one answer: no tools were offered, none is run
+                    content = [b for b in content if b.get("type") != "tool_use"] or [
+                        {"type": "text", "text": "(no answer)"}
+                    ]
+                    session.messages.append({"role": "assistant", "content": content})
+                    return _STOP_REASONS.get(message.stop_reason, "end_turn")
+                session.messages.append({"role": "assistant", "content": content})
                 if message.stop_reason != "tool_use" or not tool_uses:
                     return _STOP_REASONS.get(message.stop_reason, "end_turn")
                 pending = {b["id"]: _cancelled_result(b["id"]) for b in tool_uses}
@@ -353,13 +383,15 @@ class CodingAgent:
         client = await self._anthropic()
         config = session.config
         headers = {cfg.SESSION_HEADER: config.session_header or session.id}
+        # single_shot: no tools at all (the request has no `tools`).
+        tools = {} if config.mode == "single_shot" else {"tools": session.tool_schemas}
         async with client.messages.stream(
             model=config.model,
             max_tokens=config.max_tokens,
             system=config.system(session.cwd),
             messages=session.messages,  # type: ignore[arg-type]
-            tools=SCHEMAS,  # type: ignore[arg-type]
             extra_headers=headers,
+            **tools,  # type: ignore[arg-type]
         ) as stream:
             async for event in stream:
                 if event.type == "text" and event.text:
@@ -419,7 +451,13 @@ class CodingAgent:
             return _tool_result(call_id, result)
         await self._send(session, update_tool_call(call_id, status="in_progress"))
         started = time.monotonic()
-        result = await run_tool(session.tools, name, args)
+        if not any(t["name"] == name for t in session.tool_schemas):
+            # Not offered (disallowed, or made up by the model): never run.
+            result = ToolResult(f"tool {name!r} is not available in this session", is_error=True)
+        elif name in session.mcp:
+            result = await session.mcp.call(name, args, max(session.config.bash_timeout, 60.0))
+        else:
+            result = await run_tool(session.tools, name, args)
         content: list[Any] = []
         if result.change is not None:
             change = result.change
@@ -442,7 +480,8 @@ class CodingAgent:
 
     async def _permitted(self, session: Session, block: dict[str, Any]) -> bool:
         name = str(block.get("name"))
-        if session.config.permission_mode == "allow" or name not in MUTATING:
+        mutating = name in MUTATING or name in session.mcp  # MCP tools may do anything
+        if session.config.permission_mode == "allow" or not mutating:
             return True
         if name in session.remembered:
             return session.remembered[name]
@@ -545,5 +584,10 @@ def _prompt_blocks(prompt: list[Any]) -> list[dict[str, Any]]:
 
 async def serve() -> None:
     """Serve ACP on this process's stdin/stdout."""
-    # use_unstable_protocol routes session/close (an unstable ACP method).
-    await acp.run_agent(CodingAgent(), use_unstable_protocol=True)  # type: ignore[arg-type]
+    agent = CodingAgent()
+    try:
+        # use_unstable_protocol routes session/close (an unstable ACP method).
+        await acp.run_agent(agent, use_unstable_protocol=True)  # type: ignore[arg-type]
+    finally:
+        for session in list(agent._sessions.values()):
+            await session.mcp.close()

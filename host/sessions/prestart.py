@@ -1,0 +1,162 @@
+"""Pre-started agents: one initialized agent process per type, ready for the next
+``create_session`` (docs/sessions.md, "Pre-started agents"). A mixin of
+:class:`~host.sessions.manager.SessionManager` (kept apart for size)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from typing import TYPE_CHECKING, Any
+
+from host.sandbox import SandboxError
+
+from .agents import AgentCommand, AgentOverrides, resolve_agent
+from .errors import AgentStartFailed
+
+if TYPE_CHECKING:
+    from host.sandbox import Sandbox
+
+    from .models import PermissionPolicy
+    from .session import Session
+
+log = logging.getLogger("agentvm.sessions")
+
+HOME = "/home/user"
+# In the environment of pre-started agents (to find strays after a host crash).
+PRESTARTED_ENV = "AGENTVM_PRESTARTED"
+
+
+class PrestartMixin:
+    """warm_up, taking and refilling pre-started agents, killing strays."""
+
+    if TYPE_CHECKING:
+        sandbox: Sandbox
+        agents: AgentOverrides | None
+        sessions: dict[str, Session]
+        prestart: tuple[str, ...]
+        _warm: dict[str, asyncio.Task[tuple[Session, Any]]]
+        _warm_failed: set[str]
+        _closed: bool
+
+        def _agent_env(self, caller: Any) -> dict[str, str]: ...
+
+        async def _start(
+            self,
+            agent_type: str,
+            agent: AgentCommand,
+            session_id: str,
+            proc_env: dict[str, str],
+            workdir: str,
+            permission_policy: PermissionPolicy,
+            *,
+            prestarted: bool = False,
+        ) -> tuple[Session, Any]: ...
+
+        async def _abandon(self, session: Session) -> None: ...
+
+    def warm_up(self) -> None:
+        """Start (in the background) one agent process of each ``prestart`` type that
+        has none; ``create_session`` takes it and starts the next."""
+        for agent_type in self.prestart:
+            if agent_type not in self._warm:
+                self._refill(agent_type)
+
+    async def _take_prestarted(self, agent_type: str) -> tuple[Session, Any] | None:
+        """The pre-started agent of this type (waiting for it if it is still starting,
+        which is never slower than a new one), and start the next; None: none usable."""
+        warm = self._warm.pop(agent_type, None)
+        if warm is None:
+            return None
+        self._refill(agent_type)
+        try:
+            session, init = await warm
+        except AgentStartFailed as exc:
+            log.warning("pre-started %s agent failed; starting a new one: %s", agent_type, exc)
+            return None
+        if session.exited.is_set():
+            await self._abandon(session)
+            return None
+        return session, init
+
+    def _refill(self, agent_type: str) -> None:
+        if self._closed or agent_type in self._warm_failed or agent_type not in self.prestart:
+            return
+        task = asyncio.create_task(self._prestart(agent_type), name=f"prestart-{agent_type}")
+        task.add_done_callback(_ignore_result)
+        self._warm[agent_type] = task
+
+    async def _prestart(self, agent_type: str) -> tuple[Session, Any]:
+        try:
+            agent = resolve_agent(agent_type, self.agents)
+            session_id = "s-" + secrets.token_hex(8)
+            env = {
+                **agent.env,
+                **self._agent_env(None),
+                "AGENTVM_SESSION_ID": session_id,
+                PRESTARTED_ENV: "1",
+            }
+            return await self._start(
+                agent_type, agent, session_id, env, HOME, "allow", prestarted=True
+            )
+        except Exception:
+            self._warm_failed.add(agent_type)  # no retry loop (e.g. not in the image)
+            raise
+
+    async def wait_prestarted(self) -> None:
+        """Until the pre-started agents are initialized (or failed); for benchmarks."""
+        for task in list(self._warm.values()):
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+
+    async def _drop_prestarted(self) -> None:
+        """Kill the pre-started agents (nobody will take them)."""
+        tasks = list(self._warm.values())
+        self._warm.clear()
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            try:
+                session, _ = await task
+            except (asyncio.CancelledError, Exception):  # nothing to kill
+                continue
+            await self._abandon(session)
+
+    async def kill_stale_prestarted(self) -> list[int]:
+        """Kill agents pre-started by an earlier host process that ended without
+        :meth:`close` (e.g. killed): running processes that are not sessions of this
+        manager and run a pre-start type's command, or have the pre-start marker in
+        their environment. (A non-dumpable agent's environment cannot be read, hence
+        the command: such a process is an orphan of a lost ``create_session``.)"""
+        known = {s.record.pid for s in self.sessions.values()}
+        known |= {t.result()[0].record.pid for t in self._warm.values() if _ok(t)}
+        commands = set()
+        for agent_type in self.prestart:
+            with contextlib.suppress(Exception):
+                commands.add(tuple(resolve_agent(agent_type, self.agents).command))
+        killed: list[int] = []
+        for proc in await self.sandbox.list_processes():
+            if not proc.running or proc.pid in known:
+                continue
+            stale = tuple(proc.argv) in commands
+            if not stale:
+                try:
+                    environ = await self.sandbox.read_file(f"/proc/{proc.pid}/environ")
+                except SandboxError:
+                    continue
+                stale = f"{PRESTARTED_ENV}=1".encode() in environ.split(b"\0")
+            if stale:
+                with contextlib.suppress(SandboxError):
+                    await self.sandbox.kill_process(proc.pid)
+                killed.append(proc.pid)
+        return killed
+
+
+def _ok(task: asyncio.Task[Any]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is None
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a failed pre-start is logged when taken
