@@ -131,6 +131,17 @@ class HostSettings(BaseSettings):
         ge=65536,
         description="stored event bytes per session; past it new events are dropped",
     )
+    max_sessions_per_vm: int = Field(
+        8, ge=1, description="open agent sessions per vm; more get a 429 too_many_sessions"
+    )
+    max_sessions: int = Field(
+        256, ge=1, description="open agent sessions on the host; more get a 429 too_many_sessions"
+    )
+    session_retention: float = Field(
+        7 * 86400.0,
+        gt=0,
+        description="seconds a closed session's record (for resume/fork) is kept",
+    )
 
     def session_limits(self) -> Any:
         """The :class:`host.sessions.SessionLimits` these settings name."""

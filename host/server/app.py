@@ -20,6 +20,7 @@ from . import (
     routes_ops,
     routes_patch,
     routes_runs,
+    routes_sessions,
     routes_vms,
 )
 from .arguments import ArgumentChecker
@@ -108,6 +109,7 @@ def create_app(
         routes_ops,
         routes_patch,
         routes_runs,
+        routes_sessions,
     ):
         app.include_router(module.router)
     if bench_routes:

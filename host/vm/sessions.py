@@ -21,15 +21,19 @@ from host.sandbox import Sandbox, SandboxError
 from host.sessions import (
     ActorLogEventStore,
     SessionEvent,
+    SessionInfo,
     SessionManager,
     SessionNotFound,
     SessionRecord,
 )
+from host.sessions.errors import ResumeUnsupported
+from host.sessions.models import SessionStats
 from orchestrator import ActorContext
 from orchestrator.definitions import action, actions_of
 from orchestrator.errors import InvalidRequest
 
 from .options import parse_call_options
+from .pool_agents import adopt_pool_agents, drop_pool_agents
 
 if TYPE_CHECKING:
     from host.app import HostSettings
@@ -72,6 +76,28 @@ class CreateSessionOptions(BaseModel):
     additional_instructions: str | None = None
     system_prompt: str | None = None
     permission_policy: Literal["allow", "ask"] = "allow"
+    # Validated by the manager (options.py): a bad entry is a 400 naming
+    # mcp_servers.<i>.<field>.
+    mcp_servers: list[Any] | None = None
+    allowed_tools: list[Any] | None = None
+    disallowed_tools: list[Any] | None = None
+    mode: Literal["agent", "single_shot"] = "agent"
+
+
+class ResumeOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    env: dict[str, str] | None = None
+
+
+class PruneOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    older_than: float = Field(ge=0)
+
+
+# Closed sessions whose records the vm keeps (for resume/fork), newest last.
+CLOSED_KEPT = 256
 
 
 # get_session_events returns at most this many events (default / most a caller may
@@ -125,6 +151,16 @@ async def arm_idle_check(c: ActorContext) -> None:
         )
 
 
+async def arm_retention(c: ActorContext) -> None:
+    """Make sure an ``expire_closed_sessions`` call is scheduled while closed
+    sessions' records are kept (durable: survives restarts)."""
+    closed = _closed(c)
+    if c.state.get("session_retention_check") is None and closed:
+        oldest = min(v["closed_at"] for v in closed.values())
+        due = max(oldest + _settings().session_retention - time.time(), 1.0)
+        c.state["session_retention_check"] = await c.schedule.after(due, "expire_closed_sessions")
+
+
 def _prestart_types(bundles: list[str]) -> tuple[str, ...]:
     """The pre-start agent types (see PRESTART_ENV) whose bundles the vm's image has."""
     from vm_images.agents import get_agent
@@ -148,6 +184,8 @@ def session_manager(c: ActorContext, s: SessionState, sandbox: Sandbox) -> Sessi
             store=_Holding(c, s.holds),
             prestart=s.prestart,
             limits=_settings().session_limits(),
+            max_sessions=_settings().max_sessions_per_vm,
+            max_host_sessions=_settings().max_sessions,
         )
         # A send_prompt cancelled by the engine stopping (host restart) leaves the
         # agent's turn running for the next host; any other cancel stops the turn.
@@ -169,6 +207,7 @@ async def sessions_up(
             s.last_active.setdefault(sid, now)
         await arm_idle_check(c)
     if not s.prestart:
+        await drop_pool_agents([sandbox])
         return
     sm = session_manager(c, s, sandbox)
     if adopted:
@@ -176,6 +215,8 @@ async def sessions_up(
             await sm.kill_stale_prestarted()
         except SandboxError as exc:
             log.info("could not look for stale agents in vm %s: %s", list(c.key), exc)
+    else:  # a warm-pool container comes with its agents started (pool_agents.py)
+        await adopt_pool_agents(sm, sandbox)
     sm.warm_up()
 
 
@@ -183,6 +224,19 @@ def _text(value: Any, field: str) -> str:
     if not isinstance(value, str) or not value:
         raise InvalidRequest(f"{field} must be a non-empty string", field=field)
     return value
+
+
+def _closed(c: ActorContext) -> dict[str, Any]:
+    """Records of closed sessions (resume/fork): ``{id: {record, closed_at}}``."""
+    closed: dict[str, Any] = c.state.setdefault("closed_sessions", {})
+    return closed
+
+
+def _keep_closed(c: ActorContext, sid: str, record: dict[str, Any]) -> None:
+    closed = _closed(c)
+    closed[sid] = {"record": record, "closed_at": time.time()}
+    while len(closed) > CLOSED_KEPT:  # bounded: the oldest go first
+        closed.pop(min(closed, key=lambda k: closed[k]["closed_at"]))
 
 
 def _records(c: ActorContext) -> dict[str, Any]:
@@ -244,12 +298,79 @@ class SessionActions:
         o = parse_call_options(CreateSessionOptions, opts, "create_session")
         sm = await self.manager(c)
         info = await sm.create_session(_text(agent_type, "agent_type"), **o.model_dump())
+        return await self._opened(c, sm, info)
+
+    async def _opened(
+        self, c: ActorContext, sm: SessionManager, info: SessionInfo
+    ) -> dict[str, Any]:
+        """Bookkeeping of a session just created (also resumed or forked)."""
         s = self.st(c)
         _records(c)[info.session_id] = sm.record(info.session_id).model_dump(mode="json")
         s.holds[info.session_id] = c.hold()
         s.last_active[info.session_id] = time.time()
         await arm_idle_check(c)
         return info.model_dump(mode="json")
+
+    def _known_record(self, c: ActorContext, sm: SessionManager, sid: str) -> SessionRecord:
+        """A session's record: open, closed this wake, or kept since it closed."""
+        session = sm.sessions.get(sid)
+        if session is not None:
+            return session.record
+        data = _records(c).get(sid) or _closed(c).get(sid, {}).get("record")
+        if data is None:
+            raise SessionNotFound(f"no session {sid!r} in this vm", session_id=sid)
+        return SessionRecord.model_validate(data)
+
+    @action
+    async def resume_session(
+        self, c: ActorContext, session_id: Any, opts: Any = None
+    ) -> dict[str, Any]:
+        """A new session continuing a closed session's conversation (ACP session/load
+        where the agent has it, else the stored transcript) → like create_session,
+        with ``resumed_from``."""
+        sid = _text(session_id, "session_id")
+        o = parse_call_options(ResumeOptions, opts, "resume_session")
+        sm = await self.manager(c)
+        if sid in _records(c):
+            raise ResumeUnsupported(
+                f"session {sid} is still open: send it prompts, or fork it", session_id=sid
+            )
+        info = await sm.resume_session(sid, record=self._known_record(c, sm, sid), env=o.env)
+        return await self._opened(c, sm, info)
+
+    @action
+    async def fork_session(
+        self, c: ActorContext, session_id: Any, opts: Any = None
+    ) -> dict[str, Any]:
+        """A new session starting from a copy of a session's conversation (open or
+        closed; the original is not changed) → like create_session, with ``forked_from``."""
+        sid = _text(session_id, "session_id")
+        o = parse_call_options(ResumeOptions, opts, "fork_session")
+        sm = await self.manager(c)
+        info = await sm.fork_session(sid, record=self._known_record(c, sm, sid), env=o.env)
+        return await self._opened(c, sm, info)
+
+    @action
+    async def session_stats(self, c: ActorContext) -> dict[str, Any]:
+        """This vm's sessions: ``{open, prompting, idle, tokens, limit}``."""
+        s = self.st(c)
+        if s.manager is None:
+            return SessionStats(limit=_settings().max_sessions_per_vm).model_dump()
+        return s.manager.session_stats().model_dump()
+
+    @action
+    async def prune_sessions(self, c: ActorContext, opts: Any = None) -> list[str]:
+        """Close the sessions idle (no prompt running) for ``older_than`` seconds or
+        more; returns their ids."""
+        o = parse_call_options(PruneOptions, opts, "prune_sessions")
+        s = self.st(c)
+        if s.manager is None:
+            return []
+        closed = []
+        for sid in s.manager.idle_sessions(o.older_than):
+            await self.close_session(c, sid)
+            closed.append(sid)
+        return closed
 
     @action
     async def send_prompt(self, c: ActorContext, session_id: Any, text: Any) -> dict[str, Any]:
@@ -292,7 +413,10 @@ class SessionActions:
         try:
             await sm.close_session(sid)
         finally:
-            _records(c).pop(sid, None)
+            record = _records(c).pop(sid, None)
+            if record is not None:
+                _keep_closed(c, sid, record)
+                await arm_retention(c)
             s.last_active.pop(sid, None)
             release = s.holds.pop(sid, None)
             if release is not None:
@@ -321,6 +445,18 @@ class SessionActions:
             closed.append(sid)
         await arm_idle_check(c)
         return closed
+
+    @action
+    async def expire_closed_sessions(self, c: ActorContext) -> list[str]:
+        """Scheduled: forget closed sessions older than ``AGENTVM_SESSION_RETENTION``
+        (they can no longer be resumed or forked; their event logs stay readable)."""
+        c.state["session_retention_check"] = None
+        closed, cutoff = _closed(c), time.time() - _settings().session_retention
+        gone = [sid for sid, v in closed.items() if v["closed_at"] <= cutoff]
+        for sid in gone:
+            closed.pop(sid)
+        await arm_retention(c)
+        return gone
 
     @action
     async def list_sessions(self, c: ActorContext) -> list[dict[str, Any]]:
