@@ -81,16 +81,21 @@ LIMITS = {"memory_mb": 2048, "cpus": 2.0, "pids": 512, "tmp_mb": 256}
 # The fake model in a child process: answers every Messages call with "ok"; on each
 # stdin line prints (one JSON line) the requests recorded since the last one.
 FAKE = """
-import json, sys
+import json, sys, time
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 with FakeAnthropic() as fake:
     fake.fallback = Turn.text("ok")
+    record = fake._record
+    def stamped(rec):  # arrival time (wall clock: compared across processes)
+        rec.at = time.time()
+        record(rec)
+    fake._record = stamped
     print(fake.url, flush=True)
     for _ in sys.stdin:
         taken = list(fake.requests)
         fake.reset()
         print(json.dumps([
-            {"path": r.path, "headers": r.headers, "body": r.body} for r in taken
+            {"path": r.path, "headers": r.headers, "body": r.body, "at": r.at} for r in taken
         ]), flush=True)
 """
 
@@ -305,6 +310,10 @@ class Bench:
             turn_direct_ms=ms(d50),
             turn_direct_p90_ms=ms(d90),
             model_calls_per_turn=statistics.median(calls),
+            # Where the time goes: send_prompt -> the first model call arriving at the
+            # fake (host, supervisor, agent, SDK, forwarder, gateway), and the rest.
+            turn_to_model_ms=ms(statistics.median(self.to_model)),
+            turn_after_model_ms=ms(t50 - d50 - statistics.median(self.to_model)),
         )
         return out
 
@@ -314,8 +323,10 @@ class Bench:
         through_s: list[float] = []
         direct_s: list[float] = []
         calls: list[int] = []
+        self.to_model: list[float] = []
         for i in range(3 + self.n_turns):
             await self.fake.take()  # (untimed) nothing earlier belongs to this turn
+            wall = time.time()
             start = time.perf_counter()
             result = await vm.send_prompt(sid, "say ok")
             elapsed = time.perf_counter() - start
@@ -326,10 +337,11 @@ class Bench:
             start = time.perf_counter()
             await replay(self.direct, self.fake.url, requests)
             direct = time.perf_counter() - start
-            if i >= 3:  # the first turns warm up both sides
+            if i >= 3 and requests:  # the first turns warm up both sides
                 through_s.append(elapsed)
                 direct_s.append(direct)
                 calls.append(len(requests))
+                self.to_model.append(requests[0]["at"] - wall)
         return through_s, direct_s, calls
 
     async def warm_vm(self, agent: str, bundles: list[str]) -> dict[str, Any]:
@@ -362,6 +374,10 @@ class Bench:
         return out
 
 
+def load() -> float:
+    return os.getloadavg()[0]
+
+
 def selected_agents(raw: str | None) -> dict[str, list[str]]:
     """Agent type -> the vm's bundles, for the agents asked for (default: all)."""
     known = agent_types()
@@ -376,7 +392,8 @@ def selected_agents(raw: str | None) -> dict[str, list[str]]:
 
 async def main(quick: bool, agents_arg: str | None) -> dict[str, Any]:
     agents = selected_agents(agents_arg)
-    figures: dict[str, Any] = {"quick": quick, "agents": list(agents)}
+    # The machine may be shared (other test runs): its load is part of the figures.
+    figures: dict[str, Any] = {"quick": quick, "agents": list(agents), "loadavg_start": load()}
     skipped: dict[str, str] = {}
     images: dict[str, str] = {}
     for agent, bundles in agents.items():
@@ -439,6 +456,8 @@ async def main(quick: bool, agents_arg: str | None) -> dict[str, Any]:
         turns=bench.n_turns,
         ready_samples=bench.n_ready,
         cold_samples=bench.n_cold,
+        loadavg_end=load(),
+        cpus=os.cpu_count(),
     )
     return figures
 
