@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -12,6 +13,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +42,12 @@ T = TypeVar("T")
 log = logging.getLogger("agentvm.sandbox")
 
 HOME = "/home/user"
+# Threads for blocking Docker SDK calls. Their own pool, not asyncio's default one
+# (min(32, cpus + 4) threads: 6 on a 2-core host), which the gateway's per-connection
+# peer checks and the exec cgroup moves also use: 8 vms created or destroyed at once
+# (each call blocks its thread for the engine's whole answer, a container start
+# ~0.3-0.7 s) must neither wait for each other nor stall those.
+DOCKER_THREADS = 16
 UID = 1000  # the image's `user` (images/Dockerfile.agent)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -144,6 +152,7 @@ class DockerBackend(SandboxBackend):
         self.control_root = (control_root or default_control_root()) / host_id
         self.connect_timeout = connect_timeout
         self._sandboxes: dict[str, Sandbox] = {}
+        self._executor = ThreadPoolExecutor(DOCKER_THREADS, thread_name_prefix="docker")
         # Size-limited /home/user (one loop-mounted ext4 image per volume), or None:
         # plain named volumes without a size limit (disk_quota_off says why).
         self.disks: LoopDisks | None = None
@@ -164,7 +173,9 @@ class DockerBackend(SandboxBackend):
     async def connect(cls, host_id: str, **kwargs: Any) -> DockerBackend:
         address = engine_address()
         try:
-            client = await asyncio.to_thread(docker.from_env)
+            # As many pooled engine connections as threads (urllib3 would discard
+            # the extra ones, with a warning each time).
+            client = await asyncio.to_thread(docker.from_env, max_pool_size=DOCKER_THREADS)
             await asyncio.to_thread(client.ping)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DockerUnavailable(address, str(exc).splitlines()[0][:200]) from exc
@@ -172,8 +183,9 @@ class DockerBackend(SandboxBackend):
 
     async def _docker(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking SDK call in a thread, mapping engine failures to our errors."""
+        call = functools.partial(fn, *args, **kwargs)
         try:
-            return await asyncio.to_thread(fn, *args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, call)
         except docker.errors.NotFound as exc:
             raise SandboxNotFound(str(exc.explanation or exc)) from exc
         except requests.exceptions.ConnectionError as exc:
@@ -277,9 +289,10 @@ class DockerBackend(SandboxBackend):
         ]
         if volume is not None:
             steps.append(lambda: self.client.volumes.get(volume).remove(force=True))
+        loop = asyncio.get_running_loop()
         for fn in steps:
             try:
-                await asyncio.to_thread(fn)
+                await loop.run_in_executor(self._executor, fn)
             except (docker.errors.DockerException, requests.exceptions.RequestException):
                 pass
         if volume is not None and self.disks is not None:
@@ -374,6 +387,7 @@ class DockerBackend(SandboxBackend):
         if self.disks is not None:
             self.disks.prune()
         await asyncio.to_thread(self.client.close)
+        self._executor.shutdown(wait=False)
 
     # -- inspection ------------------------------------------------------------------
 

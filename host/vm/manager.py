@@ -38,6 +38,7 @@ from host.sandbox.docker_backend import engine_address
 from vm_images.builder import ensure_image
 
 from .options import VmOptions
+from .pool_agents import drop_pool_agents, start_pool_agents, wait_pool_agents
 
 if TYPE_CHECKING:
     from orchestrator import ActorDefinition, Engine, Inspector
@@ -231,6 +232,7 @@ class SandboxManager:
         if self._removals:
             await asyncio.wait(list(self._removals), timeout=_CLOSE_DEADLINE)
         if remove_pool:
+            await drop_pool_agents(sb for pool in self._pools.values() for sb, _ in pool.ready)
             for pool in self._pools.values():
                 while pool.ready:
                     sandbox, _ = pool.ready.popleft()
@@ -315,6 +317,10 @@ class SandboxManager:
             pool.added.clear()
             await pool.added.wait()
 
+    async def wait_pool_agents(self) -> None:
+        """Until the agents pre-started in the pool's containers are initialized."""
+        await wait_pool_agents(sb for pool in self._pools.values() for sb, _ in pool.ready)
+
     def pool_names(self) -> set[str]:
         return {sb.name for pool in self._pools.values() for sb, _ in pool.ready}
 
@@ -339,6 +345,8 @@ class SandboxManager:
                     log.warning("warm pool refill failed (retrying): %s", exc)
                     await asyncio.sleep(_REFILL_BACKOFF)
                     continue
+                # Its agents start now, not once a vm takes it (pool_agents.py).
+                start_pool_agents(sandbox, pool.options.bundles)
                 pool.ready.append((sandbox, image))
                 pool.added.set()
 
@@ -360,6 +368,7 @@ class SandboxManager:
         """Remove a dead pool container in the background; close() waits for it."""
 
         async def remove() -> None:
+            await drop_pool_agents([sandbox])
             with contextlib.suppress(SandboxError):
                 await self.backend.remove(sandbox)
             await self._egress_down(sandbox.name)
