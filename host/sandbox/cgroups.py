@@ -19,6 +19,7 @@ import asyncio
 import itertools
 import logging
 import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -29,6 +30,17 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 # Sub-cgroups left with live background processes; we retry removing a few per exec.
 _RETRY_REMOVE = 8
 _KILL_PASSES = 200
+# Sub-cgroup names, unique across trackers: concurrent first execs of a sandbox (or a
+# new supervisor boot, or a restarted host) each make a tracker, and a name two of
+# them share would make the second exec's mkdir fail ("exec runs untracked").
+# The random token tells apart hosts that got the same pid (a restarted host in a
+# container, say), whose leftover sub-cgroups may still exist.
+_NAMES = itertools.count(1)
+_TOKEN = secrets.token_hex(4)
+
+
+def _exec_cgroup_name() -> str:
+    return f"agentvm-exec-{os.getpid()}-{_TOKEN}-{next(_NAMES)}"
 
 
 def container_cgroup(init_pid: int) -> Path | None:
@@ -69,8 +81,6 @@ class ExecTracker:
     def __init__(self, base: Path, init_pid: int) -> None:
         self.base = base
         self.init_pid = init_pid
-        self._ids = itertools.count(1)
-        self._prefix = f"agentvm-exec-{os.getpid()}-"
         self.leftover: list[Path] = []
 
     @classmethod
@@ -80,14 +90,15 @@ class ExecTracker:
 
     def _host_pid(self, ns_pid: int) -> int | None:
         """The host pid of the supervisor's child ``ns_pid`` (its direct child)."""
-        # Every thread's children: a child forked by another thread of the supervisor
-        # (once an agent ran, e.g.) is not listed under the main thread.
-        children = ""
-        for task in Path(f"/proc/{self.init_pid}/task").glob("*"):
-            try:
-                children += " " + (task / "children").read_text()
-            except OSError:
-                continue
+        # The supervisor forks only from its event-loop (main) thread, so its children
+        # are listed there. The kernel's list may skip entries while other children
+        # exit, hence the fallback. A gated child does not exit on its own before the
+        # gate opens: "no process" means it was killed (or, before the stdin gate,
+        # died of "Bad fd number"; docs/protocol.md).
+        try:
+            children = Path(f"/proc/{self.init_pid}/task/{self.init_pid}/children").read_text()
+        except OSError:
+            children = ""
         for raw in children.split():
             if _ns_pid(int(raw)) == ns_pid:
                 return int(raw)
@@ -103,7 +114,7 @@ class ExecTracker:
         host_pid = self._host_pid(ns_pid)
         if host_pid is None:
             raise ProcessLookupError(f"no process {ns_pid} under the supervisor")
-        path = self.base / f"{self._prefix}{next(self._ids)}"
+        path = self.base / _exec_cgroup_name()
         path.mkdir()
         try:
             (path / "cgroup.procs").write_text(str(host_pid))

@@ -66,8 +66,10 @@ def make_handlers(table: ProcessTable) -> dict[str, Handler]:
         await table.attach_pipes(proc)
         if tracked:
             await _await_tracking(ch, proc)
-        if proc.stdin is not None:
+        if stdin_wanted:
             background(_feed(proc, payload))
+        elif proc.stdin is not None:
+            proc.stdin.close()  # the gate's pipe: no input follows its line (EOF at once)
         timed_out = False
         try:
             await asyncio.wait_for(asyncio.shield(proc.exited), timeout)

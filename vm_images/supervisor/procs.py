@@ -48,9 +48,12 @@ DRAIN_GRACE = 0.25
 # if a background child keeps writing (the call must end).
 EXEC_DRAIN_MAX = 2.0
 # A tracked exec's child waits in this wrapper until the host moved it into its own
-# cgroup (the supervisor writes a line to the gate pipe); EOF means "give up".
-# ``exec N<&-`` needs a literal fd number, hence the eval.
-GATE_SCRIPT = 'eval "read -r _ <&$1 && exec $1<&-" || exit 125; shift; exec "$@"'
+# cgroup: the gate is the child's stdin, and the supervisor writes one line to it
+# (then the exec's input, if any); EOF instead means "give up". The shell reads a pipe
+# a byte at a time, so the command gets exactly the bytes after that line. Not a
+# separate pipe: /bin/sh (dash) cannot name an fd above 9 in a redirection, and
+# once the supervisor's fds 0-9 were in use every timed exec died "Bad fd number".
+GATE_SCRIPT = 'read -r _ || exit 125; exec "$@"'
 
 Sink = Callable[[str, bytes], Awaitable[None]]
 
@@ -103,15 +106,17 @@ def _cannot_run(name: str, path: str, cwd: str) -> str:
 
 
 def open_gate(proc: Proc, go: bool = True) -> None:
-    """Let a gated child run (``go``) or make it exit 125 without running anything."""
-    if proc.gate is None:
+    """Let a gated child run (``go``) or make it exit 125 without running anything.
+
+    A child that died meanwhile is no error here: its exit is the exec's result."""
+    if not proc.gated:
         return
-    fd, proc.gate = proc.gate, None
-    try:
-        if go:
-            os.write(fd, b"\n")
-    finally:
-        os.close(fd)
+    proc.gated = False
+    assert proc.stdin is not None  # gated children always get a stdin pipe
+    if go:
+        proc.stdin.write(b"\n")  # one byte into an empty pipe: never blocks
+    else:
+        proc.stdin.close()
 
 
 def kill_tree(pid: int, sig: int = signal.SIGKILL) -> None:
@@ -173,8 +178,8 @@ class Proc:
         self.done = asyncio.get_running_loop().create_future()  # exit + output drained
         # Seconds of output collected after the exit at most (None: while it flows).
         self.drain_limit: float | None = None
-        # Write end of the start gate of a tracked exec (None: not gated).
-        self.gate: int | None = None
+        # A tracked exec's child waiting for its first stdin line (open_gate).
+        self.gated = False
 
     def has_listener(self) -> bool:
         """A live host listens to the output (a dead link's sink does not count)."""
@@ -225,31 +230,29 @@ class ProcessTable:
 
         ``listed=False`` for exec and internal children: they are not the
         spawn/wait/kill family's processes and never show in ``list_processes``.
-        ``gated``: the child waits before it runs anything until :func:`open_gate`.
+        ``gated``: the child waits before it runs anything until :func:`open_gate`
+        (it gets a stdin pipe: the gate; the caller closes it after any input).
         """
         argv = build_argv(args)
         env = build_env(args.get("env"))
         cwd = resolve(str(args.get("cwd") or HOME))
         if not os.path.isdir(cwd):
             raise OpError("ENOENT", f"working directory not found: {cwd}", cwd)
-        gate: tuple[int, int] | None = None
         run = argv
         if gated:
             missing = _cannot_run(argv[0], env.get("PATH", ""), cwd)
             if missing:
                 return None, missing
-            gate = os.pipe()
-            run = ["/bin/sh", "-c", GATE_SCRIPT, "sh", str(gate[0]), *argv]
+            run = ["/bin/sh", "-c", GATE_SCRIPT, "sh", *argv]
         try:
             popen = subprocess.Popen(
                 run,
-                stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+                stdin=subprocess.PIPE if stdin or gated else subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 cwd=cwd,
                 env=env,
                 start_new_session=True,  # own session + group: a timeout kills them all
-                pass_fds=(gate[0],) if gate else (),
             )
         except FileNotFoundError:
             return None, f"{argv[0]}: command not found\n"
@@ -258,12 +261,8 @@ class ProcessTable:
         except BlockingIOError as exc:
             # fork() failing with EAGAIN: the pids limit is reached.
             raise OpError("EAGAIN", f"cannot start a process: {exc.strerror}") from exc
-        finally:
-            if gate is not None:
-                os.close(gate[0])
         proc = Proc(popen, argv, self.reaper.watch(popen.pid))
-        if gate is not None:
-            proc.gate = gate[1]
+        proc.gated = gated
         if listed:
             self.procs[proc.pid] = proc
         return proc, ""
