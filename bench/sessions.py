@@ -353,11 +353,21 @@ class Bench:
             await vm.start()
 
             async def settle() -> None:
-                sm = vm_sessions(self.engine, key).manager
-                if sm is not None:
-                    await sm.wait_prestarted()
+                # The next agent is pre-started once the last session ended (not at
+                # once): wait until it is started and initialized (bounded).
+                deadline = time.monotonic() + 120
+                while time.monotonic() < deadline:
+                    sm = vm_sessions(self.engine, key).manager
+                    if sm is not None and agent in sm._warm:
+                        await sm.wait_prestarted()
+                        return
+                    await asyncio.sleep(0.02)
+                raise RuntimeError(f"no pre-started {agent} agent after 120 s")
 
-            ready = (await time_ready(vm, agent, 1 + self.n_ready, settle))[1:]
+            try:
+                ready = (await time_ready(vm, agent, 1 + self.n_ready, settle))[1:]
+            except RuntimeError as exc:  # keep the other figures of this agent
+                return {"session_ready_error": str(exc)}
         finally:
             await vm.destroy()
         return {
