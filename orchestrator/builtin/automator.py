@@ -171,14 +171,16 @@ async def _fix(
             }
 
         async def run_tests() -> dict[str, Any]:
-            # The deadline is the sandbox's `timeout` plus the step's: a tracked exec
-            # (the exec "timeout" option) fails intermittently once an agent ran a
-            # terminal in the vm ("Broken pipe" from the supervisor's start gate).
-            command = ["timeout", "-k", "10", str(TESTS_TIMEOUT), "sh", "-c", req.test_command]
-            result = await vm.exec(command, {"cwd": REPO_DIR})
+            # The exec "timeout" runs the tests in their own cgroup: a timeout kills
+            # every process they started (setsid ones too), and the call ends by then.
+            command = ["sh", "-c", req.test_command]
+            result = await vm.exec(command, {"cwd": REPO_DIR, "timeout": TESTS_TIMEOUT})
+            output = result["stdout"] + result["stderr"]
+            if result.get("timed_out"):
+                output += f"\n[tests killed after {TESTS_TIMEOUT}s]\n"
             return {
                 "exit_code": result["exit_code"],
-                "output": (result["stdout"] + result["stderr"])[-MAX_TEST_OUTPUT:],
+                "output": output[-MAX_TEST_OUTPUT:],
                 "diff": await diff_since(vm, base),
             }
 
