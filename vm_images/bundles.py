@@ -9,6 +9,7 @@ host, and Dockerfile lines that run with no network.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -214,6 +215,19 @@ AGENT_ENV: dict[str, dict[str, str]] = {
         "npm_config_offline": "true",
     },
     "opencode": {
+        # Its anthropic provider at the gateway (`{env:...}` is opencode's own
+        # substitution) and an anthropic model by default: else it may pick a model of
+        # its hosted `opencode` provider, which needs the network.
+        "OPENCODE_CONFIG_CONTENT": json.dumps(
+            {
+                "model": "anthropic/claude-sonnet-4-5",
+                "small_model": "anthropic/claude-haiku-4-5",
+                "autoupdate": False,
+                "share": "disabled",
+                "provider": {"anthropic": {"options": {"baseURL": "{env:ANTHROPIC_BASE_URL}/v1"}}},
+            },
+            separators=(",", ":"),
+        ),
         "OPENCODE_DISABLE_AUTOUPDATE": "1",
         "OPENCODE_DISABLE_MODELS_FETCH": "1",
         "OPENCODE_DISABLE_LSP_DOWNLOAD": "1",

@@ -8,6 +8,7 @@ set to each, and the host's key nowhere in the sandbox while they run."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import uuid
@@ -121,6 +122,7 @@ async def test_real_agent_fixes_the_bug_with_its_own_tools(
     fake_anthropic.untooled = Turn.text("Fix add")
     marker = f"[fix-{agent_type}]"
     fake_anthropic.script(
+        Turn.read(f"{REPO}/calc.py"),
         Turn.edit(f"{REPO}/calc.py", "return a - b", "return a + b", say="It subtracts."),
         Turn.shell(f"cd {REPO} && python3 test_calc.py"),
         Turn.text("Fixed: add now adds."),
@@ -138,11 +140,13 @@ async def test_real_agent_fixes_the_bug_with_its_own_tools(
         turns = [r for r in fake_anthropic.message_requests() if r.script is not None]
         detail = [(r.path, r.tool_names, r.turn and r.turn.error) for r in turns]
         assert result.stop_reason == "end_turn", (result, detail)
-        assert (await sandbox.read_file(f"{REPO}/calc.py")).decode() == FIXED
-        assert len(turns) == 3, detail
+        assert len(turns) == 4, detail
+        assert (await sandbox.read_file(f"{REPO}/calc.py")).decode() == FIXED, [
+            r.tool_results() for r in turns
+        ]
         # The agent ran its own tools: the shell's result carries the test's output.
-        shell_id = turns[1].turn.tool_ids[0] if turns[1].turn else ""
-        outcome = turns[2].tool_results()[shell_id]
+        shell_id = turns[2].turn.tool_ids[0] if turns[2].turn else ""
+        outcome = turns[3].tool_results()[shell_id]
         assert "ok" in str(outcome["content"]), outcome
         # Every model call went through the gateway with the host's key injected.
         assert {r.api_key for r in fake_anthropic.message_requests()} == {host_key}
@@ -179,11 +183,12 @@ async def test_fix_bug_run_with_a_real_agent(
     pass on the first attempt."""
     server = host(
         AGENTVM_REPO_ROOTS=str(buggy_repo.parent),
-        AGENTVM_VM_BUNDLES=",".join(REAL_BUNDLES),
+        AGENTVM_VM_BUNDLES=json.dumps(REAL_BUNDLES),
     )
     fake_model.untooled = Turn.text("Fix add")
     marker = f"real-{agent_type}"
     fake_model.script(
+        Turn.read("/home/user/repo/calc.py"),
         Turn.edit("/home/user/repo/calc.py", "return a - b", "return a + b"),
         Turn.text("Fixed."),
         marker=marker,

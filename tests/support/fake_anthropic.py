@@ -136,6 +136,20 @@ class Turn:
 
         return cls(resolve=make, **kwargs)
 
+    @classmethod
+    def read(cls, path: str, *, say: str | None = None, **kwargs: Any) -> Turn:
+        """A call of the requesting agent's own read tool (Claude Code and OpenCode
+        refuse to edit a file the conversation has not read)."""
+
+        def make(body: dict[str, Any]) -> list[Block]:
+            tool = find_tool(body, "read")
+            props, required = _schema(tool)
+            input: dict[str, Any] = {_pick(props, "path", "file_path", "filePath"): path}
+            _fill_required(input, props, required)
+            return [*([text(say)] if say else []), tool_use(tool["name"], input)]
+
+        return cls(resolve=make, **kwargs)
+
     def for_request(self, body: dict[str, Any]) -> Turn:
         """This turn as played for ``body`` (a resolving turn gets its blocks; a request
         without the tool it needs gets a 400 naming the tools it had)."""
@@ -188,7 +202,7 @@ def tool_names(body: dict[str, Any]) -> list[str]:
 
 
 def find_tool(body: dict[str, Any], kind: str) -> dict[str, Any]:
-    """The request's tool for ``kind`` (``bash`` / ``edit``): named so (any case) or
+    """The request's tool for ``kind`` (``bash`` / ``edit`` / ``read``): named so (any case) or
     ending in ``__<kind>`` (an MCP-served tool such as ``mcp__acp__Bash``)."""
     tools = [t for t in body.get("tools") or [] if isinstance(t, dict) and t.get("name")]
     for exact in (True, False):

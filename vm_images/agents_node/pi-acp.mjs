@@ -48,6 +48,9 @@ settings.defaultProvider ??= "anthropic";
 if (process.env.AGENTVM_MODEL) settings.defaultModel = process.env.AGENTVM_MODEL;
 settings.defaultModel ??= "claude-sonnet-4-5";
 settings.enableInstallTelemetry = false;
+// else pi-acp prefixes the first answer with a "pi v… ---" banner (the agent's text
+// becomes fixBug's summary)
+settings.quietStartup ??= true;
 writeJson(settingsPath, settings);
 
 // pi-acp spawns pi for each session; pi.mjs runs it with agentvm-node too.
