@@ -328,7 +328,10 @@ class Bench:
             await self.fake.take()  # (untimed) nothing earlier belongs to this turn
             wall = time.time()
             start = time.perf_counter()
-            result = await vm.send_prompt(sid, "say ok")
+            try:
+                result = await vm.send_prompt(sid, "say ok")
+            except Exception as exc:
+                raise RuntimeError(f"turn {i + 1}: {type(exc).__name__}: {exc}") from exc
             elapsed = time.perf_counter() - start
             if result["stop_reason"] != "end_turn":
                 raise RuntimeError(f"turn ended with {result}")
