@@ -220,6 +220,43 @@ async def agent_rss(vm: Any) -> tuple[float, str]:
     return round(total / 1024, 1), "\n".join(line[:160] for line in lines[:12])
 
 
+# CPU time (ms) used so far by each process in the sandbox: pid -> [name, ms].
+CPU_TIMES = """
+import json, os
+tick = 1000 / os.sysconf("SC_CLK_TCK")
+out = {}
+for pid in os.listdir("/proc"):
+    if not pid.isdigit() or int(pid) == os.getpid():
+        continue
+    try:
+        stat = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        continue
+    fields = stat[stat.rindex(")") + 2 :].split()
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    out[pid] = [name, (int(fields[11]) + int(fields[12])) * tick]
+print(json.dumps(out))
+"""
+
+
+async def cpu_times(vm: Any) -> dict[str, list[Any]]:
+    result = await vm.exec(["python3", "-c", CPU_TIMES])
+    times: dict[str, list[Any]] = json.loads(result["stdout"])
+    return times
+
+
+def cpu_per_turn(
+    before: dict[str, list[Any]], after: dict[str, list[Any]], n: int
+) -> dict[str, float]:
+    """CPU ms per turn of the supervisor (pid 1) and of the agent's processes."""
+    used = {pid: t - before.get(pid, [name, 0.0])[1] for pid, (name, t) in after.items()}
+    supervisor = used.pop("1", 0.0)
+    return {
+        "supervisor_cpu_per_turn_ms": round(supervisor / n, 2),
+        "agent_cpu_per_turn_ms": round(sum(used.values()) / n, 2),
+    }
+
+
 # -- one agent -----------------------------------------------------------------------
 
 
@@ -294,7 +331,14 @@ class Bench:
             out["idle_session_anon_mib"] = round(idle["anon"] - base["anon"], 1)
             out["idle_session_rss_mib"] = rss
 
+            cpu_before = await cpu_times(vm)
+            host_cpu = time.process_time()
             through_s, direct_s, calls = await self.turns(vm, sid)
+            # Where a turn's time goes, robust to a loaded machine: CPU used per turn
+            # in the sandbox, and by this process (engine, gateway, and the direct
+            # client's calls too).
+            out.update(cpu_per_turn(cpu_before, await cpu_times(vm), 3 + self.n_turns))
+            out["host_cpu_per_turn_ms"] = ms((time.process_time() - host_cpu) / (3 + self.n_turns))
             after = await settled_memory(self.manager, key)
             out["session_after_turns_mib"] = round(after["working_set"] - base["working_set"], 1)
             await vm.close_session(sid)
