@@ -13,11 +13,20 @@ then a final text), runs the tests, makes the patch and destroys its vm.
    until all completed.
 2. **serial**: the same N runs one after another (each sent with ``wait``).
 
-Before each phase the warm pool is refilled (outside the timing). The last line is
-one JSON object: ``runs``, ``model_latency_s``, ``concurrent_s``, ``serial_s``,
-``speedup`` (serial / concurrent) and ``overhead_per_run_s`` (the median wall time
-of a serial run minus its model time: model calls x L). Targets: N=8 and
-concurrency 8: ``speedup`` >= 6, ``overhead_per_run_s`` <= 0.5.
+Before each phase the warm pool is refilled, its containers' agents pre-started
+(outside the timing). The last line is one JSON object: ``runs``,
+``model_latency_s``, ``concurrent_s``, ``serial_s``, ``speedup`` (serial /
+concurrent) and ``overhead_per_run_s`` (the median wall time of a serial run minus
+its model time: model calls x L). Targets: N=8 and concurrency 8: ``speedup`` >= 6,
+``overhead_per_run_s`` <= 0.5.
+
+CPU figures, to tell whether the machine can reach the targets: ``cpus``;
+``*_cpu_busy_s``, the CPU seconds the whole machine spent busy during a phase
+(/proc/stat: other processes' too); ``*_cpu_per_run_s``, that divided by N;
+``vm_cpu_per_run_s``, the median CPU one run's container used (its cgroup, read
+before the vm is destroyed); ``loadavg_start``. A phase cannot take less than
+busy CPU / cpus: N runs at once fit in the model time only if N x CPU per run
+stays under cpus x model time.
 """
 
 from __future__ import annotations
@@ -42,6 +51,34 @@ from orchestrator import EngineConfig  # noqa: E402
 from tests.support.docker import docker_client, remove_host  # noqa: E402
 
 HOST_ID = f"bench-runs{os.getpid()}"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_busy_s() -> float:
+    """CPU seconds the machine spent busy since boot (all cores, all processes)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def container_cpu_s(container_id: str) -> float | None:
+    """CPU seconds a container used so far (cgroup v1 or v2); None: not readable."""
+    for path, scale in (
+        (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage", 1e-9),
+        (f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat", 1e-6),
+    ):
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):  # "usage_usec N" on the first line
+            return int(text.split()[1]) * scale
+        return int(text) * scale
+    return None
+
+
 VERBOSE = bool(os.environ.get("BENCH_VERBOSE"))
 
 # The fake model in a child process: every request with a run's marker plays an edit
@@ -126,10 +163,26 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"warm pool not refilled: {managers[0].pool_ready()}")
             await asyncio.sleep(0.2)
+        await asyncio.wait_for(managers[0].wait_pool_agents(), 300)
+
+    vm_cpu: list[float] = []
+
+    def measure_vms(manager: Any) -> None:
+        """Record each run's container CPU just before its vm is destroyed."""
+        destroy = manager.destroy
+
+        async def measured(record: Any, extra: Any = None) -> None:
+            used = container_cpu_s(record.id) if record is not None else None
+            if used is not None:
+                vm_cpu.append(used)
+            await destroy(record, extra)
+
+        manager.destroy = measured
 
     try:
         async with host_runtime(config, settings, registry=registry) as engine:
             automator = engine.client().automator.get_or_create("main")
+            measure_vms(managers[0])
 
             async def one(i: int) -> float:
                 start = time.perf_counter()
@@ -153,15 +206,21 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
                     )
                 return elapsed
 
+            loadavg = os.getloadavg()[0]
             await pool_full()
+            busy = cpu_busy_s()
             start = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(runs)))
             concurrent_s = time.perf_counter() - start
+            concurrent_cpu = cpu_busy_s() - busy
 
             await pool_full()
             serial: list[float] = []
+            serial_cpu = 0.0
             for i in range(runs, 2 * runs):
+                busy = cpu_busy_s()
                 serial.append(await one(i))
+                serial_cpu += cpu_busy_s() - busy
             serial_s = sum(serial)
     finally:
         assert fake.stdin is not None and fake.stdout is not None
@@ -185,6 +244,13 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
         "run_wall_median_s": round(statistics.median(serial), 2),
         "overhead_per_run_s": round(statistics.median(serial) - model_s, 2),
         "targets": {"speedup": 6, "overhead_per_run_s": 0.5},
+        "cpus": os.cpu_count(),
+        "loadavg_start": round(loadavg, 2),
+        "concurrent_cpu_busy_s": round(concurrent_cpu, 1),
+        "concurrent_cpu_per_run_s": round(concurrent_cpu / runs, 2),
+        "serial_cpu_busy_s": round(serial_cpu, 1),
+        "serial_cpu_per_run_s": round(serial_cpu / runs, 2),
+        "vm_cpu_per_run_s": round(statistics.median(vm_cpu), 2) if vm_cpu else None,
     }
 
 

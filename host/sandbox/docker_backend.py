@@ -48,6 +48,11 @@ HOME = "/home/user"
 # (each call blocks its thread for the engine's whole answer, a container start
 # ~0.3-0.7 s) must neither wait for each other nor stall those.
 DOCKER_THREADS = 16
+# CPU weight (cgroup cpu shares) of a warm-pool container until a vm takes it, and
+# then: the pool pre-starts agents in its containers (~1-3 s of CPU each), which
+# must only use CPU the running vms leave idle.
+POOL_CPU_SHARES = 2
+CPU_SHARES = 1024  # Docker's default
 UID = 1000  # the image's `user` (images/Dockerfile.agent)
 _HOST_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
 
@@ -99,6 +104,7 @@ def hardened_config(
         "mem_limit": f"{limits.memory_mb}m",
         "memswap_limit": f"{limits.memory_mb}m",  # no swap beyond the memory limit
         "nano_cpus": int(limits.cpus * 1e9),
+        "cpu_shares": POOL_CPU_SHARES if spec.pool else CPU_SHARES,
         "read_only": True,
         # Owned by the sandbox user: some kernels apply dockerd's umask to mode=1777.
         "tmpfs": {
@@ -336,6 +342,10 @@ class DockerBackend(SandboxBackend):
         # The low-level call: no inspect round trip before the start.
         await self._docker(self.client.api.start, sandbox.id)
         await sandbox.wait_ready(timeout)
+
+    async def set_cpu_shares(self, sandbox: Sandbox, shares: int = CPU_SHARES) -> None:
+        """Change a running container's CPU weight (a pool container a vm took)."""
+        await self._docker(self.client.api.update_container, sandbox.id, cpu_shares=shares)
 
     async def init_pid(self, sandbox: Sandbox) -> int:
         return int((await self._inspect_raw(sandbox.id)).get("State", {}).get("Pid") or 0)

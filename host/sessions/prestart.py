@@ -31,6 +31,9 @@ PRESTARTED_ENV = "AGENTVM_PRESTARTED"
 class PrestartMixin:
     """warm_up, taking and refilling pre-started agents, killing strays."""
 
+    # Waits for a taken agent's session to end, to start the next (_refill_after).
+    _refill_waits: set[asyncio.Task[None]] | None = None
+
     if TYPE_CHECKING:
         sandbox: Sandbox
         agents: AgentOverrides | None
@@ -65,20 +68,39 @@ class PrestartMixin:
 
     async def _take_prestarted(self, agent_type: str) -> tuple[Session, Any] | None:
         """The pre-started agent of this type (waiting for it if it is still starting,
-        which is never slower than a new one), and start the next; None: none usable."""
+        which is never slower than a new one); the next starts once its session ended
+        (:meth:`_refill_after`). None: none usable (and the next starts now)."""
         warm = self._warm.pop(agent_type, None)
         if warm is None:
             return None
-        self._refill(agent_type)
         try:
             session, init = await warm
         except AgentStartFailed as exc:
             log.warning("pre-started %s agent failed; starting a new one: %s", agent_type, exc)
+            self._refill(agent_type)
             return None
         if session.exited.is_set():
             await self._abandon(session)
+            self._refill(agent_type)
             return None
+        self._refill_after(session, agent_type)
         return session, init
+
+    def _refill_after(self, session: Session, agent_type: str) -> None:
+        """Start the next agent of this type once ``session`` (which took the last
+        one) ended, not right away: an agent's start is ~1-3 s of CPU (imports) that
+        would compete with the new session's first turn, and a vm that runs a single
+        session (a fixBug's, a codeReview's) would only kill it unused with the vm."""
+
+        async def wait() -> None:
+            await session.exited.wait()
+            self._refill(agent_type)
+
+        if self._refill_waits is None:
+            self._refill_waits = set()
+        task = asyncio.create_task(wait(), name=f"prestart-after-{session.id}")
+        self._refill_waits.add(task)
+        task.add_done_callback(self._refill_waits.discard)
 
     def _refill(self, agent_type: str) -> None:
         if self._closed or agent_type in self._warm_failed or agent_type not in self.prestart:
@@ -112,6 +134,8 @@ class PrestartMixin:
 
     async def _drop_prestarted(self) -> None:
         """Kill the pre-started agents (nobody will take them)."""
+        for wait in list(self._refill_waits or ()):
+            wait.cancel()
         tasks = list(self._warm.values())
         self._warm.clear()
         for task in tasks:

@@ -411,6 +411,10 @@ class SandboxManager:
         if taken is not None:
             sandbox, image = taken
             self._claimed[sandbox.name] = sandbox
+            try:  # a pool container ran at the lowest CPU weight (docker_backend.py)
+                await self.backend.set_cpu_shares(sandbox)
+            except SandboxError as exc:
+                log.warning("could not raise the CPU weight of %s: %s", sandbox.name, exc)
             return sandbox, self._record(sandbox, image)
         image = await self.image_for(options.bundles)
         sandbox = await self._create(self._spec(options, image, key, None))
