@@ -139,8 +139,9 @@ class HostSettings(BaseSettings):
     )
     session_retention: float = Field(
         7 * 86400.0,
-        gt=0,
-        description="seconds a closed session's record (for resume/fork) is kept",
+        ge=0,
+        description="seconds after which a closed session's event log is compacted to "
+        "its transcript (resume/fork still work from it)",
     )
 
     def session_limits(self) -> Any:

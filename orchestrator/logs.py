@@ -44,6 +44,27 @@ class ActorLog:
         await self._instance.store.submit([(base.APPEND_LOG, rec)])
         return seq
 
+    async def compact(self, payload: Any) -> int:
+        """Replace every entry of this log by one entry ``payload``, numbered with the
+        log's last number (so later appends and ``read(since)`` stay consistent);
+        atomic: readers see the old entries or the compacted one, never a mix."""
+        try:
+            text = json.dumps(payload, separators=(",", ":"))
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"log entry is not JSON: {exc}", field="payload") from exc
+        inst = self._instance
+        await inst.store.flush()
+        seq = inst.log_seqs.get(self.stream)
+        if seq is None:
+            seq = inst.log_seqs[self.stream] = await inst.store.last_log_seq(
+                inst.actor_id, self.stream
+            )
+        seq = max(seq, 1)
+        inst.log_seqs[self.stream] = seq
+        rec = LogRecord(inst.actor_id, self.stream, seq, text, time.time())
+        await inst.store.submit([(base.REPLACE_LOG, rec)])
+        return seq
+
     async def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, Any]]:
         """``(seq, payload)`` pairs with ``seq > since``, oldest first."""
         await self._instance.store.flush()

@@ -163,3 +163,27 @@ async def test_queue_body_model_refuses_malformed_messages(make_engine):
         assert err.value.metadata["field"] == "body.repo"
         assert await h.queue_contents() == []
         assert (await h.send("jobs", {"repo": "r"})).status == "queued"
+
+
+async def test_a_log_compacts_to_one_entry_keeping_its_numbering(make_engine):
+    async def write(c, n):
+        for i in range(n):
+            await c.log("s").append({"i": i})
+        return await c.log("s").compact({"summary": n})
+
+    async def read(c, since):
+        return [list(r) for r in await c.log("s").read(since)]
+
+    async def more(c):
+        return await c.log("s").append({"i": "next"})
+
+    reg = setup(use={"logger": actor(actions={"write": write, "read": read, "more": more})})
+    async with make_engine(reg) as engine:
+        h = engine.client().logger.get_or_create("a")
+        assert await h.write(5) == 5
+        assert await h.read(0) == [[5, {"summary": 5}]]
+        assert await h.read(5) == []
+        assert await h.more() == 6
+    async with make_engine(reg) as engine:  # after a restart: the same log
+        h = engine.client().logger.get_or_create("a")
+        assert await h.read(0) == [[5, {"summary": 5}], [6, {"i": "next"}]]

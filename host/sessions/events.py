@@ -44,6 +44,8 @@ class MemoryEventStore:
 class _Log(Protocol):
     async def append(self, payload: Any) -> int: ...
 
+    async def compact(self, payload: Any) -> int: ...
+
     async def read(self, since: int = 0, limit: int | None = None) -> list[tuple[int, Any]]: ...
 
 
@@ -70,6 +72,13 @@ class ActorLogEventStore:
         event.seq = await self._log(event.session_id).append(payload)
         self.ctx.broadcast("session_event", event.model_dump(mode="json"))
         return event.seq
+
+    async def compact(self, session_id: str, data: dict[str, Any]) -> int:
+        """Replace a (closed) session's whole log by one ``transcript`` event."""
+        event = SessionEvent(session_id=session_id, kind="transcript", data=data)
+        return int(
+            await self._log(session_id).compact(event.model_dump(mode="json", exclude={"seq"}))
+        )
 
     async def read(
         self, session_id: str, since: int = 0, limit: int | None = None

@@ -25,6 +25,7 @@ from host.sessions import (
     SessionManager,
     SessionNotFound,
     SessionRecord,
+    transcript,
 )
 from host.sessions.errors import ResumeUnsupported
 from host.sessions.models import SessionStats
@@ -154,7 +155,7 @@ async def arm_idle_check(c: ActorContext) -> None:
 async def arm_retention(c: ActorContext) -> None:
     """Make sure an ``expire_closed_sessions`` call is scheduled while closed
     sessions' records are kept (durable: survives restarts)."""
-    closed = _closed(c)
+    closed = {k: v for k, v in _closed(c).items() if not v.get("compacted")}
     if c.state.get("session_retention_check") is None and closed:
         oldest = min(v["closed_at"] for v in closed.values())
         due = max(oldest + _settings().session_retention - time.time(), 1.0)
@@ -448,15 +449,26 @@ class SessionActions:
 
     @action
     async def expire_closed_sessions(self, c: ActorContext) -> list[str]:
-        """Scheduled: forget closed sessions older than ``AGENTVM_SESSION_RETENTION``
-        (they can no longer be resumed or forked; their event logs stay readable)."""
+        """Scheduled: compact the event logs of sessions closed longer than
+        ``AGENTVM_SESSION_RETENTION`` into one ``transcript`` event each (the
+        streaming chunks go; the conversation and per-turn summaries stay, so
+        ``resume_session``/``fork_session`` still work). Returns their ids."""
         c.state["session_retention_check"] = None
         closed, cutoff = _closed(c), time.time() - _settings().session_retention
-        gone = [sid for sid, v in closed.items() if v["closed_at"] <= cutoff]
-        for sid in gone:
-            closed.pop(sid)
+        due = [
+            sid for sid, v in closed.items() if not v.get("compacted") and v["closed_at"] <= cutoff
+        ]
+        store = ActorLogEventStore(c)
+        for sid in due:
+            events: list[SessionEvent] = []
+            since = 0
+            while page := await store.read(sid, since, limit=1000):
+                events.extend(page)
+                since = page[-1].seq
+            await store.compact(sid, transcript.compact(events))
+            closed[sid]["compacted"] = True
         await arm_retention(c)
-        return gone
+        return due
 
     @action
     async def list_sessions(self, c: ActorContext) -> list[dict[str, Any]]:

@@ -136,6 +136,8 @@ PUT_SCHEDULE = "put_schedule"  # (op, ScheduleRecord)
 DELETE_SCHEDULE = "delete_schedule"  # (op, schedule_id)
 SET_META = "set_meta"  # (op, key, value)
 APPEND_LOG = "append_log"  # (op, LogRecord)
+# (op, LogRecord): every entry of that record's stream is replaced by it (compaction)
+REPLACE_LOG = "replace_log"
 PUT_RUN = "put_run"  # (op, RunRecord) insert or replace
 PRUNE_RUN_HISTORY = "prune_run_history"  # (op, actor_id, keep) drop histories of old runs
 

@@ -291,6 +291,16 @@ def _apply(conn: sqlite3.Connection, op: Op) -> None:
         )
     elif code == base.DELETE_SCHEDULE:
         conn.execute("DELETE FROM schedules WHERE schedule_id = ?", (op[1],))
+    elif code == base.REPLACE_LOG:
+        one: LogRecord = op[1]
+        conn.execute(
+            "DELETE FROM actor_logs WHERE actor_id = ? AND stream = ?", (one.actor_id, one.stream)
+        )
+        conn.execute(
+            "INSERT INTO actor_logs (actor_id, stream, seq, payload, created_at) "
+            "VALUES (?,?,?,?,?)",
+            (one.actor_id, one.stream, one.seq, one.payload, one.created_at),
+        )
     elif code == base.APPEND_LOG:
         lg: LogRecord = op[1]
         conn.execute(

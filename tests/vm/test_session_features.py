@@ -169,3 +169,31 @@ async def test_limits_stats_and_prune(
         assert (await vm.session_stats())["open"] == 0
         # Room again: the limit counts open sessions only.
         await vm.create_session("coding-agent")
+
+
+async def test_retention_compacts_a_closed_log_and_resume_still_works(
+    session_host: HostFactory, fake_anthropic: FakeAnthropic, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTVM_SESSION_RETENTION", "0")  # compact at once
+    fake_anthropic.fallback = Turn.text("Noted.")
+    async with session_host() as h:
+        vm = h.client.vm.get_or_create(["feat", "compact"])
+        sid = (await vm.create_session("coding-agent"))["session_id"]
+        await vm.send_prompt(sid, "the codeword is KIWI")
+        await vm.close_session(sid)
+        before = await vm.get_session_events(sid)
+        assert len(before) > 2
+
+        # What the durable retention schedule calls once the retention has passed.
+        assert await vm.expire_closed_sessions() == [sid]
+        after = await vm.get_session_events(sid)
+        assert [e["kind"] for e in after] == ["transcript"]
+        assert after[0]["seq"] == before[-1]["seq"]  # numbering stays consistent
+        assert "KIWI" in str(after[0]["data"]["messages"])
+        assert await vm.get_session_events(sid, {"since": after[0]["seq"]}) == []
+        assert await vm.expire_closed_sessions() == []  # compacted once
+
+        resumed = (await vm.resume_session(sid))["session_id"]
+        await vm.send_prompt(resumed, "what was the codeword?")
+        seen = texts(fake_anthropic.message_requests()[-1])
+        assert "the codeword is KIWI" in seen and "Noted." in seen
