@@ -33,7 +33,10 @@ pytestmark = pytest.mark.docker
 # One image for every real agent: one npm install per bundle (cached on the host),
 # one build, shared by the session tests and the fixBug runs.
 REAL_AGENTS = ("pi", "claude-code", "opencode")
-REAL_BUNDLES = sorted({"common", *(b for a in REAL_AGENTS for b in get_agent(a).bundles)})
+# coding-agent too: tests/security/test_session_flood.py attacks pi in this same image.
+REAL_BUNDLES = sorted(
+    {"common", "coding-agent", *(b for a in REAL_AGENTS for b in get_agent(a).bundles)}
+)
 HOST_ID = f"r{os.getpid()}-{uuid.uuid4().hex[:6]}"
 # Node agents take a few hundred MB each (docs/agents.md).
 LIMITS = SandboxLimits(memory_mb=2048, cpus=1.0, pids=512, tmp_mb=256)

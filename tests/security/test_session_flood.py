@@ -29,6 +29,7 @@ pytestmark = pytest.mark.docker
 HOST_ID = f"flood{os.getpid()}"
 HOST_KEY = "sk-ant-flood-test-host-key"
 BUNDLES = ["common", "coding-agent"]
+REAL_BUNDLES = ["claude-code", "coding-agent", "common", "node", "opencode", "pi"]
 LIMITS = SandboxLimits(memory_mb=1024, cpus=1.0, pids=256, tmp_mb=64)
 FLOOD_AGENT_PATH = "/home/user/flood_agent.py"
 MiB = 2**20
@@ -70,9 +71,22 @@ def attack(pid):
         out["ptrace"] = errno.errorcode.get(ctypes.get_errno(), "?")
     return out
 
+def children(pid):
+    out = []
+    for p in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = open(f"/proc/{p}/stat").read()
+        except OSError:
+            continue
+        if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+            out.append(int(p))
+    return out
+
 control = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-result = {"control": attack(control.pid), "agent": attack(int(sys.argv[1]))}
+agent_pid = int(sys.argv[1])
+result = {"control": attack(control.pid), "agent": attack(agent_pid),
+          "children": [attack(c) for c in children(agent_pid)]}
 control.kill()
 print(json.dumps(result))
 """
@@ -168,7 +182,10 @@ def db_bytes(db_path: str) -> int:
     return sum(os.path.getsize(p) for p in (db_path, db_path + "-wal") if os.path.exists(p))
 
 
+# pi: node-based (execute-only agentvm-node), and pi-acp's pi child process too.
+@pytest.mark.parametrize("agent_type", ["coding-agent", "pi"])
 async def test_sandbox_code_cannot_write_into_or_trace_the_agent(
+    agent_type: str,
     make_engine: Callable[..., Any],
     fake_anthropic: FakeAnthropic,
     agent_image: str,
@@ -176,9 +193,11 @@ async def test_sandbox_code_cannot_write_into_or_trace_the_agent(
 ) -> None:
     monkeypatch.setenv("AGENTVM_PRESTART_AGENTS", "")  # the agent gets spawned for us
     fake_anthropic.script(Turn.text("still", " me"), marker="[after]")
+    # For pi, the image of tests/agent/test_real_agents.py (one image for all of them).
+    bundles = REAL_BUNDLES if agent_type != "coding-agent" else BUNDLES
     async with vm_host(make_engine, fake_anthropic) as client:
-        vm = client.vm.get_or_create(["flood", "pipes"])
-        sid = (await vm.create_session("coding-agent"))["session_id"]
+        vm = client.vm.get_or_create(["flood", "pipes", agent_type], input={"bundles": bundles})
+        sid = (await vm.create_session(agent_type))["session_id"]
         pid = next(s["pid"] for s in await vm.list_sessions() if s["session_id"] == sid)
         res = await vm.exec(["python3", "-c", ATTACK, str(pid)], timeout=60)
         assert res["exit_code"] == 0, res
@@ -193,6 +212,10 @@ async def test_sandbox_code_cannot_write_into_or_trace_the_agent(
         assert agent["mem"] in ("EACCES", "EPERM"), agent
         assert agent["pidfd_getfd"] in ("EPERM", "EACCES"), agent
         assert agent["ptrace"] == "EPERM", agent
+        for child in found["children"]:  # pi-acp's pi
+            assert child["stdin"] in ("EACCES", "EPERM") and child["ptrace"] == "EPERM", found
+        if agent_type == "pi":
+            assert found["children"], found
         # The session still works, and nothing forged reached its events.
         answer = await vm.send_prompt(sid, "[after] who is there")
         assert answer["text"] == "still me"
