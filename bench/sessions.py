@@ -17,10 +17,14 @@ the agent's image (``common`` + the agent's bundles):
 2. **idle session memory** - in that vm: the container's memory cgroup read from the
    host (v1: ``memory.usage_in_bytes`` - ``total_inactive_file``; v2:
    ``memory.current`` - ``inactive_file``; the ``docker stats`` working set) with one
-   idle session, minus the same vm before any session (both settled: three readings
-   within 1 MiB). Also the anonymous memory alone (``rss``/``anon``; not skewed by
-   which cgroup was charged first for shared page cache) and the agent processes'
-   RSS (``ps`` in the sandbox), and the working set again after the turns.
+   idle session, minus the same vm without one: after the cold sessions closed (all
+   readings settled: three in a row within 1 MiB). The agent's files are in the page
+   cache by then, shared by every vm of the image and charged to whichever cgroup
+   read them first; ``idle_session_first_mib`` is against the fresh vm (with them if
+   this vm was first). Also the anonymous memory alone (``rss``/``anon``), the agent
+   processes' RSS (``ps`` in the sandbox; shared pages counted once per process) and
+   the working set after the turns. CPU per turn (supervisor, agent processes, host
+   process) says where a turn's time goes on a loaded machine.
 3. **turn overhead** - in that session: a prompt that takes one model turn, no tools
    (``vm.send_prompt`` -> actor -> session manager -> supervisor -> agent -> its SDK ->
    in-sandbox forwarder -> gateway -> fake model and back) vs **the same requests**
@@ -320,6 +324,11 @@ class Bench:
 
             cold = await time_ready(vm, agent, self.n_cold, nothing)
             out["session_ready_cold_ms"] = ms(statistics.median(cold))
+            # The agent's files are now in the page cache. Which cgroup they are
+            # charged to depends on who read them first (this vm, or any other vm of
+            # the same image: the image's page cache is shared host-wide), so the
+            # idle session is measured against the vm after these sessions closed.
+            closed = await settled_memory(self.manager, key)
 
             info = await vm.create_session(agent)
             sid = info["session_id"]
@@ -327,8 +336,10 @@ class Bench:
             rss, listing = await agent_rss(vm)
             print(f"[{agent}] processes with one idle session:\n{listing}", flush=True)
             out["vm_base_mib"] = base["working_set"]
-            out["idle_session_mib"] = round(idle["working_set"] - base["working_set"], 1)
-            out["idle_session_anon_mib"] = round(idle["anon"] - base["anon"], 1)
+            out["idle_session_mib"] = round(idle["working_set"] - closed["working_set"], 1)
+            out["idle_session_anon_mib"] = round(idle["anon"] - closed["anon"], 1)
+            # Against the fresh vm: includes the agent's files if first charged here.
+            out["idle_session_first_mib"] = round(idle["working_set"] - base["working_set"], 1)
             out["idle_session_rss_mib"] = rss
 
             cpu_before = await cpu_times(vm)
@@ -340,7 +351,7 @@ class Bench:
             out.update(cpu_per_turn(cpu_before, await cpu_times(vm), 3 + self.n_turns))
             out["host_cpu_per_turn_ms"] = ms((time.process_time() - host_cpu) / (3 + self.n_turns))
             after = await settled_memory(self.manager, key)
-            out["session_after_turns_mib"] = round(after["working_set"] - base["working_set"], 1)
+            out["session_after_turns_mib"] = round(after["working_set"] - closed["working_set"], 1)
             await vm.close_session(sid)
         finally:
             await vm.destroy()
