@@ -25,7 +25,7 @@ import docker
 import docker.errors
 
 from .base import base_tag, cache_dir, ensure_base
-from .bundles import PACKAGE_DIR, Bundle, resolve
+from .bundles import EXEC_ONLY, PACKAGE_DIR, Bundle, resolve
 
 IMAGE_REPO = "agentvm-sandbox"
 DOCKERFILE = PACKAGE_DIR.parent / "images" / "Dockerfile.agent"
@@ -73,6 +73,8 @@ def image_tag(names: Sequence[str] | None = None) -> str:
     digest.update(render_dockerfile(bundles).encode())
     for bundle in bundles:
         digest.update(json.dumps(asdict(bundle), sort_keys=True).encode())
+        if bundle.name in EXEC_ONLY:
+            digest.update(json.dumps(EXEC_ONLY[bundle.name]).encode())
         for rel, path in _files_of(bundle):
             digest.update(f"\0{bundle.name}/{rel}\0".encode())
             digest.update(path.read_bytes())
@@ -152,6 +154,16 @@ def _install_npm(specs: Sequence[str], dest: Path, progress: Progress) -> None:
     )  # fmt: skip
 
 
+def _make_exec_only(path: Path) -> None:
+    """Mode 0511 on a private copy (the context file may be a hard link into the npm
+    cache): once COPY'd it is root's, so the sandbox user may run it but not read it.
+    0511, not 0111: the host user tarring the context must still read it."""
+    private = path.with_name(path.name + ".exec-only")
+    shutil.copyfile(path, private)
+    os.chmod(private, 0o511)
+    os.replace(private, path)
+
+
 def _prepare_context(ctx: Path, bundles: Sequence[Bundle], progress: Progress) -> None:
     (ctx / "Dockerfile").write_text(render_dockerfile(bundles))
     for bundle in bundles:
@@ -163,6 +175,8 @@ def _prepare_context(ctx: Path, bundles: Sequence[Bundle], progress: Progress) -
             _download_wheels(bundle.pip, ctx / bundle.name / "wheels", progress)
         if bundle.npm:
             _install_npm(bundle.npm, ctx / bundle.name / "npm", progress)
+        for rel in EXEC_ONLY.get(bundle.name, ()):
+            _make_exec_only(ctx / bundle.name / rel)
 
 
 def ensure_image(

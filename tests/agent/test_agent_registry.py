@@ -62,8 +62,26 @@ def test_the_coding_agent_is_built_in() -> None:
 
 
 def test_unknown_agent_types_name_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="known: coding-agent"):
+    with pytest.raises(KeyError, match="known: claude-code, coding-agent, opencode, pi"):
         get_agent("nope")
+
+
+def test_the_real_agents_are_builtin_with_node_and_offline_env() -> None:
+    """pi, Claude Code and OpenCode are registered under the names users know; the node
+    ones need the node bundle (resolve() adds it) and run with the execute-only node;
+    their env switches off telemetry and update checks (docs/agents.md)."""
+    pi, claude, opencode = get_agent("pi"), get_agent("claude-code"), get_agent("opencode")
+    assert pi.bundles == ("node", "pi") and claude.bundles == ("node", "claude-code")
+    assert opencode.bundles == ("opencode",)
+    assert pi.command[0] == claude.command[0] == bundles.AGENT_NODE
+    assert opencode.command == (bundles.AGENT_OPENCODE, "acp")
+    assert [b.name for b in bundles.resolve(["pi"])] == ["node", "pi", "supervisor"]
+    assert pi.env["PI_OFFLINE"] == "1" and pi.env["npm_config_offline"] == "true"
+    assert claude.env["CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC"] == "1"
+    assert opencode.env["OPENCODE_DISABLE_AUTOUPDATE"] == "1"
+    assert "ANTHROPIC_API_KEY" not in {**pi.env, **claude.env, **opencode.env}
+    # images with and without Node.js are different tags
+    assert image_tag(["common"]) != image_tag(["common", "node"]) != image_tag(["common", "pi"])
 
 
 def test_a_toml_file_adds_an_agent_and_its_bundle(
@@ -73,7 +91,7 @@ def test_a_toml_file_adds_an_agent_and_its_bundle(
     path.write_text(CLAUDE_TOML)
     monkeypatch.setenv(AGENTS_ENV, str(path))
     agents = agent_types()
-    assert set(agents) == {"coding-agent", "claude-code"}
+    assert set(agents) == {"coding-agent", "claude-code", "pi", "opencode"}
     claude = agents["claude-code"]
     assert claude.command == ("claude-agent-acp",)
     assert claude.env == {"CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1"}
