@@ -14,7 +14,7 @@ then a final text), runs the tests, makes the patch and destroys its vm.
 2. **serial**: the same N runs one after another (each sent with ``wait``).
 
 Before each phase the warm pool is refilled, its containers' agents pre-started
-(outside the timing). The last line is one JSON object: ``runs``,
+and idle (outside the timing). The last line is one JSON object: ``runs``,
 ``model_latency_s``, ``concurrent_s``, ``serial_s``, ``speedup`` (serial /
 concurrent) and ``overhead_per_run_s`` (the median wall time of a serial run minus
 its model time: model calls x L). Targets: N=8 and concurrency 8: ``speedup`` >= 6,
@@ -23,8 +23,10 @@ its model time: model calls x L). Targets: N=8 and concurrency 8: ``speedup`` >=
 CPU figures, to tell whether the machine can reach the targets: ``cpus``;
 ``*_cpu_busy_s``, the CPU seconds the whole machine spent busy during a phase
 (/proc/stat: other processes' too); ``*_cpu_per_run_s``, that divided by N;
-``vm_cpu_per_run_s``, the median CPU one run's container used (its cgroup, read
-before the vm is destroyed); ``loadavg_start``. A phase cannot take less than
+``vm_cpu_per_run_s``, the median CPU one run's container used (its cgroup, from
+the vm taking it to its destroy); ``host_cpu_per_run_s``, this process's CPU (the
+engine, gateway, session manager) in the concurrent phase over N;
+``loadavg_start``. A phase cannot take less than
 busy CPU / cpus: N runs at once fit in the model time only if N x CPU per run
 stays under cpus x model time.
 """
@@ -60,6 +62,14 @@ def cpu_busy_s() -> float:
         fields = [int(x) for x in f.readline().split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+def container_ids(names: set[str]) -> list[str]:
+    client = docker_client()
+    try:
+        return [client.api.inspect_container(n)["Id"] for n in names]
+    finally:
+        client.close()
 
 
 def container_cpu_s(container_id: str) -> float | None:
@@ -164,20 +174,43 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
                 raise RuntimeError(f"warm pool not refilled: {managers[0].pool_ready()}")
             await asyncio.sleep(0.2)
         await asyncio.wait_for(managers[0].wait_pool_agents(), 300)
+        await pool_idle()
+
+    async def pool_idle() -> None:
+        """Until the pool's containers are idle (their agents initialized *and* done
+        importing the model SDK, which they do after initialize, in the background,
+        at the pool's low CPU weight): no CPU used for 0.5 s by any of them."""
+        ids = await asyncio.to_thread(container_ids, managers[0].pool_names())
+        deadline = time.monotonic() + 300
+        before = [container_cpu_s(i) or 0.0 for i in ids]
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            now = [container_cpu_s(i) or 0.0 for i in ids]
+            if all(b - a < 0.01 for a, b in zip(before, now, strict=True)):
+                return
+            before = now
+        raise RuntimeError("the warm pool's containers did not settle")
 
     vm_cpu: list[float] = []
+    taken_at: dict[str, float] = {}
 
     def measure_vms(manager: Any) -> None:
-        """Record each run's container CPU just before its vm is destroyed."""
-        destroy = manager.destroy
+        """Record the CPU each run's container used between the vm taking it and
+        the vm's destroy (its cgroup; the pool's agent start before is not counted)."""
+        acquire, destroy = manager.acquire, manager.destroy
 
-        async def measured(record: Any, extra: Any = None) -> None:
+        async def acquired(key: Any, options: Any) -> Any:
+            sandbox, record = await acquire(key, options)
+            taken_at[record.id] = container_cpu_s(record.id) or 0.0
+            return sandbox, record
+
+        async def destroyed(record: Any, extra: Any = None) -> None:
             used = container_cpu_s(record.id) if record is not None else None
-            if used is not None:
-                vm_cpu.append(used)
+            if used is not None and record.id in taken_at:
+                vm_cpu.append(used - taken_at.pop(record.id))
             await destroy(record, extra)
 
-        manager.destroy = measured
+        manager.acquire, manager.destroy = acquired, destroyed
 
     try:
         async with host_runtime(config, settings, registry=registry) as engine:
@@ -208,11 +241,12 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
 
             loadavg = os.getloadavg()[0]
             await pool_full()
-            busy = cpu_busy_s()
+            busy, own = cpu_busy_s(), time.process_time()
             start = time.perf_counter()
             await asyncio.gather(*(one(i) for i in range(runs)))
             concurrent_s = time.perf_counter() - start
             concurrent_cpu = cpu_busy_s() - busy
+            host_cpu = time.process_time() - own
 
             await pool_full()
             serial: list[float] = []
@@ -251,6 +285,7 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
         "serial_cpu_busy_s": round(serial_cpu, 1),
         "serial_cpu_per_run_s": round(serial_cpu / runs, 2),
         "vm_cpu_per_run_s": round(statistics.median(vm_cpu), 2) if vm_cpu else None,
+        "host_cpu_per_run_s": round(host_cpu / runs, 2),
     }
 
 

@@ -362,27 +362,24 @@ class DockerBackend(SandboxBackend):
 
     async def remove(self, sandbox: Sandbox | str, *, volume: bool = True) -> None:
         if isinstance(sandbox, str):
+            known = self._sandboxes.get(sandbox)  # by id: no inspect round trip
             try:
-                sandbox = await self.get(sandbox)
+                sandbox = known or await self.get(sandbox)
             except SandboxNotFound:
                 return
         self._sandboxes.pop(sandbox.id, None)
-        try:
-            container = await self._docker(self.client.containers.get, sandbox.id)
-            await self._docker(container.remove, force=True)
-        except SandboxNotFound:
-            pass
+        # One API call (the low-level one: no inspect before it); destroying vms is
+        # on the path of every run.
+        with contextlib.suppress(SandboxNotFound):
+            await self._docker(self.client.api.remove_container, sandbox.id, force=True)
         if volume and sandbox.volume:
             await self.remove_volume(sandbox.volume)
         await sandbox.control.close()
         shutil.rmtree(sandbox.control.control_dir, ignore_errors=True)
 
     async def remove_volume(self, name: str) -> None:
-        try:
-            vol = await self._docker(self.client.volumes.get, name)
-            await self._docker(vol.remove, force=True)
-        except SandboxNotFound:
-            pass
+        with contextlib.suppress(SandboxNotFound):
+            await self._docker(self.client.api.remove_volume, name, force=True)
         # Only once Docker let go of the volume (a volume in use raised above).
         if self.disks is not None:
             await self.disks.remove(name)
