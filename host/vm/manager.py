@@ -411,14 +411,21 @@ class SandboxManager:
         if taken is not None:
             sandbox, image = taken
             self._claimed[sandbox.name] = sandbox
-            try:  # a pool container ran at the lowest CPU weight (docker_backend.py)
-                await self.backend.set_cpu_shares(sandbox)
-            except SandboxError as exc:
-                log.warning("could not raise the CPU weight of %s: %s", sandbox.name, exc)
+            # A pool container ran at the lowest CPU weight (docker_backend.py): raise
+            # it, in the background (an engine round trip; the vm needs no CPU yet).
+            self.background(self._normal_cpu(sandbox))
             return sandbox, self._record(sandbox, image)
         image = await self.image_for(options.bundles)
         sandbox = await self._create(self._spec(options, image, key, None))
         return sandbox, self._record(sandbox, image)
+
+    async def _normal_cpu(self, sandbox: Sandbox) -> None:
+        try:
+            await self.backend.set_cpu_shares(sandbox)
+        except SandboxNotFound:
+            pass  # already destroyed
+        except SandboxError as exc:
+            log.warning("could not raise the CPU weight of %s: %s", sandbox.name, exc)
 
     async def adopt(self, record: SandboxRecord) -> Sandbox | None:
         """Re-adopt a vm's container if it is running (after a host restart the

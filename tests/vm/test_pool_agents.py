@@ -5,6 +5,7 @@ gateway; the fake model is the only fake."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -87,7 +88,11 @@ async def test_a_vm_from_the_pool_adopts_the_agent_started_there(
         sid = info["session_id"]
         assert info["agent_info"]["name"] == "agentvm-coding-agent"
         assert (await vm.info())["container"] == pooled
-        assert cpu_shares(docker_client, pooled) == CPU_SHARES
+        await eventually(
+            lambda: asyncio.to_thread(cpu_shares, docker_client, pooled),
+            lambda shares: shares == CPU_SHARES,
+            what="the taken container's CPU weight raised",
+        )
         (session,) = await vm.list_sessions()
         assert session["pid"] == started  # the pool's process, not a new one
 
