@@ -27,6 +27,17 @@ A turn with ``wait_for`` (a ``threading.Event``) pauses after its first delta
 until the event is set, so a test can cancel mid-turn. ``Turn.error`` answers
 with an API error instead. ``POST /v1/messages/count_tokens`` is supported.
 
+Real agents (pi, Claude Code, OpenCode) each name and shape their tools their own
+way, so a turn can be resolved per request from the request's ``tools``:
+``Turn.shell(command)``, ``Turn.edit(path, old, new)`` and ``Turn.read(path)`` call
+the agent's own ``bash``/``Bash``/``mcp__acp__Bash``, ``edit``/``Edit`` and
+``read``/``Read`` tool with its argument names (``file_path``/``filePath``/``path``,
+``old_string``/``oldString``/``oldText`` or pi's ``edits`` list; other required
+string arguments get a filler); a request without that tool gets a 400 naming the
+tools it had. ``fake.untooled = Turn.text(...)`` answers requests that offer no tools
+(OpenCode's title call) without using up a scripted turn. Query strings are ignored
+(Claude Code posts to ``/v1/messages?beta=true``).
+
 Timing and fallbacks: ``Turn(delay=s)`` answers that turn ``s`` seconds late (a
 slow model); ``FakeAnthropic(latency=s)`` (or ``fake.latency = s``) adds a fixed
 latency to every Messages call (benchmarks); ``fake.fallback = Turn.text(...)``
