@@ -40,6 +40,8 @@ REAL_BUNDLES = sorted(
 HOST_ID = f"r{os.getpid()}-{uuid.uuid4().hex[:6]}"
 # Node agents take a few hundred MB each (docs/agents.md).
 LIMITS = SandboxLimits(memory_mb=2048, cpus=1.0, pids=512, tmp_mb=256)
+# Each agent's own shell and edit tool names, as its requests offer them.
+SHELL_EDIT = {"pi": ("bash", "edit"), "claude-code": ("Bash", "Edit"), "opencode": ("bash", "edit")}
 REPO = "/home/user/repo"
 BUGGY = "def add(a, b):\n    return a - b\n"
 FIXED = "def add(a, b):\n    return a + b\n"
@@ -147,6 +149,12 @@ async def test_real_agent_fixes_the_bug_with_its_own_tools(
         assert (await sandbox.read_file(f"{REPO}/calc.py")).decode() == FIXED, [
             r.tool_results() for r in turns
         ]
+        # The fake called the agent's own tools, by the names its request offered.
+        shell, edit = SHELL_EDIT[agent_type]
+        assert [b.name for t in turns[1:3] if t.turn for b in t.turn.blocks if b.name] == [
+            edit,
+            shell,
+        ], detail
         # The agent ran its own tools: the shell's result carries the test's output.
         shell_id = turns[2].turn.tool_ids[0] if turns[2].turn else ""
         outcome = turns[3].tool_results()[shell_id]
