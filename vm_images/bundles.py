@@ -160,7 +160,7 @@ PI = Bundle(
     name="pi",
     description="pi coding agent over ACP (pi-acp + @earendil-works/pi-coding-agent; needs node)",
     npm=(f"pi-acp@{PI_ACP_VERSION}", f"@earendil-works/pi-coding-agent@{PI_VERSION}"),
-    files=("agents_node",),
+    files=("agents_node/pi-acp.mjs", "agents_node/pi.mjs"),
     dockerfile=(
         install_npm("pi")
         + f"COPY pi/agents_node/pi-acp.mjs pi/agents_node/pi.mjs {AGENT_SCRIPTS}/\n"

@@ -44,6 +44,8 @@ LIMITS = SandboxLimits(memory_mb=2048, cpus=1.0, pids=512, tmp_mb=256)
 # Each agent's own shell and edit tool names, as its requests offer them.
 SHELL_EDIT = {"pi": ("bash", "edit"), "claude-code": ("Bash", "Edit"), "opencode": ("bash", "edit")}
 REPO = "/home/user/repo"
+# A model pi knows (it falls back to its own default for one it does not).
+MODEL = "claude-opus-4-5"
 BUGGY = "def add(a, b):\n    return a - b\n"
 FIXED = "def add(a, b):\n    return a + b\n"
 WAIT_MS = 300_000
@@ -140,7 +142,7 @@ async def test_real_agent_fixes_the_bug_with_its_own_tools(
     try:
         # As the seeds do: the host's key in env (replaced by the gateway placeholder).
         info = await manager.create_session(
-            agent_type, env={"ANTHROPIC_API_KEY": host_key}, cwd="repo"
+            agent_type, env={"ANTHROPIC_API_KEY": host_key}, cwd="repo", model=MODEL
         )
         result = await asyncio.wait_for(
             manager.send_prompt(info.session_id, f"{marker} add(2, 3) returns -1; fix it"), 240
@@ -152,6 +154,10 @@ async def test_real_agent_fixes_the_bug_with_its_own_tools(
         assert (await sandbox.read_file(f"{REPO}/calc.py")).decode() == FIXED, [
             r.tool_results() for r in turns
         ]
+        # The session's model reaches pi (docs/agents.md: Claude Code and OpenCode
+        # use their own default).
+        if agent_type == "pi":
+            assert {r.body.get("model") for r in turns} == {MODEL}, detail
         # The fake called the agent's own tools, by the names its request offered.
         shell, edit = SHELL_EDIT[agent_type]
         assert [b.name for t in turns[1:3] if t.turn for b in t.turn.blocks if b.name] == [
