@@ -349,6 +349,9 @@ class SandboxManager:
                 start_pool_agents(sandbox, pool.options.bundles)
                 pool.ready.append((sandbox, image))
                 pool.added.set()
+                # One agent start at a time (~1-3 s of CPU each): a drained pool must
+                # not take both cores of a small host from the vms that drained it.
+                await wait_pool_agents([sandbox])
 
     def _take(self, options: VmOptions) -> tuple[Sandbox, str] | None:
         pool = self._pools.get(options.container_key())
