@@ -20,9 +20,10 @@ def _poll(http: httpx.Client, path: str, pred: Any, *, timeout: float = 30.0) ->
     deadline = time.monotonic() + timeout
     while True:
         r = http.get(path)
-        assert r.status_code == 200, r.text
+        # A send from another thread may not have created the actor yet: 404 until then.
+        assert r.status_code in (200, 404), r.text
         data = r.json()
-        if pred(data):
+        if r.status_code == 200 and pred(data):
             return data
         assert time.monotonic() < deadline, f"{path}: last {data}"
         time.sleep(0.02)
