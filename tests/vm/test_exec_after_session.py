@@ -13,7 +13,8 @@ import logging
 import pytest
 
 from tests.support.fake_anthropic import FakeAnthropic, Turn
-from tests.vm.test_vm_sessions import HOST_KEY, HostFactory, agent_image, session_host
+
+from .test_vm_sessions import HOST_KEY, HostFactory, agent_image, session_host
 
 __all__ = ["agent_image", "session_host"]
 
