@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from host.sandbox.peer import ContainerPeer, PeerRefused
 from orchestrator.metrics import REGISTRY
 from vm_images.supervisor.egress import CREDENTIAL_PATH, EGRESS_SOCKET_NAME
 
@@ -102,12 +103,20 @@ class SandboxEgress:
     """The listener of one sandbox (from :meth:`EgressProxy.serve`)."""
 
     def __init__(
-        self, proxy: EgressProxy, sandbox: str, socket_path: Path, allow: Allowlist
+        self,
+        proxy: EgressProxy,
+        sandbox: str,
+        socket_path: Path,
+        allow: Allowlist,
+        peer: ContainerPeer | None,
     ) -> None:
         self.proxy = proxy
         self.sandbox = sandbox
         self.socket_path = socket_path
         self.allow = allow
+        # Only the sandbox's own processes may use it (as for the LLM gateway): the
+        # socket's mode lets the container's uid connect, so any local uid could too.
+        self.peer = peer
         self._server: asyncio.AbstractServer | None = None
         self._conns: set[asyncio.Task[None]] = set()
 
@@ -141,6 +150,13 @@ class SandboxEgress:
                 await _reply(writer, 503, "too many egress connections from this sandbox")
                 return
             self._conns.add(task)
+            if self.peer is not None:
+                try:
+                    await self.peer.acheck(writer.get_extra_info("socket"))
+                except PeerRefused as exc:
+                    entry.reason = f"peer refused: {exc}"
+                    await _reply(writer, 403, "not a process of this sandbox")
+                    return
             await _Connection(self, reader, writer, entry).serve()
         except (ConnectionError, OSError) as exc:
             entry.reason = entry.reason or f"connection error: {exc}"
@@ -398,13 +414,26 @@ class EgressProxy:
         self._dns = ThreadPoolExecutor(max_workers=4, thread_name_prefix="egress-dns")
 
     async def serve(
-        self, sandbox: str, control_dir: str | os.PathLike[str], allow: Iterable[str]
+        self,
+        sandbox: str,
+        control_dir: str | os.PathLike[str],
+        allow: Iterable[str],
+        *,
+        container: str | ContainerPeer | None,
     ) -> SandboxEgress:
+        """Listen on ``<control_dir>/egress.sock`` for ``sandbox``; ``container`` (its
+        64-hex Docker id) is the only one whose processes may connect (``None``: no
+        peer check — for tests that connect from the host)."""
         old = self._served.pop(sandbox, None)
         if old is not None:
             await old.close()
+        peer = ContainerPeer(container) if isinstance(container, str) else container
         listener = SandboxEgress(
-            self, sandbox, Path(control_dir) / EGRESS_SOCKET_NAME, Allowlist.of(list(allow))
+            self,
+            sandbox,
+            Path(control_dir) / EGRESS_SOCKET_NAME,
+            Allowlist.of(list(allow)),
+            peer,
         )
         await listener.start()
         self._served[sandbox] = listener

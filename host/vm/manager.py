@@ -274,7 +274,9 @@ class SandboxManager:
         """Serve the egress proxy into an allowlist vm's sandbox that just went live."""
         allow = allow_from_labels(labels)
         if self.egress is not None and allow is not None:
-            await self.egress.serve(sandbox.name, sandbox.control.control_dir, allow)
+            await self.egress.serve(
+                sandbox.name, sandbox.control.control_dir, allow, container=sandbox.id
+            )
 
     async def _egress_down(self, name: str) -> None:
         if self.egress is not None:

@@ -152,7 +152,7 @@ async def _raw(path: Path, data: bytes) -> bytes:
 
 async def test_proxy_bounds_heads_and_connections(tmp_path: Path) -> None:
     proxy = EgressProxy(limits=EgressLimits(max_connections=2, header_timeout=0.5))
-    await proxy.serve("sb", tmp_path, ["allowed.test"])
+    await proxy.serve("sb", tmp_path, ["allowed.test"], container=None)
     sock = tmp_path / EGRESS_SOCKET_NAME
     try:
         huge = b"GET http://allowed.test/ HTTP/1.1\r\nx: " + b"a" * 20_000 + b"\r\n\r\n"
@@ -455,3 +455,17 @@ async def test_default_vm_has_no_proxy(egress_host: Callable[..., Any]) -> None:
         assert res["stdout"].startswith("0"), res
         assert res["exit_code"] != 0  # nothing listens: there is no proxy
         assert not proxy._served
+
+
+async def test_a_process_outside_the_container_is_refused(tmp_path: Path) -> None:
+    """The socket's mode lets any local uid connect: the peer check decides. The test
+    process is no process of that container, so it gets a 403 and nothing is proxied."""
+    proxy = EgressProxy()
+    await proxy.serve("sb", tmp_path, ["allowed.test"], container="0" * 64)
+    try:
+        reply = await _raw(
+            tmp_path / EGRESS_SOCKET_NAME, b"CONNECT allowed.test:443 HTTP/1.1\r\n\r\n"
+        )
+        assert reply.startswith(b"HTTP/1.1 403")
+    finally:
+        await proxy.close()
