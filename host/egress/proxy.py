@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from host.sandbox.listener import SandboxSocketServer
 from host.sandbox.peer import ContainerPeer, PeerRefused
 from orchestrator.metrics import REGISTRY
 from vm_images.supervisor.egress import CREDENTIAL_PATH, EGRESS_SOCKET_NAME
@@ -99,7 +100,7 @@ class _Log:
     counted: bool = True
 
 
-class SandboxEgress:
+class SandboxEgress(SandboxSocketServer):
     """The listener of one sandbox (from :meth:`EgressProxy.serve`)."""
 
     def __init__(
@@ -110,35 +111,13 @@ class SandboxEgress:
         allow: Allowlist,
         peer: ContainerPeer | None,
     ) -> None:
+        super().__init__(socket_path, limit=MAX_HEAD)
         self.proxy = proxy
         self.sandbox = sandbox
-        self.socket_path = socket_path
         self.allow = allow
         # Only the sandbox's own processes may use it (as for the LLM gateway): the
         # socket's mode lets the container's uid connect, so any local uid could too.
         self.peer = peer
-        self._server: asyncio.AbstractServer | None = None
-        self._conns: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(
-            self._accept, path=str(self.socket_path), limit=MAX_HEAD
-        )
-        os.chmod(self.socket_path, 0o666)  # the container user connects
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

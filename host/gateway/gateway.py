@@ -13,7 +13,6 @@ recorded per sandbox and per session (``x-agentvm-session``). See docs/gateway.m
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from collections.abc import Awaitable, Callable
@@ -23,6 +22,7 @@ from pathlib import Path
 import h11
 import httpx
 
+from host.sandbox.listener import SandboxSocketServer
 from host.sandbox.peer import ContainerPeer, PeerRefused
 from vm_images.supervisor import protocol as P
 
@@ -48,44 +48,17 @@ class _Ledger:
     budget_tokens: int | None = None
 
 
-class SandboxGateway:
+class SandboxGateway(SandboxSocketServer):
     """The listener of one sandbox (from :meth:`LLMGateway.serve`): accepts only
     processes of its container, at most ``limits.max_connections`` at a time."""
 
     def __init__(
         self, gateway: LLMGateway, sandbox: str, socket_path: Path, peer: ContainerPeer
     ) -> None:
+        super().__init__(socket_path)
         self.gateway = gateway
         self.sandbox = sandbox
-        self.socket_path = socket_path
         self.peer = peer
-        self._server: asyncio.AbstractServer | None = None
-        self._conns: set[asyncio.Task[None]] = set()
-
-    @property
-    def connections(self) -> int:
-        """Connections open now (accepted and not yet closed)."""
-        return len(self._conns)
-
-    async def start(self) -> None:
-        self.socket_path.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        self._server = await asyncio.start_unix_server(self._accept, path=str(self.socket_path))
-        # The container user (another uid) must be able to connect; who may use the
-        # socket is decided per connection by the peer check, not by the mode.
-        os.chmod(self.socket_path, 0o666)
-
-    async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        with contextlib.suppress(FileNotFoundError):
-            self.socket_path.unlink()
-        for task in list(self._conns):
-            task.cancel()
-        if self._conns:
-            await asyncio.gather(*self._conns, return_exceptions=True)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
