@@ -143,6 +143,15 @@ class HostSettings(BaseSettings):
         description="seconds after which a closed session's event log is compacted to "
         "its transcript (resume/fork still work from it)",
     )
+    checkpoints_max_per_vm: int = Field(
+        16, ge=1, description="workspace checkpoints kept per vm; the oldest go first"
+    )
+    checkpoints_max_bytes: int = Field(
+        10 * 1024**3,
+        ge=1,
+        description="compressed bytes of workspace checkpoints kept per vm; the oldest "
+        "go first (the newest always stays)",
+    )
 
     def session_limits(self) -> Any:
         """The :class:`host.sessions.SessionLimits` these settings name."""

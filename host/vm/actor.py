@@ -21,6 +21,7 @@ from orchestrator import ActorDefinition, actor, event
 from orchestrator.definitions import actions_of
 
 from .actions_base import sandbox_of, used, vm_vars
+from .actions_checkpoints import CheckpointActions
 from .actions_exec import ProcessActions
 from .actions_files import FileActions
 from .actions_lifecycle import LifecycleActions
@@ -46,10 +47,16 @@ def vm_actor(
     sessions: dict[str, Any] = session_actions(
         lambda c: vm_vars(c).sessions, sandbox_of, manager.gateway
     )
+    checkpoints = CheckpointActions(manager, sessions["close_session"])
+
+    async def on_destroy(c: Any) -> None:
+        await vm.on_destroy(c)
+        await checkpoints.on_destroy(c)
+
     definition = actor(
         create_state=vm.create_state,
         create_vars=vm.create_vars,
-        actions={**actions_of(vm), **sessions},
+        actions={**actions_of(vm), **sessions, **actions_of(checkpoints)},
         events={
             "process_output": event("{pid, stream, data[, data_b64]} of a spawned process"),
             "process_exit": event("{pid, exit_code}: a spawned process ended"),
@@ -57,7 +64,7 @@ def vm_actor(
         },
         on_wake=vm.on_wake,
         on_sleep=vm.on_sleep,
-        on_destroy=vm.on_destroy,
+        on_destroy=on_destroy,
         options={"sleep_timeout": vm.defaults.idle_timeout},
     )
     manager.register(definition)

@@ -1,0 +1,175 @@
+"""Workspace checkpoints and forks of a vm (host/vm/actions_checkpoints.py): real
+Docker, real SQLite, the archives on the test's disk."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from host.vm.checkpoints import root_for, vm_dir
+from orchestrator.errors import AgentVMError, InvalidRequest
+
+from .conftest import VmHost
+
+pytestmark = pytest.mark.docker
+
+# A workspace with content, a symlink, an empty dir and particular modes.
+SEED = r"""
+set -e
+cd /home/user
+mkdir -p proj/sub empty
+printf 'hello\n' > proj/a.txt
+head -c 300000 /dev/urandom > proj/sub/blob.bin
+printf '#!/bin/sh\necho hi\n' > proj/run.sh && chmod 755 proj/run.sh
+printf 'secret' > proj/key && chmod 600 proj/key
+ln -s a.txt proj/link
+"""
+# Every entry under /home/user: path, type, mode, link target, and a hash of files.
+LISTING = (
+    "cd /home/user && find . -mindepth 1 -printf '%p %y %m %l\\n' | sort && "
+    "find . -type f -exec sha256sum {} + | sort"
+)
+
+
+async def listing(vm: Any) -> str:
+    res = await vm.call("exec", ["sh", "-c", LISTING])
+    assert res["exit_code"] == 0, res
+    out: str = res["stdout"]
+    return out
+
+
+async def seeded(h: VmHost, key: str) -> Any:
+    vm = h.client.vm.get_or_create([key])
+    res = await vm.call("exec", ["sh", "-c", SEED])
+    assert res["exit_code"] == 0, res
+    return vm
+
+
+async def test_restore_gives_the_old_workspace_back_exactly(vm_host: Any) -> None:
+    async with vm_host() as h:
+        vm = await seeded(h, "ck-restore")
+        before = await listing(vm)
+        assert "proj/link l 777 a.txt" in before and "./empty d" in before
+        entry = await vm.call("checkpoint", "before-fix")
+        assert entry["name"] == "before-fix" and entry["size"] > 0 and len(entry["sha256"]) == 64
+
+        change = (
+            "cd /home/user && printf changed > proj/a.txt && rm -r proj/sub empty proj/link"
+            " && chmod 644 proj/run.sh && echo new > new.txt"
+        )
+        assert (await vm.call("exec", ["sh", "-c", change]))["exit_code"] == 0
+        assert await listing(vm) != before
+
+        await vm.call("restore", "before-fix")
+        assert await listing(vm) == before
+        assert await vm.call("read_file", "proj/a.txt") == b"hello\n"
+
+
+async def test_fork_is_an_independent_vm(vm_host: Any) -> None:
+    async with vm_host() as h:
+        vm = await seeded(h, "ck-origin")
+        before = await listing(vm)
+        await vm.call("checkpoint", "base")
+        out = await vm.call("fork", "ck-forked", {"checkpoint": "base"})
+        assert out["key"] == ["ck-forked"] and out["checkpoint"]["name"] == "base"
+        forked = h.client.vm.get(["ck-forked"])
+        assert await listing(forked) == before
+        # Two containers: a write in one is not seen by the other, both ways.
+        assert (await h.record(["ck-origin"])).name != (await h.record(["ck-forked"])).name
+        await forked.call("write_file", "only-fork.txt", "f")
+        await vm.call("write_file", "only-origin.txt", "o")
+        assert not await vm.call("exists", "only-fork.txt")
+        assert not await forked.call("exists", "only-origin.txt")
+        # The fork has the checkpoint too, and can go back to it.
+        assert [e["name"] for e in await forked.call("list_checkpoints")] == ["base"]
+        await forked.call("restore", "base")
+        assert await listing(forked) == before
+        # A taken key is refused.
+        with pytest.raises(AgentVMError):
+            await vm.call("fork", "ck-forked", {"checkpoint": "base"})
+
+
+async def test_list_delete_retention_and_destroy(
+    vm_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AGENTVM_CHECKPOINTS_MAX_PER_VM", "2")
+    async with vm_host() as h:
+        vm = h.client.vm.get_or_create(["ck-list"])
+        for i in range(3):
+            await vm.call("write_file", "n.txt", str(i))
+            await vm.call("checkpoint", f"c{i}")
+        # The oldest went first, from the manifest and from the disk.
+        assert [e["name"] for e in await vm.call("list_checkpoints")] == ["c1", "c2"]
+        directory = vm_dir(root_for(h.manager.db), await vm.resolve())
+        assert sorted(p.name for p in directory.iterdir()) == [
+            "c1.json", "c1.tar.gz", "c2.json", "c2.tar.gz"
+        ]  # fmt: skip
+        with pytest.raises(AgentVMError):
+            await vm.call("restore", "c0")
+
+        await vm.call("delete_checkpoint", "c1")
+        assert [e["name"] for e in await vm.call("list_checkpoints")] == ["c2"]
+        await vm.call("restore", "c2")
+        assert await vm.call("read_file", "n.txt") == b"2"
+
+        await vm.destroy()
+        assert not directory.exists()
+
+
+@pytest.mark.parametrize("bad", ["", "../up", "a/b", "x" * 65, "..", "sp ace", 7])
+async def test_bad_names_are_refused_naming_the_field(vm_host: Any, bad: Any) -> None:
+    async with vm_host() as h:
+        vm = h.client.vm.get_or_create(["ck-bad"])
+        for act in ("checkpoint", "restore", "delete_checkpoint"):
+            with pytest.raises(InvalidRequest) as info:
+                await vm.call(act, bad)
+            assert info.value.metadata.get("field") == "name"
+        with pytest.raises(InvalidRequest) as info:
+            await vm.call("fork", "other", {"checkpoint": bad})
+        assert info.value.metadata.get("field") == "checkpoint"
+
+
+def _rss() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+async def test_host_memory_stays_bounded_while_checkpointing(vm_host: Any) -> None:
+    """The host runs in this process: its RSS must not grow by the workspace's size
+    while a 200 MB workspace is checkpointed and restored."""
+    size_mb = 200
+    async with vm_host() as h:
+        vm = h.client.vm.get_or_create(["ck-big"])
+        res = await vm.call(
+            "exec",
+            ["sh", "-c", f"head -c {size_mb}M /dev/urandom > /home/user/big.bin && sync"],
+            {"timeout": 120},
+        )
+        assert res["exit_code"] == 0, res
+        base = _rss()
+        peak = base
+        done = asyncio.Event()
+
+        async def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _rss())
+                await asyncio.sleep(0.02)
+
+        sampler = asyncio.create_task(sample())
+        try:
+            entry = await vm.call("checkpoint", "big")
+            await vm.call("restore", "big")
+        finally:
+            done.set()
+            await sampler
+        assert entry["raw_size"] >= size_mb * 1024 * 1024
+        growth = peak - base
+        assert growth < size_mb * 1024 * 1024 // 4, f"RSS grew by {growth / 1e6:.0f} MB"
+        res = await vm.call("exec", ["sh", "-c", "stat -c %s /home/user/big.bin"])
+        assert int(res["stdout"]) == size_mb * 1024 * 1024
