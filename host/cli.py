@@ -40,11 +40,13 @@ from .cli_common import (
 )
 from .cli_runs import register as register_run_commands
 from .cli_vm import vm_app
+from .cli_workflow import workflow_app
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 images_app = typer.Typer(no_args_is_help=True, help="Sandbox images.")
 app.add_typer(images_app, name="images")
 app.add_typer(vm_app, name="vm")
+app.add_typer(workflow_app, name="workflow")
 
 
 def _registry(spec: str | None = None) -> Any:

@@ -22,6 +22,7 @@ from . import (
     routes_runs,
     routes_sessions,
     routes_vms,
+    routes_workflows,
 )
 from .arguments import ArgumentChecker
 from .common import json_response
@@ -110,6 +111,7 @@ def create_app(
         routes_patch,
         routes_runs,
         routes_sessions,
+        routes_workflows,
     ):
         app.include_router(module.router)
     if bench_routes:

@@ -80,6 +80,20 @@ def ancestors(defn: WorkflowDefinition, step_id: str) -> set[str]:
     return seen
 
 
+def _all_ancestors(defn: WorkflowDefinition) -> dict[str, set[str]]:
+    """Every step's ancestors in one pass over the levels (an acyclic definition)."""
+    by_id = {s.id: s for s in defn.steps}
+    out: dict[str, set[str]] = {}
+    for level in levels(defn):
+        for sid in level:
+            acc: set[str] = set()
+            for dep in by_id[sid].depends_on:
+                acc.add(dep)
+                acc |= out[dep]
+            out[sid] = acc
+    return out
+
+
 def dependents(defn: WorkflowDefinition, step_id: str) -> list[str]:
     """Every step depending on ``step_id`` (transitively), in definition order."""
     return [s.id for s in defn.steps if step_id in ancestors(defn, s.id)]
@@ -147,8 +161,9 @@ def validate_definition(defn: WorkflowDefinition) -> None:
     cycle = _find_cycle(_graph(defn))
     if cycle:
         raise _fail("steps", "the dependencies form a cycle: " + " -> ".join(cycle), cycle=cycle)
+    all_before = _all_ancestors(defn)
     for i, s in enumerate(defn.steps):
-        before = ancestors(defn, s.id)
+        before = all_before[s.id]
         for attr in ("prompt", "system_prompt"):
             template = getattr(s, attr)
             if template is None:
