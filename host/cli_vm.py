@@ -195,3 +195,79 @@ def vm_shell(
             _show_exec(await handle.exec(line, cwd=here), False)
 
     run_client(url, token, go)
+
+
+# -- workspace checkpoints (host/vm/actions_checkpoints.py) ----------------------------
+
+
+@vm_app.command("checkpoint")
+def vm_checkpoint(
+    key: KeyArg,
+    name: Annotated[str, typer.Argument(help="checkpoint name: [A-Za-z0-9._-]{1,64}")],
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+) -> None:
+    """Save the vm's /home/user and its session records as checkpoint NAME."""
+
+    async def go(client: RemoteClient) -> Any:
+        with spinner(f"checkpointing vm {key}..."):
+            return await client[VM].get_or_create(parse_key(key)).call("checkpoint", name)
+
+    print_json(run_client(url, token, go))
+
+
+@vm_app.command("restore")
+def vm_restore(
+    key: KeyArg,
+    name: Annotated[str, typer.Argument(help="checkpoint name")],
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+) -> None:
+    """Bring /home/user and the session records back to checkpoint NAME (sessions close)."""
+
+    async def go(client: RemoteClient) -> Any:
+        with spinner(f"restoring vm {key}..."):
+            return await client[VM].get(parse_key(key)).call("restore", name)
+
+    print_json(run_client(url, token, go))
+
+
+@vm_app.command("fork")
+def vm_fork(
+    key: KeyArg,
+    new_key: Annotated[str, typer.Argument(help="key of the new vm")],
+    checkpoint: Annotated[
+        str | None, typer.Option(help="checkpoint to start from (default: one taken now)")
+    ] = None,
+    url: UrlOpt = DEFAULT,
+    token: TokenOpt = None,
+) -> None:
+    """Create vm NEW_KEY with the same options, starting from a checkpoint of KEY."""
+    opts = {"checkpoint": checkpoint} if checkpoint else {}
+
+    async def go(client: RemoteClient) -> Any:
+        with spinner(f"forking vm {key} into {new_key}..."):
+            return await client[VM].get(parse_key(key)).call("fork", new_key, **opts)
+
+    print_json(run_client(url, token, go))
+
+
+@vm_app.command("checkpoints")
+def vm_checkpoints(
+    key: KeyArg, url: UrlOpt = DEFAULT, token: TokenOpt = None, as_json: JsonOpt = False
+) -> None:
+    """List the vm's checkpoints, oldest first."""
+
+    async def go(client: RemoteClient) -> Any:
+        return await client[VM].get(parse_key(key)).call("list_checkpoints")
+
+    entries = run_client(url, token, go)
+    if as_json or not isinstance(entries, list):
+        print_json(entries)
+        return
+    table = Table(show_edge=False)
+    for column in ("name", "created_at", "size", "sha256"):
+        table.add_column(column)
+    for e in entries:
+        table.add_row(e["name"], str(e["created_at"]), str(e["size"]), e["sha256"][:16])
+    out.print(table)

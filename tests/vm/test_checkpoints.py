@@ -4,15 +4,21 @@ Docker, real SQLite, the archives on the test's disk."""
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import docker
+import httpx
 import pytest
 
 from host.vm.checkpoints import root_for, vm_dir
 from orchestrator.errors import AgentVMError, InvalidRequest
+from tests.server.live import LiveServer, agentvm, start_server
+from tests.support.docker import remove_host
 
-from .conftest import VmHost
+from .conftest import HOST_ID, VmHost
 
 pytestmark = pytest.mark.docker
 
@@ -173,3 +179,44 @@ async def test_host_memory_stays_bounded_while_checkpointing(vm_host: Any) -> No
         assert growth < size_mb * 1024 * 1024 // 4, f"RSS grew by {growth / 1e6:.0f} MB"
         res = await vm.call("exec", ["sh", "-c", "stat -c %s /home/user/big.bin"])
         assert int(res["stdout"]) == size_mb * 1024 * 1024
+
+
+@pytest.fixture
+def vm_server(image: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """The real host (vm actor on Docker) in a subprocess; its containers removed after."""
+    host_id = f"{HOST_ID}-ck"
+    env = {"AGENTVM_HOST_ID": host_id, "AGENTVM_WARM_POOL": "0"}
+    server = start_server(tmp_path / "host.db", env=env, registry=None, deadline_s=120)
+    yield server
+    server.stop()
+    client = docker.from_env()
+    remove_host(client, host_id)
+    client.close()
+
+
+def test_http_and_cli(vm_server: LiveServer) -> None:
+    env = {"AGENTVM_URL": vm_server.url}
+    with httpx.Client(base_url=vm_server.url, timeout=120) as http:
+        put = http.post("/actors/vm/ck-http/actions/write_file", json={"args": ["a.txt", "one"]})
+        assert put.status_code == 200, put.text
+        res = http.post("/actors/vm/ck-http/actions/checkpoint", json={"args": ["before-fix"]})
+        assert res.status_code == 200, res.text
+        assert res.json()["output"]["name"] == "before-fix"
+        bad = http.post("/actors/vm/ck-http/actions/checkpoint", json={"args": ["../x"]})
+        assert bad.status_code == 400, bad.text
+        assert bad.json()["error"]["metadata"]["field"] == "name"
+
+    listed = agentvm("vm", "checkpoints", "ck-http", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert [e["name"] for e in json.loads(listed.stdout)] == ["before-fix"]
+    assert agentvm("vm", "exec", "ck-http", "--", "echo two > a.txt", env=env).returncode == 0
+    made = agentvm("vm", "checkpoint", "ck-http", "after", env=env)
+    assert made.returncode == 0 and json.loads(made.stdout)["name"] == "after", made.stderr
+    forked = agentvm("vm", "fork", "ck-http", "ck-http2", "--checkpoint", "before-fix", env=env)
+    assert forked.returncode == 0, forked.stderr
+    assert agentvm("vm", "cat", "ck-http2", "/home/user/a.txt", env=env).stdout == b"one"
+    restored = agentvm("vm", "restore", "ck-http", "before-fix", env=env)
+    assert restored.returncode == 0, restored.stderr
+    assert agentvm("vm", "cat", "ck-http", "/home/user/a.txt", env=env).stdout == b"one"
+    missing = agentvm("vm", "restore", "ck-http", "nope", env=env)
+    assert missing.returncode == 1 and b"not_found" in missing.stderr
