@@ -165,7 +165,8 @@ def _strip_tags(loc: tuple[int | str, ...]) -> list[int | str]:
 def invalid_from(err: ValidationError) -> InvalidRequest:
     """The first pydantic error as an ``InvalidRequest`` naming its field."""
     first = err.errors()[0]
-    where = ".".join(str(p) for p in _strip_tags(first["loc"]))
+    # An empty location: the document itself (not JSON, not an object).
+    where = ".".join(str(p) for p in _strip_tags(first["loc"])) or "definition"
     return InvalidRequest(f"{where}: {first['msg']}", field=where, errors=len(err.errors()))
 
 

@@ -148,6 +148,12 @@ def test_a_long_chain_does_not_hit_the_recursion_limit() -> None:
     assert too_many.metadata["field"] == "steps"
 
 
+def test_a_document_that_is_not_a_definition() -> None:
+    for data in ("{", "[1]", [1], 3):
+        err = _error(data)
+        assert err.metadata["field"] == "definition"
+
+
 def test_param_definitions_are_checked() -> None:
     err = _error(_defn([{"id": "a", "prompt": "p"}], [{"name": "x"}, {"name": "x"}]))
     assert err.metadata["field"] == "params.1.name"
