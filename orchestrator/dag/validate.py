@@ -176,7 +176,10 @@ def validate_definition(defn: WorkflowDefinition) -> None:
             for ref in refs:
                 if ref.kind == "param" and ref.name not in names:
                     raise _fail(
-                        field, f"step {s.id!r}: unknown param in {{{{{ref}}}}}", reference=str(ref)
+                        field,
+                        f"step {s.id!r}: unknown param in {{{{{ref}}}}}",
+                        step=s.id,
+                        reference=str(ref),
                     )
                 if ref.kind == "step" and ref.name not in before:
                     raise _fail(

@@ -68,6 +68,7 @@ def test_a_diamond_is_valid_and_levelled() -> None:
         ([{"id": "a", "prompt": "p", "timeout": 0}], "steps.0.timeout", "greater"),
         ([{"id": "a", "prompt": "p", "retries": -1}], "steps.0.retries", "greater"),
         ([{"id": "a", "prompt": "{{params.nope}}"}], "steps.0.prompt", "params.nope"),
+        ([{"id": "a", "prompt": "p", "vm": "../x"}], "steps.0.vm", "pattern"),
         ([{"id": "a", "prompt": "{{ env.HOME }}"}], "steps.0.prompt", "env.HOME"),
         ([{"id": "a", "prompt": "{{steps.a.text}}"}], "steps.0.prompt", "steps.a.text"),
         ([{"id": "a", "prompt": "{{steps.b.stdout}}"}], "steps.0.prompt", "not a reference"),
@@ -118,6 +119,13 @@ def test_a_step_reference_must_be_a_dependency_naming_step_and_reference() -> No
         "reference": "steps.b.text",
     }
     assert "'c'" in err.message and "steps.b.text" in err.message
+
+
+def test_an_unknown_param_names_step_and_reference() -> None:
+    err = _error(_defn([{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "{{ params.x }}"}]))
+    assert err.metadata == {"field": "steps.1.prompt", "step": "b", "reference": "params.x"}
+    named = load_definition(_defn([{"id": "a", "prompt": "p", "vm": "builder-1"}]))
+    assert named.steps[0].vm == "builder-1"
 
 
 def test_cycles_are_named() -> None:
