@@ -152,6 +152,12 @@ class HostSettings(BaseSettings):
         description="compressed bytes of workspace checkpoints kept per vm; the oldest "
         "go first (the newest always stays)",
     )
+    checkpoint_timeout: float = Field(
+        1800.0,
+        gt=0,
+        description="seconds a vm checkpoint may take (the sandbox's tar stream) before "
+        "it fails and nothing is kept",
+    )
 
     def session_limits(self) -> Any:
         """The :class:`host.sessions.SessionLimits` these settings name."""

@@ -3,6 +3,7 @@ bring them back, fork a new vm from them (storage: ``checkpoints.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 from collections.abc import Callable
@@ -30,6 +31,12 @@ from .options import parse_call_options
 HOME = "/home/user"
 # Emptying the workspace before a restore: a deadline, as for every call into a sandbox.
 _CLEAR_TIMEOUT = 300.0
+
+
+class CheckpointTimeout(AgentVMError):
+    group = "checkpoint"
+    code = "timeout"
+    http_status = 504
 
 
 class ForkOptions(Opts):
@@ -70,8 +77,27 @@ class CheckpointActions:
         older one of that name is replaced); its manifest entry."""
         name = check_name(name)
         store = self.store(c.actor_id)
+        s = self._settings()
         sandbox = await sandbox_of(c)
-        info = await store.write(name, sandbox.download_tar(HOME))
+        # A deadline: the sandbox decides how long its tar stream runs (a sparse
+        # terabyte of zeros compresses to almost nothing and never ends).
+        stream = sandbox.download_tar(HOME)
+        try:
+            async with asyncio.timeout(s.checkpoint_timeout):
+                info = await store.write(name, stream, s.checkpoints_max_bytes)
+        except TimeoutError:
+            raise CheckpointTimeout(
+                f"checkpoint {name!r} took longer than {s.checkpoint_timeout} s "
+                "(AGENTVM_CHECKPOINT_TIMEOUT); nothing was kept",
+                timeout=s.checkpoint_timeout,
+            ) from None
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]  # ends the sandbox's stream
+        # Identical content: the archive of the older checkpoint, linked (deduplicated).
+        for other in list(_manifest(c).values()):
+            if other["sha256"] == info["sha256"] and other["name"] != name:
+                store.link_same(other["name"], name)
+                break
         entry = {"name": name, "created_at": now(), **info}
         meta = {
             **entry,
@@ -82,7 +108,6 @@ class CheckpointActions:
         manifest = _manifest(c)
         manifest.pop(name, None)
         manifest[name] = entry
-        s = self._settings()
         for old in retained(manifest, s.checkpoints_max_per_vm, s.checkpoints_max_bytes):
             store.delete(old)
             manifest.pop(old, None)

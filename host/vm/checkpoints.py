@@ -43,6 +43,14 @@ class CheckpointNotFound(AgentVMError):
     http_status = 404
 
 
+class CheckpointTooLarge(AgentVMError):
+    """The compressed workspace passed ``AGENTVM_CHECKPOINTS_MAX_BYTES``: nothing kept."""
+
+    group = "checkpoint"
+    code = "too_large"
+    http_status = 413
+
+
 def check_name(value: Any, field: str = "name") -> str:
     """A checkpoint name: ``[A-Za-z0-9._-]{1,64}`` and not ``.``/``..`` (it is a file name)."""
     if not isinstance(value, str) or not NAME_RE.fullmatch(value) or value in (".", ".."):
@@ -77,9 +85,10 @@ class CheckpointStore:
     def sidecar(self, name: str) -> Path:
         return self.dir / f"{name}.json"
 
-    async def write(self, name: str, tar: AsyncIterable[bytes]) -> dict[str, Any]:
+    async def write(self, name: str, tar: AsyncIterable[bytes], max_size: int) -> dict[str, Any]:
         """Compress ``tar`` into the checkpoint ``name``; its ``{size, sha256, raw_size}``.
-        Replaces an older checkpoint of the same name only once the new one is whole."""
+        Replaces an older checkpoint of the same name only once the new one is whole;
+        past ``max_size`` compressed bytes it stops (CheckpointTooLarge), keeping nothing."""
         await asyncio.to_thread(self.dir.mkdir, parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".part", dir=self.dir)
         f = os.fdopen(fd, "wb")
@@ -97,6 +106,12 @@ class CheckpointStore:
             async for chunk in tar:
                 raw += len(chunk)
                 size += await asyncio.to_thread(put, chunk, False)
+                if size > max_size:
+                    raise CheckpointTooLarge(
+                        f"the workspace compresses to more than {max_size} bytes "
+                        "(AGENTVM_CHECKPOINTS_MAX_BYTES)",
+                        max_bytes=max_size,
+                    )
             size += await asyncio.to_thread(put, b"", True)
             await asyncio.to_thread(f.close)
             await asyncio.to_thread(os.replace, tmp, self.archive(name))
@@ -155,6 +170,14 @@ class CheckpointStore:
                 os.link(src, dst)
             except OSError:
                 shutil.copyfile(src, dst)
+
+    def link_same(self, existing: str, name: str) -> None:
+        """Make ``name``'s archive a hard link of ``existing``'s (same bytes: one copy)."""
+        tmp = self.dir / f".{name}.link"
+        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            os.link(self.archive(existing), tmp)
+            os.replace(tmp, self.archive(name))
 
     def remove_all(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

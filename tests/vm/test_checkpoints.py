@@ -220,3 +220,52 @@ def test_http_and_cli(vm_server: LiveServer) -> None:
     assert agentvm("vm", "cat", "ck-http", "/home/user/a.txt", env=env).stdout == b"one"
     missing = agentvm("vm", "restore", "ck-http", "nope", env=env)
     assert missing.returncode == 1 and b"not_found" in missing.stderr
+
+
+async def test_identical_content_is_stored_once(vm_host: Any) -> None:
+    async with vm_host() as h:
+        vm = await seeded(h, "ck-dedup")
+        first = await vm.call("checkpoint", "one")
+        second = await vm.call("checkpoint", "two")
+        assert first["sha256"] == second["sha256"]
+        directory = vm_dir(root_for(h.manager.db), await vm.resolve())
+        one, two = (directory / f"{n}.tar.gz" for n in ("one", "two"))
+        assert one.stat().st_ino == two.stat().st_ino
+        await vm.call("delete_checkpoint", "one")
+        await vm.call("restore", "two")
+        assert await vm.call("read_file", "proj/a.txt") == b"hello\n"
+
+
+async def test_sandbox_cannot_make_a_checkpoint_unbounded(
+    vm_host: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The attacker inside the vm: incompressible data past the size cap, then a
+    sparse terabyte (a tar stream that compresses to nothing and never ends)."""
+    monkeypatch.setenv("AGENTVM_CHECKPOINTS_MAX_BYTES", str(1024 * 1024))
+    monkeypatch.setenv("AGENTVM_CHECKPOINT_TIMEOUT", "2")
+    async with vm_host() as h:
+        vm = h.client.vm.get_or_create(["ck-attack"])
+        await vm.call("write_file", "small.txt", "ok")
+        await vm.call("checkpoint", "good")
+        directory = vm_dir(root_for(h.manager.db), await vm.resolve())
+        noise = "head -c 4M /dev/urandom > /home/user/noise.bin"
+        assert (await vm.call("exec", ["sh", "-c", noise]))["exit_code"] == 0
+        with pytest.raises(AgentVMError) as info:
+            await vm.call("checkpoint", "big")
+        assert (info.value.group, info.value.code) == ("checkpoint", "too_large")
+
+        # The size cap alone would stop the terabyte too (zeros deflate ~1000:1): lift
+        # it so the deadline is what ends this one.
+        monkeypatch.setenv("AGENTVM_CHECKPOINTS_MAX_BYTES", str(64 * 1024**3))
+        sparse = "rm /home/user/noise.bin && truncate -s 1T /home/user/sparse.img"
+        assert (await vm.call("exec", ["sh", "-c", sparse]))["exit_code"] == 0
+        with pytest.raises(AgentVMError) as info:
+            await vm.call("checkpoint", "huge")
+        assert (info.value.group, info.value.code) == ("checkpoint", "timeout")
+
+        # Nothing of either was kept; the vm still answers and the good one restores.
+        assert [e["name"] for e in await vm.call("list_checkpoints")] == ["good"]
+        assert sorted(p.name for p in directory.iterdir()) == ["good.json", "good.tar.gz"]
+        await vm.call("restore", "good")
+        assert not await vm.call("exists", "sparse.img")
+        assert await vm.call("read_file", "small.txt") == b"ok"
