@@ -10,6 +10,8 @@ from collections.abc import Callable
 from typing import Any
 
 from host.app import HostSettings
+from host.sessions import transcript
+from host.sessions.events import ActorLogEventStore, SessionEvent
 from orchestrator import ActorContext
 from orchestrator.definitions import action
 from orchestrator.errors import AgentVMError, InvalidRequest
@@ -41,6 +43,35 @@ class CheckpointTimeout(AgentVMError):
 
 class ForkOptions(Opts):
     checkpoint: str | None = None
+
+
+def _session_ids(state: dict[str, Any]) -> list[str]:
+    return [*(state.get("sessions") or {}), *(state.get("closed_sessions") or {})]
+
+
+async def _conversations(c: ActorContext) -> dict[str, Any]:
+    """Each session's conversation now: ``{sid: {seq, transcript}}`` (its last event
+    number and the compacted transcript ``resume_session`` continues from)."""
+    store, out = ActorLogEventStore(c), {}
+    for sid in _session_ids(c.state):
+        events: list[SessionEvent] = []
+        while page := await store.read(sid, events[-1].seq if events else 0, limit=1000):
+            events.extend(page)
+        if events:
+            out[sid] = {"seq": events[-1].seq, "transcript": transcript.compact(events)}
+    return out
+
+
+async def _rewind(c: ActorContext, saved: dict[str, Any]) -> None:
+    """Each session's log as it was at the checkpoint: one transcript event, where the
+    log went on since (or, in a forked vm, does not exist yet)."""
+    store = ActorLogEventStore(c)
+    for sid, snap in saved.items():
+        last = 0
+        while page := await store.read(sid, last, limit=1000):
+            last = page[-1].seq
+        if last != snap["seq"]:
+            await store.compact(sid, snap["transcript"])
 
 
 def _manifest(c: ActorContext) -> dict[str, dict[str, Any]]:
@@ -103,6 +134,7 @@ class CheckpointActions:
             **entry,
             "sessions": copy.deepcopy(c.state.get("sessions", {})),
             "closed_sessions": copy.deepcopy(c.state.get("closed_sessions", {})),
+            "conversations": await _conversations(c),
         }
         store.save_sidecar(name, meta)
         manifest = _manifest(c)
@@ -139,6 +171,7 @@ class CheckpointActions:
             closed[sid] = {"record": record, "closed_at": meta["created_at"]}
         c.state["sessions"] = {}
         c.state["closed_sessions"] = closed
+        await _rewind(c, dict(meta.get("conversations") or {}))
         entry = {k: meta[k] for k in ("name", "created_at", "size", "raw_size", "sha256")}
         manifest.setdefault(name, entry)  # a forked vm adopts the checkpoint it got
         return entry

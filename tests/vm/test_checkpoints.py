@@ -17,8 +17,16 @@ from host.vm.checkpoints import root_for, vm_dir
 from orchestrator.errors import AgentVMError, InvalidRequest
 from tests.server.live import LiveServer, agentvm, start_server
 from tests.support.docker import remove_host
+from tests.support.fake_anthropic import FakeAnthropic, Turn
 
+from . import test_vm_sessions as base
 from .conftest import HOST_ID, VmHost
+from .test_session_features import texts
+from .test_vm_sessions import HostFactory
+
+# The vm session tests' fixtures (a gateway, the agent image, the vm actor).
+agent_image = base.agent_image
+session_host = base.session_host
 
 pytestmark = pytest.mark.docker
 
@@ -269,3 +277,34 @@ async def test_sandbox_cannot_make_a_checkpoint_unbounded(
         await vm.call("restore", "good")
         assert not await vm.call("exists", "sparse.img")
         assert await vm.call("read_file", "small.txt") == b"ok"
+
+
+async def test_restore_brings_the_conversations_back_resumable(
+    session_host: HostFactory, fake_anthropic: FakeAnthropic
+) -> None:
+    fake_anthropic.fallback = Turn.text("Noted.")
+    async with session_host() as h:
+        vm = h.client.vm.get_or_create(["ck-sessions"])
+        first = (await vm.create_session("coding-agent"))["session_id"]
+        await vm.send_prompt(first, "the codeword is MANGO")
+        await vm.call("checkpoint", "talked")
+        # After the checkpoint: the conversation goes on, another session opens.
+        await vm.send_prompt(first, "the codeword is now LIME")
+        await vm.create_session("coding-agent")
+
+        await vm.call("restore", "talked")
+        # Sessions running at restore time are closed; the one open at checkpoint
+        # time comes back closed, with its conversation as it was then.
+        assert {s["status"] for s in await vm.list_sessions()} == {"closed"}
+        resumed = (await vm.resume_session(first))["session_id"]
+        await vm.send_prompt(resumed, "what was the codeword?")
+        seen = texts(fake_anthropic.message_requests()[-1])
+        assert "MANGO" in seen and "LIME" not in seen
+
+        # A fork gets the conversations too (its own logs start from the transcripts).
+        await vm.call("fork", "ck-sessions-fork", {"checkpoint": "talked"})
+        forked = h.client.vm.get(["ck-sessions-fork"])
+        again = (await forked.resume_session(first))["session_id"]
+        await forked.send_prompt(again, "and the codeword?")
+        seen = texts(fake_anthropic.message_requests()[-1])
+        assert "MANGO" in seen and "LIME" not in seen
