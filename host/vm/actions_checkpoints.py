@@ -215,4 +215,4 @@ class CheckpointActions:
 
     async def on_destroy(self, c: ActorContext) -> None:
         """A destroyed vm's checkpoints go with it."""
-        self.store(c.actor_id).remove_all()
+        await asyncio.to_thread(self.store(c.actor_id).remove_all)

@@ -50,8 +50,10 @@ def vm_actor(
     checkpoints = CheckpointActions(manager, sessions["close_session"])
 
     async def on_destroy(c: Any) -> None:
-        await vm.on_destroy(c)
-        await checkpoints.on_destroy(c)
+        try:
+            await vm.on_destroy(c)
+        finally:  # the checkpoints go with the vm, also when its container was gone
+            await checkpoints.on_destroy(c)
 
     definition = actor(
         create_state=vm.create_state,
