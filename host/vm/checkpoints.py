@@ -123,25 +123,43 @@ class CheckpointStore:
         return {"size": size, "raw_size": raw, "sha256": digest.hexdigest()}
 
     async def read(self, name: str) -> AsyncIterator[bytes]:
-        """The checkpoint's plain tar stream, in bounded pieces."""
+        """The checkpoint's plain tar stream, in pieces of at most 1 MiB. A thread reads
+        and inflates the next four pieces while the caller sends these."""
         try:
             f = await asyncio.to_thread(open, self.archive(name), "rb")
         except FileNotFoundError:
             raise CheckpointNotFound(f"no checkpoint {name!r}") from None
-        try:
-            inflate = zlib.decompressobj(wbits=31)
-            while True:
-                piece = await asyncio.to_thread(f.read, _READ)
-                if not piece:
-                    break
-                data = inflate.decompress(piece, _INFLATE_MAX)
-                while data:
-                    yield data
+        inflate = zlib.decompressobj(wbits=31)
+
+        def more() -> list[bytes]:
+            # The next few pieces (empty at the end); bounded by _INFLATE_MAX each.
+            out: list[bytes] = []
+            while len(out) < 4:
+                if inflate.unconsumed_tail:
                     data = inflate.decompress(inflate.unconsumed_tail, _INFLATE_MAX)
-            tail = inflate.flush()
-            if tail:
-                yield tail
+                else:
+                    piece = f.read(_READ)
+                    if not piece:
+                        tail = inflate.flush()
+                        return [*out, tail] if tail else out
+                    data = inflate.decompress(piece, _INFLATE_MAX)
+                if data:
+                    out.append(data)
+            return out
+
+        try:
+            nxt = asyncio.ensure_future(asyncio.to_thread(more))
+            while True:
+                pending: list[bytes] = await nxt
+                if not pending:
+                    break
+                nxt = asyncio.ensure_future(asyncio.to_thread(more))
+                for data in pending:
+                    yield data
         finally:
+            if not nxt.done():
+                with contextlib.suppress(BaseException):
+                    await nxt
             f.close()
 
     def save_sidecar(self, name: str, meta: dict[str, Any]) -> None:
