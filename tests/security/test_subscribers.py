@@ -147,7 +147,13 @@ def test_stalled_sse_subscriber_is_dropped_and_memory_stays_bounded(
         # Now the client reads: after its backlog comes the final error event.
         sock.settimeout(60)
         seen = b""
-        while b"subscriber_too_slow" not in seen:
+
+        def error_event_complete() -> bool:
+            # A recv may end in the middle of the event: wait for its blank line.
+            at = seen.rfind(b"event: error")
+            return at >= 0 and b"\n\n" in seen[at:] and b"subscriber_too_slow" in seen[at:]
+
+        while not error_event_complete():
             data = sock.recv(1 << 20)
             assert data, f"stream ended without the error event: {seen[-500:]!r}"
             seen = seen[-4096:] + data
