@@ -9,8 +9,9 @@ hex text (so it compresses about 2:1, like source trees and build outputs).
 1. **checkpoint** - ``vm.checkpoint(name)``: ``/home/user`` streamed as tar out of the
    sandbox, gzip'd into a file on the host.
 2. **restore** - ``vm.restore(name)``: the workspace emptied and extracted back.
-3. **fork** - ``vm.fork(new_key, checkpoint=name)`` + the new vm's first ``exec``: a new
-   container created and the checkpoint extracted into it.
+3. **fork** - ``vm.fork(new_key, checkpoint=name)`` + the new vm's first ``exec``: a
+   container taken from the warm pool (``--pool``, default 2 as ``AGENTVM_WARM_POOL``;
+   ``--pool 0``: created cold) and the checkpoint extracted into it.
 4. **docker** - the same files in a plain container's own layer (the vm's
    ``/home/user`` is a volume, which ``docker commit`` leaves out, so the Docker side
    gets a container where commit does carry the files): ``container.commit()``, then
@@ -58,9 +59,9 @@ async def timed(fn: Any) -> tuple[float, Any]:
     return time.perf_counter() - start, out
 
 
-async def ours(image: str, files: int) -> dict[str, float]:
+async def ours(image: str, files: int, pool: int) -> dict[str, float]:
     tmp = tempfile.TemporaryDirectory(prefix="agentvm-bench-ck-")
-    manager = await SandboxManager.open(host_id=HOST_ID, pool_size=0, reap_interval=None)
+    manager = await SandboxManager.open(host_id=HOST_ID, pool_size=pool, reap_interval=None)
     engine = Engine(setup(use={"vm": vm_actor(manager)}), db=f"{tmp.name}/bench.db")
     await engine.start()
     manager.attach(engine)
@@ -75,6 +76,8 @@ async def ours(image: str, files: int) -> dict[str, float]:
         await vm.exec(["sh", "-c", "rm -rf /home/user/src/d000"])
         restore_s, _ = await timed(vm.restore("bench"))
         print(f"restore: {restore_s:.2f} s")
+
+        await manager.wait_pool()  # as on a host that was idle a moment (untimed)
 
         async def fork() -> Any:
             await vm.fork("ck-fork", checkpoint="bench")
@@ -131,13 +134,15 @@ async def docker_side(image: str, files: int) -> dict[str, float]:
         client.close()
 
 
-async def main(quick: bool) -> dict[str, Any]:
+async def main(quick: bool, pool: int) -> dict[str, Any]:
     files = 1000 if quick else 5000
     image = await asyncio.to_thread(ensure_image, ["common"])
-    figures = await ours(image, files)
+    figures = await ours(image, files, pool)
     figures.update(await docker_side(image, files))
     docker_total = figures["docker_commit_s"] + figures["docker_run_from_commit_s"]
-    result: dict[str, Any] = {"files": files, "workspace_mb": files * 20480 / 1e6}
+    result: dict[str, Any] = {
+        "files": files, "workspace_mb": files * 20480 / 1e6, "warm_pool": pool
+    }  # fmt: skip
     result.update({k: secs(v) for k, v in figures.items()})
     result["fork_ratio"] = round(docker_total / figures["fork_s"], 2)
     return result
@@ -146,4 +151,8 @@ async def main(quick: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="checkpoint/fork benchmark")
     parser.add_argument("--quick", action="store_true", help="a 20 MB workspace")
-    print(json.dumps(asyncio.run(main(parser.parse_args().quick))))
+    parser.add_argument(
+        "--pool", type=int, default=2, help="warm containers (the host's default: 2; 0: cold)"
+    )
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(main(args.quick, args.pool))))
