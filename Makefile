@@ -16,4 +16,6 @@ bench-quick:
 	UV="$$(./scripts/setup)" && "$$UV" run --group bench python bench/engine.py --quick \
 		&& "$$UV" run python bench/sandbox.py --quick \
 		&& "$$UV" run python bench/sessions.py --quick \
-		&& "$$UV" run python bench/http_api.py --quick
+		&& "$$UV" run python bench/http_api.py --quick \
+		&& "$$UV" run python bench/runs.py --quick \
+		&& "$$UV" run python bench/checkpoints.py --quick
