@@ -21,7 +21,9 @@ HTTP_SECONDS = REGISTRY.histogram(
     "agentvm_http_request_seconds", "HTTP request latency, by method, route and status."
 )
 
-UNAUTHENTICATED_PATHS = frozenset({"/healthz"})
+UNAUTHENTICATED_PATHS = frozenset({"/healthz", "/ui"})
+# The console's static files (routes_ui.py) hold no secret; its pages send the token.
+UNAUTHENTICATED_PREFIXES = ("/ui/",)
 
 
 async def send_json(
@@ -62,7 +64,12 @@ class BearerAuthMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if kind not in ("http", "websocket") or scope["path"] in UNAUTHENTICATED_PATHS:
+        path = scope.get("path", "")
+        if (
+            kind not in ("http", "websocket")
+            or path in UNAUTHENTICATED_PATHS
+            or (kind == "http" and path.startswith(UNAUTHENTICATED_PREFIXES))
+        ):
             await self.app(scope, receive, send)
             return
         if self._authorized(scope):

@@ -1,0 +1,5 @@
+import { html } from "../html.js";
+
+export default function Page({ params }) {
+  return html`<section><h1>run</h1><pre>${JSON.stringify(params)}</pre></section>`;
+}

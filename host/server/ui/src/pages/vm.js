@@ -1,0 +1,145 @@
+// #/vms/<key>: one vm — its files (tree, viewer, upload, live refresh through the
+// watch stream), a terminal, open ports with previews, processes and sessions.
+import { useEffect, useState } from "preact/hooks";
+import { html, displayKey, encodePath, parentOf, useStylesheet } from "../vm/html.js";
+import { raw, vmAction } from "../vm/http.js";
+import FileTree from "../vm/filetree.js";
+import FileView from "../vm/fileview.js";
+import Terminal from "../vm/terminal.js";
+import Ports from "../vm/ports.js";
+import Processes from "../vm/processes.js";
+import Sessions from "../vm/sessions.js";
+
+const ROOT = "/home/user";
+
+function Info({ api, vmKey }) {
+  const [info, setInfo] = useState(null);
+  const [error, setError] = useState(null);
+  useEffect(() => {
+    let live = true;
+    vmAction(api, vmKey, "info")
+      .then((out) => live && setInfo(out))
+      .catch((err) => live && setError(String(err.message || err)));
+    return () => {
+      live = false;
+    };
+  }, [api, vmKey]);
+  if (error) return html`<div class="vm-error">${error}</div>`;
+  if (!info) return html`<div class="vm-note">loading…</div>`;
+  return html`<div class="vm-info">
+    <span class="vm-status" data-status=${info.status}>${info.status}</span>
+    <span class="vm-muted"> ${info.image || ""} ${info.container || ""}</span>
+  </div>`;
+}
+
+function Upload({ api, vmKey, dir, onDone }) {
+  const [state, setState] = useState(null);
+  const upload = async (ev) => {
+    const files = [...ev.currentTarget.files];
+    ev.currentTarget.value = "";
+    for (const file of files) {
+      // A file name from the user's disk: one path segment, never a way up.
+      const name = file.name.replaceAll("/", "_");
+      if (name === "" || name === "." || name === "..") continue;
+      const path = `${dir}/${name}`;
+      setState(`uploading ${path}…`);
+      try {
+        await raw(api, `/vms/${vmKey}/files/${encodePath(path)}`, {
+          method: "PUT",
+          body: file,
+          headers: { "content-type": "application/octet-stream" },
+        });
+        setState(`uploaded ${path}`);
+        onDone(path);
+      } catch (err) {
+        setState(`upload failed: ${err.message || err}`);
+        return;
+      }
+    }
+  };
+  return html`<label class="vm-upload">
+    Upload to <span class="vm-muted">${dir}</span>
+    <input type="file" multiple onChange=${upload} />
+    ${state && html`<span class="vm-note">${state}</span>`}
+  </label>`;
+}
+
+/** Follow `GET /vms/{key}/watch?path=` (file_changed {path, kind}). */
+function useWatch(api, vmKey, path, onChange) {
+  const [status, setStatus] = useState("off");
+  useEffect(() => {
+    setStatus("on");
+    const stop = api.events(`/vms/${vmKey}/watch?path=${encodeURIComponent(path)}`, (ev) => {
+      const data = ev && ev.data !== undefined ? ev.data : ev;
+      const event = ev && ev.event;
+      if (event && event !== "file_changed") return;
+      if (data && typeof data.path === "string") onChange({ path: data.path, kind: data.kind });
+    });
+    return () => {
+      setStatus("off");
+      if (typeof stop === "function") stop();
+      else if (stop && typeof stop.close === "function") stop.close();
+    };
+  }, [api, vmKey, path]);
+  return status;
+}
+
+export default function Vm({ params, api }) {
+  useStylesheet(new URL("../vm/vm.css", import.meta.url).href);
+  const vmKey = params.key;
+  const [selected, setSelected] = useState(null); // {path, type}
+  const [change, setChange] = useState(null);
+  const [reloadAll, setReloadAll] = useState(0);
+
+  useEffect(() => setSelected(null), [vmKey]);
+  useWatch(api, vmKey, ROOT, (c) => setChange({ ...c }));
+
+  const dir = selected ? (selected.type === "dir" ? selected.path : parentOf(selected.path)) : ROOT;
+  const file = selected && selected.type !== "dir" ? selected.path : null;
+
+  return html`
+    <section class="vm-page" data-vm=${vmKey}>
+      <div class="vm-section-head">
+        <h2><a href="#/vms">VMs</a> / ${displayKey(vmKey)}</h2>
+        <${Info} api=${api} vmKey=${vmKey} />
+      </div>
+      <div class="vm-files">
+        <div class="vm-files-side">
+          <div class="vm-section-head">
+            <h3>Files</h3>
+            <button type="button" onClick=${() => setReloadAll((x) => x + 1)}>Refresh</button>
+          </div>
+          <${FileTree}
+            api=${api}
+            vmKey=${vmKey}
+            root=${ROOT}
+            selected=${selected && selected.path}
+            onSelect=${(entry) => setSelected({ path: entry.path, type: entry.type })}
+            change=${change}
+            reloadAll=${reloadAll}
+          />
+          <${Upload}
+            api=${api}
+            vmKey=${vmKey}
+            dir=${dir}
+            onDone=${(path) => setChange({ path, kind: "created", n: Date.now() })}
+          />
+        </div>
+        <div class="vm-files-main">
+          ${file
+            ? html`<${FileView} api=${api} vmKey=${vmKey} path=${file} change=${change} />`
+            : html`<div class="vm-note">select a file</div>`}
+        </div>
+      </div>
+      <div class="vm-section">
+        <h3>Terminal</h3>
+        <${Terminal} api=${api} vmKey=${vmKey} />
+      </div>
+      <div class="vm-columns">
+        <div class="vm-section"><${Ports} api=${api} vmKey=${vmKey} /></div>
+        <div class="vm-section"><${Processes} api=${api} vmKey=${vmKey} /></div>
+        <div class="vm-section"><${Sessions} api=${api} vmKey=${vmKey} /></div>
+      </div>
+    </section>
+  `;
+}

@@ -1,0 +1,157 @@
+// A terminal of the vm: xterm.js on `WS /vms/{key}/pty`. Binary frames carry the
+// terminal's bytes both ways; text frames are JSON control messages. The terminal
+// id from the server's first frame is kept in sessionStorage, so a reload of the
+// page re-attaches to the same terminal (the server replays its scroll-back).
+import { useEffect, useRef, useState } from "preact/hooks";
+import { html, useStylesheet } from "./html.js";
+
+const vendor = (name) => new URL(`../../vendor/${name}`, import.meta.url).href;
+
+export function storageKey(vmKey) {
+  return `agentvm.pty.${vmKey}`;
+}
+
+function wsUrl(vmKey, terminalId) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const query = terminalId ? `?terminal=${encodeURIComponent(terminalId)}` : "";
+  return `${scheme}//${location.host}/vms/${vmKey}/pty${query}`;
+}
+
+/** props: api, vmKey. */
+export default function Terminal({ api, vmKey }) {
+  const box = useRef(null);
+  const [status, setStatus] = useState("connecting");
+  const [generation, setGeneration] = useState(0);
+
+  useEffect(() => {
+    let disposed = false;
+    let ws = null;
+    let term = null;
+    let observer = null;
+    const cleanup = [];
+
+    (async () => {
+      useStylesheet(vendor("xterm.css"));
+      const [{ Terminal: XTerm }, { FitAddon }] = await Promise.all([
+        import(vendor("xterm.mjs")),
+        import(vendor("addon-fit.mjs")),
+      ]);
+      if (disposed) return;
+      term = new XTerm({
+        convertEol: false,
+        cursorBlink: true,
+        scrollback: 5000,
+        fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
+        fontSize: 13,
+      });
+      const fit = new FitAddon();
+      term.loadAddon(fit);
+      term.open(box.current);
+      // For tests and debugging: the live terminal of this page.
+      box.current.xterm = term;
+      try {
+        fit.fit();
+      } catch {
+        // not laid out yet
+      }
+
+      const encoder = new TextEncoder();
+      const sendResize = () => {
+        if (ws && ws.readyState === WebSocket.OPEN) {
+          ws.send(JSON.stringify({ type: "resize", cols: term.cols, rows: term.rows }));
+        }
+      };
+      const refit = () => {
+        try {
+          fit.fit();
+        } catch {
+          return;
+        }
+      };
+      cleanup.push(term.onResize(sendResize));
+      cleanup.push(
+        term.onData((data) => {
+          if (ws && ws.readyState === WebSocket.OPEN) ws.send(encoder.encode(data));
+        }),
+      );
+      cleanup.push(
+        term.onBinary((data) => {
+          if (!ws || ws.readyState !== WebSocket.OPEN) return;
+          const bytes = new Uint8Array(data.length);
+          for (let i = 0; i < data.length; i++) bytes[i] = data.charCodeAt(i) & 0xff;
+          ws.send(bytes);
+        }),
+      );
+      observer = new ResizeObserver(refit);
+      observer.observe(box.current);
+
+      const connect = (terminalId) => {
+        let attached = false;
+        const protocols = api.wsProtocols ? api.wsProtocols() : undefined;
+        ws = new WebSocket(wsUrl(vmKey, terminalId), protocols);
+        ws.binaryType = "arraybuffer";
+        ws.onmessage = (ev) => {
+          if (typeof ev.data !== "string") {
+            term.write(new Uint8Array(ev.data));
+            return;
+          }
+          let msg;
+          try {
+            msg = JSON.parse(ev.data);
+          } catch {
+            return;
+          }
+          if (msg.type === "attached") {
+            attached = true;
+            sessionStorage.setItem(storageKey(vmKey), String(msg.terminal));
+            box.current.dataset.terminal = String(msg.terminal);
+            setStatus("attached");
+            refit();
+            sendResize();
+          } else if (msg.type === "exit" || msg.type === "exited") {
+            sessionStorage.removeItem(storageKey(vmKey));
+            setStatus("exited");
+          } else if (msg.type === "error") {
+            setStatus(`error: ${(msg.error && msg.error.message) || msg.message || "?"}`);
+          }
+        };
+        ws.onclose = (ev) => {
+          if (disposed) return;
+          if (!attached && terminalId) {
+            // The remembered terminal is gone (exited, vm restarted): a new one.
+            sessionStorage.removeItem(storageKey(vmKey));
+            connect(null);
+            return;
+          }
+          setStatus(ev.reason ? `closed: ${ev.reason}` : "closed");
+        };
+      };
+      connect(sessionStorage.getItem(storageKey(vmKey)));
+      term.focus();
+    })().catch((err) => setStatus(`error: ${err.message || err}`));
+
+    return () => {
+      disposed = true;
+      if (observer) observer.disconnect();
+      for (const d of cleanup) d.dispose();
+      if (ws) ws.close();
+      if (term) term.dispose();
+    };
+  }, [api, vmKey, generation]);
+
+  const fresh = () => {
+    sessionStorage.removeItem(storageKey(vmKey));
+    setStatus("connecting");
+    setGeneration((g) => g + 1);
+  };
+
+  return html`
+    <div class="vm-terminal-wrap">
+      <div class="vm-terminal-head">
+        <span class="vm-terminal-status" data-status=${status}>${status}</span>
+        <button type="button" onClick=${fresh}>New terminal</button>
+      </div>
+      <div class="vm-terminal" ref=${box}></div>
+    </div>
+  `;
+}
