@@ -19,8 +19,10 @@ from . import (
     routes_inspector,
     routes_ops,
     routes_patch,
+    routes_run_events,
     routes_runs,
     routes_sessions,
+    routes_ui,
     routes_vms,
     routes_workflows,
 )
@@ -109,9 +111,11 @@ def create_app(
         routes_blobs,
         routes_ops,
         routes_patch,
+        routes_run_events,
         routes_runs,
         routes_sessions,
         routes_workflows,
+        routes_ui,
     ):
         app.include_router(module.router)
     if bench_routes:
