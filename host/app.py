@@ -158,6 +158,12 @@ class HostSettings(BaseSettings):
         description="seconds a vm checkpoint may take (the sandbox's tar stream) before "
         "it fails and nothing is kept",
     )
+    terminal_idle_timeout: float = Field(
+        3600.0,
+        gt=0,
+        description="seconds a vm terminal (WS /vms/{key}/pty) may stay detached before "
+        "the sandbox closes it",
+    )
 
     def session_limits(self) -> Any:
         """The :class:`host.sessions.SessionLimits` these settings name."""

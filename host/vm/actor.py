@@ -25,6 +25,7 @@ from .actions_checkpoints import CheckpointActions
 from .actions_exec import ProcessActions
 from .actions_files import FileActions
 from .actions_lifecycle import LifecycleActions
+from .actions_pty import TerminalActions
 from .blob_actions import BlobActions
 from .manager import SandboxManager
 from .options import VmOptions
@@ -58,7 +59,12 @@ def vm_actor(
     definition = actor(
         create_state=vm.create_state,
         create_vars=vm.create_vars,
-        actions={**actions_of(vm), **sessions, **actions_of(checkpoints)},
+        actions={
+            **actions_of(vm),
+            **sessions,
+            **actions_of(checkpoints),
+            **actions_of(TerminalActions(manager, defaults)),
+        },
         events={
             "process_output": event("{pid, stream, data[, data_b64]} of a spawned process"),
             "process_exit": event("{pid, exit_code}: a spawned process ended"),

@@ -23,7 +23,9 @@ from .gateway import start_gateway
 from .link import Handler, Link
 from .ops_files import make_handlers as file_handlers
 from .ops_procs import make_handlers as proc_handlers
+from .ops_pty import make_handlers as pty_handlers
 from .procs import ProcessTable
+from .pty_term import TerminalTable
 from .reaper import Reaper
 
 log = logging.getLogger("agentvm.supervisor")
@@ -58,11 +60,14 @@ async def serve(control_dir: str, token: str) -> None:
     reaper = Reaper(loop)
     reaper.install()
     table = ProcessTable(reaper)
+    terminals = TerminalTable(reaper)
     handlers = {**proc_handlers(table), **file_handlers(table), **ping_handler()}
+    handlers.update(pty_handlers(terminals))
     stop = asyncio.Event()
 
     def on_term() -> None:
         table.kill_all()
+        terminals.kill_all()
         stop.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
