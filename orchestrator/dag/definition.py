@@ -28,6 +28,7 @@ StepStatus = Literal["completed", "failed", "skipped"]
 MAX_STEPS = 256
 MAX_PARAMS = 64
 MAX_CONDITION_ITEMS = 32
+MAX_RACE = 8
 
 
 class _Model(BaseModel):
@@ -104,6 +105,15 @@ Condition = Annotated[
 ]
 
 
+class RaceCandidate(_Model):
+    """One candidate of a race step: the step's fields it overrides."""
+
+    agent_type: str | None = Field(None, max_length=200)
+    model: str | None = Field(None, max_length=200)
+    system_prompt: str | None = Field(None, max_length=200_000, description="a template")
+    prompt: str | None = Field(None, min_length=1, max_length=200_000, description="a template")
+
+
 class StepDef(_Model):
     """One agent task of the DAG."""
 
@@ -127,6 +137,20 @@ class StepDef(_Model):
         False, description="if it fails, its dependents still run (the run ends partial)"
     )
     checkpoint: bool = Field(False, description="checkpoint the vm's workspace after it")
+    check: str | None = Field(
+        None,
+        min_length=1,
+        max_length=10_000,
+        description="a shell command run in the step's vm after the agent's turn; "
+        "the step (or race candidate) fails unless it exits 0",
+    )
+    race: list[RaceCandidate] | None = Field(
+        None,
+        min_length=2,
+        max_length=MAX_RACE,
+        description="2-8 candidates run side by side, each in a fork of the step's vm; "
+        "the first whose turn ends well and whose check passes wins",
+    )
 
 
 class WorkflowDefinition(_Model):

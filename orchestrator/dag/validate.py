@@ -164,11 +164,13 @@ def validate_definition(defn: WorkflowDefinition) -> None:
     all_before = _all_ancestors(defn)
     for i, s in enumerate(defn.steps):
         before = all_before[s.id]
-        for attr in ("prompt", "system_prompt"):
-            template = getattr(s, attr)
+        templates = [(f"steps.{i}.{a}", getattr(s, a)) for a in ("prompt", "system_prompt")]
+        for j, cand in enumerate(s.race or []):
+            for a in ("prompt", "system_prompt"):
+                templates.append((f"steps.{i}.race.{j}.{a}", getattr(cand, a)))
+        for field, template in templates:
             if template is None:
                 continue
-            field = f"steps.{i}.{attr}"
             try:
                 refs = references(template)
             except InvalidRequest as err:

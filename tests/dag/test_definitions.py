@@ -361,3 +361,50 @@ def test_json_schema_describes_the_definition() -> None:
         step["properties"]
     )
     assert "not" in schema["$defs"]["NotCondition"]["properties"]
+
+
+def test_race_and_check_fields() -> None:
+    """A race has 2-8 candidates overriding the step's fields; their prompt templates
+    are checked like the step's; ``check`` is a command on any step."""
+    ok = load_definition(
+        _defn(
+            [
+                {"id": "a", "prompt": "go", "check": "sh test.sh"},
+                {
+                    "id": "r",
+                    "prompt": "fix after {{steps.a.text}}",
+                    "depends_on": ["a"],
+                    "check": "sh test.sh",
+                    "race": [{"model": "m1"}, {"prompt": "other {{params.x}}"}, {}],
+                },
+            ],
+            [{"name": "x"}],
+        )
+    )
+    race = ok.steps[1].race
+    assert race is not None and [c.model for c in race] == ["m1", None, None]
+    assert ok.steps[0].check == "sh test.sh" and ok.steps[0].race is None
+    one = _error(_defn([{"id": "r", "prompt": "p", "race": [{}]}]))
+    assert one.metadata["field"] == "steps.0.race"
+    nine = _error(_defn([{"id": "r", "prompt": "p", "race": [{}] * 9}]))
+    assert nine.metadata["field"] == "steps.0.race"
+    unknown = _error(_defn([{"id": "r", "prompt": "p", "race": [{}, {"prompt": "{{params.y}}"}]}]))
+    assert unknown.metadata["field"] == "steps.0.race.1.prompt"
+    assert "params.y" in unknown.message
+    not_dep = _error(
+        _defn(
+            [
+                {"id": "a", "prompt": "p"},
+                {"id": "r", "prompt": "p", "race": [{}, {"system_prompt": "{{steps.a.text}}"}]},
+            ]
+        )
+    )
+    assert not_dep.metadata["field"] == "steps.1.race.1.system_prompt"
+    typo = _error(_defn([{"id": "r", "prompt": "p", "race": [{}, {"modle": "m"}]}]))
+    assert typo.metadata["field"] == "steps.0.race.1.modle"
+    built = (
+        define("wf")
+        .step("a", prompt="p", check="true", race=[{"model": "x"}, {"model": "y"}])
+        .build()
+    )
+    assert WorkflowDefinition.model_validate(built.model_dump(mode="json")) == built
