@@ -2,7 +2,7 @@
 // watch stream), a terminal, open ports with previews, processes and sessions.
 import { useEffect, useState } from "preact/hooks";
 import { html, displayKey, encodePath, parentOf, useStylesheet } from "../vm/html.js";
-import { raw, vmAction } from "../vm/http.js";
+import { rawBody, vmAction } from "../vm/http.js";
 import FileTree from "../vm/filetree.js";
 import FileView from "../vm/fileview.js";
 import Terminal from "../vm/terminal.js";
@@ -44,11 +44,7 @@ function Upload({ api, vmKey, dir, onDone }) {
       const path = `${dir}/${name}`;
       setState(`uploading ${path}…`);
       try {
-        await raw(api, `/vms/${vmKey}/files/${encodePath(path)}`, {
-          method: "PUT",
-          body: file,
-          headers: { "content-type": "application/octet-stream" },
-        });
+        await rawBody(api, "PUT", `/vms/${vmKey}/files/${encodePath(path)}`, file);
         setState(`uploaded ${path}`);
         onDone(path);
       } catch (err) {
@@ -68,17 +64,17 @@ function Upload({ api, vmKey, dir, onDone }) {
 function useWatch(api, vmKey, path, onChange) {
   const [status, setStatus] = useState("off");
   useEffect(() => {
-    setStatus("on");
-    const stop = api.events(`/vms/${vmKey}/watch?path=${encodeURIComponent(path)}`, (ev) => {
-      const data = ev && ev.data !== undefined ? ev.data : ev;
-      const event = ev && ev.event;
-      if (event && event !== "file_changed") return;
-      if (data && typeof data.path === "string") onChange({ path: data.path, kind: data.kind });
-    });
+    const close = api.events(
+      `/vms/${vmKey}/watch`,
+      (name, data) => {
+        if (name !== "file_changed" || !data || typeof data.path !== "string") return;
+        onChange({ path: data.path, kind: data.kind });
+      },
+      { query: { path }, onOpen: () => setStatus("on"), onError: () => setStatus("error") },
+    );
     return () => {
       setStatus("off");
-      if (typeof stop === "function") stop();
-      else if (stop && typeof stop.close === "function") stop.close();
+      close();
     };
   }, [api, vmKey, path]);
   return status;

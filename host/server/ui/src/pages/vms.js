@@ -3,11 +3,12 @@
 import { useEffect, useState } from "preact/hooks";
 import { html, age, encodeKey, useStylesheet } from "../vm/html.js";
 import { json, vmAction } from "../vm/http.js";
+import { href } from "../html.js";
 
 const KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
 
 async function loadVms(api) {
-  const { actors } = await json(api, "GET", "/actors?name=vm");
+  const { actors } = await api.get("/actors", { name: "vm" });
   // The status comes from each vm's `info`, which starts nothing.
   return Promise.all(
     actors.map(async (a) => {
@@ -101,7 +102,7 @@ export default function Vms({ api }) {
         <tbody>
           ${vms.map(
             (vm) => html`<tr key=${vm.encoded} data-vm=${vm.encoded}>
-              <td><a href=${`#/vms/${vm.encoded}`}>${(Array.isArray(vm.key) ? vm.key : [vm.key]).join(",")}</a></td>
+              <td><a href=${href("vms", vm.encoded)}>${(Array.isArray(vm.key) ? vm.key : [vm.key]).join(",")}</a></td>
               <td class="vm-status">${vm.info ? vm.info.status : vm.error || "?"}</td>
               <td class="vm-muted">${(vm.info && vm.info.image) || ""}</td>
               <td>${age(vm.created_at)}</td>

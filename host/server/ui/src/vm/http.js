@@ -1,42 +1,39 @@
-// The VM pages' calls, on top of the shared client (src/api.js): raw bytes for
-// files, JSON for actions, SSE for the watch.
-import { encodeKey, encodePath } from "./html.js";
+// The VM pages' calls, on top of the shared client (src/api.js: token, 401 prompt,
+// error shape): raw bytes for files, JSON for actions.
+import { encodePath } from "./html.js";
 
-function message(status, body) {
-  const err = body && body.error;
-  if (err && err.message) return `${err.code || status}: ${err.message}`;
-  return `HTTP ${status}`;
-}
-
-/** A fetch through the shared client (token, 401 handling); throws on an error status. */
-export async function raw(api, path, init = {}) {
-  const response = await api.fetch(path, init);
-  if (!response.ok) {
-    let body = null;
-    try {
-      body = await response.json();
-    } catch {
-      body = null;
-    }
-    const error = new Error(message(response.status, body));
-    error.status = response.status;
-    error.body = body;
-    throw error;
-  }
-  return response;
-}
-
+/** A JSON call through the shared client → the parsed answer. */
 export async function json(api, method, path, body) {
-  const init = { method };
-  if (body !== undefined) {
-    init.body = JSON.stringify(body);
-    init.headers = { "content-type": "application/json" };
-  }
-  const response = await raw(api, path, init);
-  return response.status === 204 ? null : response.json();
+  const resp = await api.raw(method, path, body === undefined ? {} : { body });
+  return resp.status === 204 ? null : resp.json();
 }
 
-/** Call an action of the vm actor → its output. */
+/** A request whose body is not JSON (an upload): the shared client sends JSON only,
+ * so this one adds the same bearer header; a 401 goes through the client once (which
+ * asks for the token) and is retried. */
+export async function rawBody(api, method, path, body) {
+  for (let attempt = 0; ; attempt++) {
+    const headers = { "Content-Type": "application/octet-stream" };
+    if (api.token) headers.Authorization = `Bearer ${api.token}`;
+    const resp = await fetch(path, { method, headers, body });
+    if (resp.status === 401 && attempt === 0) {
+      await api.raw("GET", "/actors", { query: { name: "vm" } }); // prompts for the token
+      continue;
+    }
+    if (!resp.ok) {
+      let err = null;
+      try {
+        err = (await resp.json()).error;
+      } catch {
+        err = null;
+      }
+      throw new Error((err && err.message) || `HTTP ${resp.status}`);
+    }
+    return resp;
+  }
+}
+
+/** Call an action of an existing vm actor → its output (never creates the vm). */
 export async function vmAction(api, key, name, args = []) {
   const out = await json(api, "POST", `/actors/vm/${key}/actions/${name}?create=false`, { args });
   return out.output;
@@ -50,9 +47,10 @@ export function lsUrl(key, path) {
   return `/vms/${key}/ls/${encodePath(path)}`;
 }
 
-/** At most `limit` bytes of a file (its beginning) → {bytes, truncated}. */
+/** At most `limit` bytes of a file (its beginning) → {bytes, truncated}: the rest
+ * of a large file is never read into the page. */
 export async function readHead(api, key, path, limit) {
-  const response = await raw(api, filesUrl(key, path));
+  const response = await api.raw("GET", filesUrl(key, path));
   const reader = response.body.getReader();
   const chunks = [];
   let size = 0;
@@ -78,5 +76,3 @@ export async function readHead(api, key, path, limit) {
   }
   return { bytes, truncated };
 }
-
-export { encodeKey };
