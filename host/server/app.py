@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.middleware import Middleware
 from fastapi.openapi.utils import get_openapi
+from fastapi.routing import APIRoute
 from starlette.responses import Response
 
 from orchestrator import Engine
@@ -98,6 +99,7 @@ def create_app(
         middleware=middleware,
         docs_url="/docs",
         redoc_url=None,
+        generate_unique_id_function=operation_id,
     )
     app.state.engine = engine
     app.state.settings = cfg
@@ -123,6 +125,32 @@ def create_app(
     register_engine_gauges(engine)
     _override_openapi(app)
     return app
+
+
+# Endpoint functions whose names make poor operationIds (clients name their methods
+# after these; keep them stable), by name or ``module.name`` (for a name that two
+# modules use). Every other route gets its function's name.
+OPERATION_IDS = {
+    "routes_workflows.run_events": "workflow_run_events",
+    "destroy": "destroy_actor",
+    "queue": "queue_contents",
+    "summary": "inspector_summary",
+    "download": "download_file",
+    "upload": "upload_file",
+    "run_patch": "get_run_patch",
+    "all_runs": "list_runs",
+    "actor_runs": "list_actor_runs",
+    "schema": "workflow_schema",
+    "validate": "validate_workflow",
+}
+
+
+def operation_id(route: APIRoute) -> str:
+    """The route's OpenAPI ``operationId``: its endpoint function's name (``call_action``,
+    ``list_runs``), short and stable, so generated clients get readable method names."""
+    name = route.name.rstrip("_")
+    module = getattr(route.endpoint, "__module__", "").rpartition(".")[2]
+    return OPERATION_IDS.get(f"{module}.{name}") or OPERATION_IDS.get(name, name)
 
 
 def _add_bench_routes(app: FastAPI) -> None:
