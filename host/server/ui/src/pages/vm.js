@@ -1,7 +1,7 @@
 // #/vms/<key>: one vm — its files (tree, viewer, upload, live refresh through the
 // watch stream), a terminal, open ports with previews, processes and sessions.
 import { useEffect, useState } from "preact/hooks";
-import { html, displayKey, encodePath, parentOf, useStylesheet } from "../vm/html.js";
+import { html, displayKey, encodePath, isKeyPath, parentOf, useStylesheet } from "../vm/html.js";
 import { rawBody, vmAction } from "../vm/http.js";
 import FileTree from "../vm/filetree.js";
 import FileView from "../vm/fileview.js";
@@ -82,7 +82,16 @@ function useWatch(api, vmKey, path, onChange) {
 
 export default function Vm({ params, api }) {
   useStylesheet(new URL("../vm/vm.css", import.meta.url).href);
-  const vmKey = params.key;
+  if (!isKeyPath(params.key)) {
+    return html`<section class="vm-page">
+      <h2><a href="#/vms">VMs</a></h2>
+      <div class="vm-error">not a vm key: ${String(params.key)}</div>
+    </section>`;
+  }
+  return html`<${VmPage} api=${api} vmKey=${params.key} />`;
+}
+
+function VmPage({ api, vmKey }) {
   const [selected, setSelected] = useState(null); // {path, type}
   const [change, setChange] = useState(null);
   const [reloadAll, setReloadAll] = useState(0);

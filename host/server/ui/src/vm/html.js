@@ -12,6 +12,14 @@ export function encodeKey(key) {
   return parts.map((p) => encodeURIComponent(String(p))).join(",");
 }
 
+/** Is `encoded` a key in the API form, safe to put in a URL path? The key comes
+ * from the page's address, which anyone can link to: a `/`, `?`, `#` or a dot
+ * segment would make the page's calls reach other routes with the user's token. */
+export function isKeyPath(encoded) {
+  if (typeof encoded !== "string" || !/^[A-Za-z0-9._~%,!*'()-]{1,1024}$/.test(encoded)) return false;
+  return encoded.split(",").every((p) => p !== "" && p !== "." && p !== "..");
+}
+
 /** The URL form back to readable text (for titles only). */
 export function displayKey(encoded) {
   try {
@@ -26,7 +34,8 @@ export function encodePath(path) {
   return path
     .split("/")
     .filter((s) => s !== "")
-    .map(encodeURIComponent)
+    // "." and ".." would be resolved away by the browser's URL parser.
+    .map((s) => (s === "." || s === ".." ? s.replaceAll(".", "%2E") : encodeURIComponent(s)))
     .join("/");
 }
 

@@ -11,10 +11,11 @@ export function storageKey(vmKey) {
   return `agentvm.pty.${vmKey}`;
 }
 
-function wsUrl(vmKey, terminalId) {
+function wsUrl(vmKey, terminalId, cols, rows) {
   const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-  const query = terminalId ? `?terminal=${encodeURIComponent(terminalId)}` : "";
-  return `${scheme}//${location.host}/vms/${vmKey}/pty${query}`;
+  const query = new URLSearchParams({ cols: String(cols), rows: String(rows) });
+  if (terminalId) query.set("terminal", terminalId);
+  return `${scheme}//${location.host}/vms/${vmKey}/pty?${query}`;
 }
 
 /** props: api, vmKey. */
@@ -87,10 +88,13 @@ export default function Terminal({ api, vmKey }) {
 
       const connect = (terminalId) => {
         let attached = false;
+        let ended = false; // an exit or a take-over was reported: say that, not "closed"
+        let failure = null;
         const protocols = api.wsProtocols ? api.wsProtocols() : undefined;
-        ws = new WebSocket(wsUrl(vmKey, terminalId), protocols);
+        ws = new WebSocket(wsUrl(vmKey, terminalId, term.cols, term.rows), protocols);
         ws.binaryType = "arraybuffer";
         ws.onmessage = (ev) => {
+          if (disposed) return;
           if (typeof ev.data !== "string") {
             term.write(new Uint8Array(ev.data));
             return;
@@ -108,22 +112,28 @@ export default function Terminal({ api, vmKey }) {
             setStatus("attached");
             refit();
             sendResize();
-          } else if (msg.type === "exit" || msg.type === "exited") {
+          } else if (msg.type === "exit") {
+            ended = true;
             sessionStorage.removeItem(storageKey(vmKey));
-            setStatus("exited");
+            setStatus(`exited (${msg.exit_code})`);
+          } else if (msg.type === "detached") {
+            // Another page took this terminal over: leave it to that page.
+            ended = true;
+            setStatus(`detached: ${msg.reason || "?"}`);
           } else if (msg.type === "error") {
-            setStatus(`error: ${(msg.error && msg.error.message) || msg.message || "?"}`);
+            failure = `error: ${(msg.error && msg.error.message) || "?"}`;
+            setStatus(failure);
           }
         };
         ws.onclose = (ev) => {
-          if (disposed) return;
+          if (disposed || ended) return;
           if (!attached && terminalId) {
             // The remembered terminal is gone (exited, vm restarted): a new one.
             sessionStorage.removeItem(storageKey(vmKey));
             connect(null);
             return;
           }
-          setStatus(ev.reason ? `closed: ${ev.reason}` : "closed");
+          setStatus(failure || (ev.reason ? `closed: ${ev.reason}` : "closed"));
         };
       };
       connect(sessionStorage.getItem(storageKey(vmKey)));
