@@ -21,6 +21,7 @@ from .issue_worker import issue_worker
 from .pipeline import CodeReviewRequest, pipeline
 from .reviewer import reviewer
 from .task_runner import task_runner
+from .workflows import WorkflowRunRequest, workflows
 
 
 def builtin_orchestrators(
@@ -36,6 +37,7 @@ def builtin_orchestrators(
         "taskRunner": task_runner(),
         "reviewer": reviewer(),
         "issueWorker": issue_worker(),
+        "workflows": workflows(policy, keep_vm_hours=keep_vm_hours),
     }
 
 
@@ -50,6 +52,7 @@ __all__ = [
     "FixBugRequest",
     "RepoPolicy",
     "RepoRequest",
+    "WorkflowRunRequest",
     "automator",
     "builtin_orchestrators",
     "expire_vm",
@@ -66,4 +69,5 @@ __all__ = [
     "run_agent_task",
     "task_runner",
     "vm_input_for",
+    "workflows",
 ]

@@ -1,0 +1,704 @@
+"""Runs a DAG workflow definition as one durable run (docs/workflows.md, "Execution").
+
+Every DAG step is a durable step ``step-<id>``: a killed server replays the run and
+gets completed steps' recorded results back instead of prompting again. Steps whose
+dependencies are done start at once (at most ``max_concurrency`` at a time). Around
+each step: ``begin-<id>`` (a marker recorded before the first attempt: it names the
+step's vm, and finding it recorded means the step runs *again*, so its vm is first
+restored to the run's last checkpoint, if no step completed on that vm since) and
+``checkpoint-<id>`` (``checkpoint: true``). A race step forks a vm per candidate
+from a checkpoint of its vm (``fork-base-<id>``, ``race-<id>``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from orchestrator.client import ActorHandle, Client
+from orchestrator.errors import (
+    ActorNotFound,
+    AgentVMError,
+    HistoryDivergedError,
+    StepExhaustedError,
+)
+from orchestrator.storage.base import HistoryRecord
+from orchestrator.workflow import WorkflowContext
+
+from .agent import AgentTask, run_agent
+from .definition import StepDef, WorkflowDefinition
+from .interpolate import render
+from .validate import evaluate
+
+log = logging.getLogger("agentvm.dag")
+
+HOME = "/home/user"
+REPO_DIR = "/home/user/repo"
+# What the run's events and meta carry of a step's text (the full text is in the
+# step's recorded result).
+EVENT_TEXT = 16 * 1024
+PREVIEW = 2 * 1024
+# The most of a vm file a ``{{steps.<id>.files.<path>}}`` reference puts in a prompt.
+MAX_FILE = 32 * 1024
+# Deadlines of the calls into vms the executor makes itself.
+FILE_TIMEOUT = 60.0
+RESTORE_TIMEOUT = 900.0
+CLEANUP_TIMEOUT = 120.0
+
+KeepVm = Literal["on_failure", "always", "never"]
+
+
+class WorkflowFailed(AgentVMError):
+    """A run ended ``partial`` (some steps failed, some completed) or ``failed``."""
+
+    group = "workflow"
+    code = "failed"
+    http_status = 500
+
+    def __init__(self, message: str, *, status: str, failed: list[str]) -> None:
+        super().__init__(message, status=status, failed=failed)
+        self.code = status
+
+
+class WorkflowNotFound(AgentVMError):
+    group = "workflow"
+    code = "not_found"
+    http_status = 404
+
+
+@dataclass
+class RunOptions:
+    """What a run request adds to the definition (``WorkflowRunRequest``, parsed)."""
+
+    params: dict[str, Any]
+    vm_key: str | None = None
+    repo: str | None = None
+    keep_vm: KeepVm = "on_failure"
+    keep_hours: float = 24.0
+    # Puts the request's repo into a vm (the built-ins' ``put_repo`` with the policy).
+    put_repo: Callable[[ActorHandle], Awaitable[Any]] | None = None
+    vm_input: Any = None
+
+
+def _cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
+
+
+def _error(exc: BaseException) -> dict[str, Any]:
+    if isinstance(exc, AgentVMError):
+        meta = {k: v for k, v in exc.metadata.items() if k != "traceback"}
+        return {"group": exc.group, "code": exc.code, "message": exc.message, "metadata": meta}
+    return {"group": "run", "code": type(exc).__name__, "message": str(exc), "metadata": {}}
+
+
+def _recorded(ctx: WorkflowContext, name: str) -> HistoryRecord | None:
+    """The entry ``name`` of the context's scope as recorded so far (None: not yet):
+    found before it is reached, it means the step ran before (a replay or a retry)."""
+    return ctx._run.records.get(ctx._path(name))
+
+
+def _recorded_error(ctx: WorkflowContext, name: str) -> dict[str, Any] | None:
+    rec = _recorded(ctx, name)
+    if rec is None or not rec.error:
+        return None
+    info = json.loads(rec.error)
+    return {"group": "workflow", "code": "step_failed", "message": info.get("message", "")}
+
+
+class DagRun:
+    """One run of a definition (an incarnation: built again on every replay)."""
+
+    def __init__(
+        self, ctx: WorkflowContext, run_id: int, defn: WorkflowDefinition, opts: RunOptions
+    ) -> None:
+        self.ctx = ctx
+        self.run_id = run_id
+        self.defn = defn
+        self.opts = opts
+        self.params = opts.params
+        self.client: Client = ctx.client()
+        self.by_id = {s.id: s for s in defn.steps}
+        self.prefix = f"wf-{defn.name}-{run_id}"
+        self.cwd = REPO_DIR if opts.repo else HOME
+        self.results: dict[str, dict[str, Any]] = {}
+        self.status: dict[str, str] = {}
+        self.meta_steps: dict[str, dict[str, Any]] = {
+            s.id: {"status": "pending", "attempts": 0} for s in defn.steps
+        }
+        # label → vm key: every vm the run uses (the meta's ``vms``).
+        self.vms: dict[str, str] = {}
+        # A race step's winner replaces its vm for the steps that start after it.
+        self.replaced: dict[str, str] = {}
+        self.checkpoints: dict[str, list[dict[str, Any]]] = {}
+        self.sem = asyncio.Semaphore(defn.max_concurrency)
+        self.meta_lock = asyncio.Lock()
+        self._preload()
+
+    # -- what the history already holds
+
+    def _preload(self) -> None:
+        """Completed steps and checkpoints recorded so far (a replay, a retried run):
+        a restore decision must see them even before their own replay is reached."""
+        for s in self.defn.steps:
+            rec = _recorded(self.ctx, f"step-{s.id}")
+            if rec is not None and rec.status == "completed" and rec.output:
+                self.results[s.id] = json.loads(rec.output)
+            cp = _recorded(self.ctx, f"checkpoint-{s.id}")
+            if cp is not None and cp.status == "completed" and cp.output:
+                entry = json.loads(cp.output)
+                if s.id in self.results:
+                    self._note_checkpoint(self.results[s.id]["vm"], entry)
+
+    def _note_checkpoint(self, key: str, entry: dict[str, Any]) -> None:
+        known = self.checkpoints.setdefault(key, [])
+        if all(e["name"] != entry["name"] for e in known):
+            known.append(entry)
+
+    def _replayed(self, sid: str) -> bool:
+        rec = _recorded(self.ctx, f"step-{sid}")
+        return rec is not None and rec.status == "completed"
+
+    # -- vms
+
+    def _slot(self, s: StepDef) -> tuple[str, str]:
+        """(label, key) of the vm a step uses when it starts."""
+        if s.vm == "shared":
+            label, key = "shared", self.opts.vm_key or self.prefix
+        elif s.vm == "fresh":
+            label, key = s.id, f"{self.prefix}-{s.id}"
+        else:
+            label, key = f"vm:{s.vm}", f"{self.prefix}-{s.vm}"
+        return label, self.replaced.get(label, key)
+
+    def vm(self, key: str) -> ActorHandle:
+        return self.client.vm.get_or_create(key, input=self.opts.vm_input)
+
+    async def _use_vm(self, label: str, key: str) -> None:
+        if self.vms.get(label) != key:
+            self.vms[label] = key
+            await self._meta()
+
+    # -- events and meta
+
+    def _emit(self, event: str, **payload: Any) -> None:
+        self.ctx.broadcast(event, {"run_id": self.run_id, **payload})
+
+    async def _meta(self, **fields: Any) -> None:
+        async with self.meta_lock:
+            await self.ctx.run_meta(
+                workflow=self.defn.name,
+                version=self.defn.version,
+                params=self.params,
+                vms=dict(self.vms),
+                steps={k: dict(v) for k, v in self.meta_steps.items()},
+                **fields,
+            )
+
+    async def _step_meta(self, sid: str, **fields: Any) -> None:
+        self.meta_steps[sid].update(fields)
+        await self._meta()
+
+    # -- the run
+
+    async def run(self) -> dict[str, Any]:
+        ctx = self.ctx
+        first = _recorded(ctx, "start") is None
+        await ctx.step("start", lambda: {"at": time.time()})
+        if first:
+            self._emit(
+                "workflow_started",
+                workflow=self.defn.name,
+                version=self.defn.version,
+                params=self.params,
+                steps=[s.id for s in self.defn.steps],
+            )
+        await self._meta()
+        if self.opts.repo and self.opts.put_repo is not None:
+            put = self.opts.put_repo
+            key = self.opts.vm_key or self.prefix
+            await self._use_vm("shared", key)
+            await ctx.step("repo", lambda: put(self.vm(key)), max_retries=2, timeout=900)
+        await self._schedule()
+        return await self._outcome()
+
+    async def _schedule(self) -> None:
+        pending = [s.id for s in self.defn.steps]
+        tasks: dict[asyncio.Task[dict[str, Any]], str] = {}
+        try:
+            while pending or tasks:
+                for sid in list(pending):
+                    s = self.by_id[sid]
+                    if not all(d in self.status for d in s.depends_on):
+                        continue
+                    pending.remove(sid)
+                    skip = self._skip_reason(s)
+                    if skip is not None and not self._replayed(sid):
+                        await self._skip(s, *skip)
+                        continue
+                    task = asyncio.ensure_future(self._run_step(s))
+                    tasks[task] = sid
+                if not tasks:
+                    if pending:  # unreachable for a validated (acyclic) definition
+                        raise AgentVMError(f"steps {pending} can never start")
+                    break
+                done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    sid = tasks.pop(t)
+                    self.status[sid] = t.result()["status"]
+        finally:
+            # Cancelled (the run is), or a step raised: nothing new starts and the
+            # steps in flight stop (their agents' prompts are cancelled).
+            for t in tasks:
+                t.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _skip_reason(self, s: StepDef) -> tuple[str, str | None] | None:
+        for dep in s.depends_on:
+            st = self.status[dep]
+            if st == "failed" and not self.by_id[dep].continue_on_failure:
+                return "dependency_failed", dep
+            if st == "skipped" and self.results[dep].get("reason") == "dependency_failed":
+                return "dependency_failed", dep
+        if s.when is not None and not evaluate(s.when, self.params, self.status):
+            return "condition", None
+        return None
+
+    async def _skip(self, s: StepDef, reason: str, dep: str | None) -> None:
+        result: dict[str, Any] = {"status": "skipped", "reason": reason, "text": ""}
+        extra: dict[str, Any] = {"dependency": dep} if dep else {}
+        result.update(extra)
+        self.results[s.id] = result
+        self.status[s.id] = "skipped"
+        # Entries of an earlier attempt at the step (a retried run where it is now
+        # skipped) are declared, so the replay does not count them as diverged.
+        for name in ("begin", "step", "checkpoint", "fork-base", "race"):
+            rec = _recorded(self.ctx, f"{name}-{s.id}")
+            if rec is not None:
+                await self.ctx.removed(f"{name}-{s.id}", rec.kind)
+        self._emit("step_skipped", step=s.id, reason=reason, **extra)
+        await self._step_meta(s.id, status="skipped", reason=reason, **extra)
+
+    async def _run_step(self, s: StepDef) -> dict[str, Any]:
+        async with self.sem:
+            if s.race:
+                return await self._race_step(s)
+            return await self._agent_step(s)
+
+    async def _begin(self, s: StepDef) -> tuple[str, str, bool, bool]:
+        """The step's vm label and key, whether it runs again, whether it is done."""
+        rerun = _recorded(self.ctx, f"begin-{s.id}") is not None
+        label, key = self._slot(s)
+        begin = await self.ctx.step(
+            f"begin-{s.id}", lambda: {"vm": key, "label": label, "at": time.time()}
+        )
+        done = self._replayed(s.id)
+        if not done:
+            await self._use_vm(begin["label"], begin["vm"])
+        return begin["label"], begin["vm"], rerun, done
+
+    async def _started(self, sid: str, key: str, attempt: int) -> None:
+        self._emit("step_started", step=sid, attempt=attempt, vm=key)
+        now = time.time()
+        fields: dict[str, Any] = {"status": "running", "attempts": attempt, "vm": key}
+        if attempt == 1 or "started_at" not in self.meta_steps[sid]:
+            fields["started_at"] = now
+        await self._step_meta(sid, **fields)
+
+    async def _agent_step(self, s: StepDef) -> dict[str, Any]:
+        sid = s.id
+        _, key, rerun, done = await self._begin(s)
+        prior = _recorded(self.ctx, f"step-{sid}")
+        count = [prior.attempts if prior is not None and not done else 0]
+        started_at = [time.time()]
+
+        async def attempt() -> dict[str, Any]:
+            count[0] += 1
+            n = count[0]
+            await self._started(sid, key, n)
+            restored = await self._maybe_restore(key) if (rerun or n > 1) else None
+            started = time.time()
+            started_at[0] = started
+            out = await self._agent(key, s, s.prompt, s.system_prompt, s.agent_type, s.model)
+            finished = time.time()
+            out.update(
+                status="completed",
+                attempts=n,
+                started_at=started,
+                finished_at=finished,
+                duration_ms=int((finished - started) * 1000),
+                vm=key,
+            )
+            if restored is not None:
+                out["restored_from"] = restored
+            return out
+
+        try:
+            result = await self.ctx.step(
+                f"step-{sid}", attempt, max_retries=s.retries, timeout=s.timeout
+            )
+        except (asyncio.CancelledError, HistoryDivergedError):
+            raise
+        except Exception as exc:
+            return await self._failed(s, key, exc, max(count[0], 1), started_at[0], done)
+        return await self._completed(s, key, result, replayed=done)
+
+    async def _completed(
+        self, s: StepDef, key: str, result: dict[str, Any], *, replayed: bool
+    ) -> dict[str, Any]:
+        sid = s.id
+        if s.checkpoint:
+            name = f"wf-{self.run_id}-{sid}"
+            try:
+                entry = await self.ctx.step(
+                    f"checkpoint-{sid}",
+                    lambda: self.vm(result["vm"]).checkpoint(name),
+                    max_retries=2,
+                    timeout=RESTORE_TIMEOUT,
+                )
+            except (asyncio.CancelledError, HistoryDivergedError):
+                raise
+            except Exception as exc:
+                # The agent's work stays recorded; a retried run takes the checkpoint.
+                return await self._failed(
+                    s, key, exc, result.get("attempts", 1), result.get("started_at"), False
+                )
+            self._note_checkpoint(result["vm"], entry)
+            result = {**result, "checkpoint": name}
+        self.results[sid] = result
+        if not replayed:
+            self._emit(
+                "step_completed",
+                step=sid,
+                text=_cap(str(result.get("text") or ""), EVENT_TEXT),
+                duration_ms=result.get("duration_ms"),
+                usage=result.get("usage"),
+            )
+        meta = {
+            "status": "completed",
+            "attempts": result.get("attempts"),
+            "started_at": result.get("started_at"),
+            "finished_at": result.get("finished_at"),
+            "duration_ms": result.get("duration_ms"),
+            "text_preview": _cap(str(result.get("text") or ""), PREVIEW),
+            "vm": result.get("vm"),
+        }
+        for k in ("checkpoint", "winner", "restored_from"):
+            if k in result:
+                meta[k] = result[k]
+        await self._step_meta(sid, **meta)
+        return result
+
+    async def _failed(
+        self,
+        s: StepDef,
+        key: str,
+        exc: BaseException,
+        attempts: int,
+        started: float | None,
+        replayed: bool,
+    ) -> dict[str, Any]:
+        err = _error(exc)
+        if isinstance(exc, StepExhaustedError):
+            err = _recorded_error(self.ctx, f"step-{s.id}") or err
+            attempts = int(exc.metadata.get("attempts") or attempts)
+        finished = time.time()
+        result: dict[str, Any] = {
+            "status": "failed",
+            "text": "",
+            "tool_calls": [],
+            "usage": None,
+            "stop_reason": None,
+            "attempts": attempts,
+            "started_at": started,
+            "finished_at": finished,
+            "duration_ms": int((finished - started) * 1000) if started else None,
+            "vm": key,
+            "session_id": None,
+            "error": err,
+            "check": None,
+        }
+        self.results[s.id] = result
+        self._emit("step_failed", step=s.id, error=err)
+        await self._step_meta(
+            s.id,
+            status="failed",
+            attempts=attempts,
+            finished_at=finished,
+            error=err,
+            vm=key,
+        )
+        return result
+
+    # -- agents, files, restores
+
+    async def _agent(
+        self,
+        key: str,
+        s: StepDef,
+        prompt: str,
+        system_prompt: str | None,
+        agent_type: str | None,
+        model: str | None,
+    ) -> dict[str, Any]:
+        text = await self._render(prompt)
+        system = await self._render(system_prompt) if system_prompt else None
+        task = AgentTask(
+            prompt=text,
+            name=s.id,
+            agent_type=agent_type,
+            model=model,
+            system_prompt=system,
+            allowed_tools=s.allowed_tools,
+            mode=s.mode,
+            check=s.check,
+            vm=key,
+            cwd=self.cwd,
+        )
+        await self.vm(key).resolve()  # created here, lazily (run_agent needs it to exist)
+        # Retries are the durable step's, timeouts too: the task itself has neither.
+        return dict(
+            await run_agent(self.client, key, task, stopping=lambda: self.ctx.engine_stopping)
+        )
+
+    async def _render(self, template: str) -> str:
+        return await render(
+            template, params=self.params, steps=self.results, fetch_file=self._fetch_file
+        )
+
+    async def _fetch_file(self, sid: str, path: str) -> str:
+        result = self.results.get(sid) or {}
+        key = result.get("vm")
+        if not key or result.get("status") == "skipped":
+            return ""
+        full = path if path.startswith("/") else f"{self.cwd}/{path}"
+        vm = self.vm(str(key))
+        try:
+            async with asyncio.timeout(FILE_TIMEOUT):
+                content = await vm.read_file(full, {"limit": MAX_FILE + 1})
+        except (TimeoutError, AgentVMError) as exc:
+            log.info("run %s: {{steps.%s.files.%s}}: %s", self.run_id, sid, path, exc)
+            return ""
+        data = content if isinstance(content, bytes) else str(content).encode()
+        return data[:MAX_FILE].decode(errors="replace")
+
+    async def _maybe_restore(self, key: str) -> str | None:
+        """Restore ``key`` to the newest checkpoint this run took of it, unless a step
+        completed on it after that checkpoint (its changes must stay)."""
+        cps = self.checkpoints.get(key)
+        if not cps:
+            return None
+        newest = max(cps, key=lambda e: float(e.get("created_at") or 0))
+        at = float(newest.get("created_at") or 0)
+        for r in self.results.values():
+            if r.get("vm") == key and r.get("status") == "completed":
+                if float(r.get("finished_at") or 0) > at:
+                    return None
+        async with asyncio.timeout(RESTORE_TIMEOUT):
+            await self.vm(key).restore(newest["name"])
+        return str(newest["name"])
+
+    # -- race steps
+
+    async def _race_step(self, s: StepDef) -> dict[str, Any]:
+        """Checkpoint the step's vm, fork a vm per candidate from it, race them: the
+        winner's vm replaces the step's vm; the losers' vms are destroyed."""
+        assert s.race is not None
+        sid, ctx = s.id, self.ctx
+        label, key, rerun, done = await self._begin(s)
+        base = f"wf-{self.run_id}-{sid}-base"
+        keys = [f"{self.prefix}-{sid}-c{i}" for i in range(len(s.race))]
+        outcome: dict[int, str] = {}
+        if not done:
+            await self._started(sid, key, 1)
+
+        async def prepare() -> dict[str, Any]:
+            restored = await self._maybe_restore(key) if rerun else None
+            await self.vm(key).resolve()
+            return {"restored_from": restored, "checkpoint": await self.vm(key).checkpoint(base)}
+
+        winner: int | None = None
+        started = time.time()
+        try:
+            prep = await ctx.step(
+                f"fork-base-{sid}", prepare, max_retries=2, timeout=RESTORE_TIMEOUT
+            )
+            branches = [
+                (f"c{i}", self._candidate(s, i, key, base, keys[i], outcome))
+                for i in range(len(keys))
+            ]
+            race = await ctx.race(f"race-{sid}", branches)
+            winner = int(race.winner[1:])
+            value: dict[str, Any] = dict(race.value)
+        except (asyncio.CancelledError, HistoryDivergedError):
+            raise
+        except Exception as exc:
+            error = exc
+
+            def fail() -> None:
+                raise error
+
+            with contextlib.suppress(StepExhaustedError):
+                await ctx.step(f"step-{sid}", fail, max_retries=0)
+            return await self._failed(s, key, exc, 1, started, done)
+        finally:
+            if not done:
+                await destroy_quietly(ctx, [k for i, k in enumerate(keys) if i != winner])
+
+        def assemble() -> dict[str, Any]:
+            cands = [
+                {"index": i, "vm": k, "status": "won" if i == winner else outcome.get(i, "lost")}
+                for i, k in enumerate(keys)
+            ]
+            finished = time.time()
+            out = {
+                **value,
+                "status": "completed",
+                "attempts": 1,
+                "started_at": started,
+                "finished_at": finished,
+                "duration_ms": int((finished - started) * 1000),
+                "vm": keys[winner] if winner is not None else key,
+                "winner": winner,
+                "candidates": cands,
+            }
+            if prep.get("restored_from"):
+                out["restored_from"] = prep["restored_from"]
+            return out
+
+        result = await ctx.step(f"step-{sid}", assemble, max_retries=0)
+        self.replaced[label] = result["vm"]
+        await self._use_vm(f"{sid}.winner", result["vm"])
+        return await self._completed(s, key, result, replayed=done)
+
+    def _candidate(
+        self, s: StepDef, i: int, base_key: str, base: str, key: str, outcome: dict[int, str]
+    ) -> Callable[[WorkflowContext], Awaitable[dict[str, Any]]]:
+        assert s.race is not None
+        cand = s.race[i]
+
+        async def fork() -> str:
+            # A fork from before a crash is replaced: the candidate starts over.
+            with contextlib.suppress(ActorNotFound):
+                await self.client.vm.get(key).destroy()
+            await self.vm(base_key).fork(key, {"checkpoint": base})
+            return key
+
+        async def agent() -> dict[str, Any]:
+            return await self._agent(
+                key,
+                s,
+                cand.prompt or s.prompt,
+                cand.system_prompt or s.system_prompt,
+                cand.agent_type or s.agent_type,
+                cand.model or s.model,
+            )
+
+        async def branch(bctx: WorkflowContext) -> dict[str, Any]:
+            try:
+                await bctx.step("fork", fork, max_retries=1, timeout=RESTORE_TIMEOUT)
+                out: dict[str, Any] = await bctx.step(
+                    "agent", agent, max_retries=0, timeout=s.timeout
+                )
+            except asyncio.CancelledError:
+                outcome[i] = "cancelled"
+                raise
+            except Exception:
+                outcome[i] = "failed"
+                raise
+            outcome[i] = "completed"
+            return out
+
+        return branch
+
+    # -- the end
+
+    async def _outcome(self) -> dict[str, Any]:
+        failed = [sid for sid, st in self.status.items() if st == "failed"]
+        completed = [sid for sid, st in self.status.items() if st == "completed"]
+        outcome = "completed" if not failed else ("partial" if completed else "failed")
+        steps = {s.id: self.status.get(s.id, "pending") for s in self.defn.steps}
+        if _recorded(self.ctx, "end") is None:
+            self._emit("workflow_completed", status=outcome, steps=steps)
+        await self.ctx.step("end", lambda: {"status": outcome, "at": time.time()})
+        await self._meta(status=outcome)
+        if failed:
+            raise WorkflowFailed(
+                f"workflow {self.defn.name!r} ended {outcome}: "
+                f"{len(failed)} step(s) failed ({', '.join(failed)})",
+                status=outcome,
+                failed=failed,
+            )
+        return {
+            "workflow": self.defn.name,
+            "version": self.defn.version,
+            "status": outcome,
+            "params": self.params,
+            "steps": {s.id: self.results.get(s.id) for s in self.defn.steps},
+            "order": [s.id for s in self.defn.steps],
+            "vms": dict(self.vms),
+        }
+
+    async def release(self, outcome: str | None) -> None:
+        """Destroy the run's vms (or keep them, per ``keep_vm``); never the request's."""
+        from orchestrator.builtin._runs import release_vm
+
+        keep = self.opts.keep_vm == "always" or (
+            self.opts.keep_vm == "on_failure" and outcome != "completed"
+        )
+        keys = {k for k in self.vms.values() if k != self.opts.vm_key}
+        for key in sorted(keys):
+            await release_vm(self.ctx, key, keep=keep, keep_hours=self.opts.keep_hours)
+
+
+async def execute(
+    ctx: WorkflowContext, run_id: int, defn: WorkflowDefinition, opts: RunOptions
+) -> dict[str, Any]:
+    """Run ``defn`` to its end: the result when every step completed or was skipped;
+    :class:`WorkflowFailed` (``partial``/``failed``) otherwise."""
+    dag = DagRun(ctx, run_id, defn, opts)
+    outcome: str | None = None
+    try:
+        result = await dag.run()
+        outcome = "completed"
+        return result
+    except WorkflowFailed as exc:
+        outcome = str(exc.metadata.get("status"))
+        raise
+    finally:
+        await dag.release(outcome)
+
+
+async def destroy_quietly(ctx: WorkflowContext, keys: list[str]) -> None:
+    """Destroy vms (shielded, bounded); skipped while the engine stops."""
+    if ctx.engine_stopping or not keys:
+        return
+
+    async def go() -> None:
+        for key in keys:
+            with contextlib.suppress(ActorNotFound, AgentVMError):
+                await ctx.client().vm.get(key).destroy()
+
+    task = asyncio.ensure_future(go())
+    try:
+        await asyncio.wait_for(asyncio.shield(task), CLEANUP_TIMEOUT)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("could not destroy vms %s: %s", keys, exc)
+
+
+__all__ = [
+    "DagRun",
+    "RunOptions",
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "destroy_quietly",
+    "execute",
+]
