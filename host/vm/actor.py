@@ -25,6 +25,7 @@ from .actions_checkpoints import CheckpointActions
 from .actions_exec import ProcessActions
 from .actions_files import FileActions
 from .actions_lifecycle import LifecycleActions
+from .actions_ports import PortActions
 from .actions_pty import TerminalActions
 from .blob_actions import BlobActions
 from .manager import SandboxManager
@@ -32,7 +33,7 @@ from .options import VmOptions
 from .sessions import session_actions
 
 
-class VmActions(LifecycleActions, ProcessActions, FileActions, BlobActions):
+class VmActions(LifecycleActions, ProcessActions, FileActions, BlobActions, PortActions):
     """Every built-in action of the vm actor, as methods (``actions_of`` lists them)."""
 
 
@@ -69,6 +70,8 @@ def vm_actor(
             "process_output": event("{pid, stream, data[, data_b64]} of a spawned process"),
             "process_exit": event("{pid, exit_code}: a spawned process ended"),
             "session_event": event("{session_id, seq, kind, data}: a stored session update"),
+            "file_changed": event("{watch_id, path, kind}: a change under a watched path"),
+            "watch_ended": event("{watch_id, reason}: a watch stopped"),
         },
         on_wake=vm.on_wake,
         on_sleep=vm.on_sleep,

@@ -22,11 +22,13 @@ from .egress import start_egress
 from .gateway import start_gateway
 from .link import Handler, Link
 from .ops_files import make_handlers as file_handlers
+from .ops_ports import make_handlers as port_handlers
 from .ops_procs import make_handlers as proc_handlers
 from .ops_pty import make_handlers as pty_handlers
 from .procs import ProcessTable
 from .pty_term import TerminalTable
 from .reaper import Reaper
+from .watch import make_handlers as watch_handlers
 
 log = logging.getLogger("agentvm.supervisor")
 
@@ -63,6 +65,7 @@ async def serve(control_dir: str, token: str) -> None:
     terminals = TerminalTable(reaper)
     handlers = {**proc_handlers(table), **file_handlers(table), **ping_handler()}
     handlers.update(pty_handlers(terminals))
+    handlers.update({**port_handlers(), **watch_handlers()})
     stop = asyncio.Event()
 
     def on_term() -> None:
