@@ -12,18 +12,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import AgentVMError
+from ..errors import ActorNotFound, AgentVMError, InvalidRequest, StepExhaustedError
 
 if TYPE_CHECKING:
     from ..client import ActorHandle, Client
+    from ..workflow import RaceResult, WorkflowContext
 
 log = logging.getLogger("agentvm.dag.agent")
 
@@ -268,4 +270,246 @@ async def _run_check(vm: ActorHandle, task: AgentTask) -> dict[str, Any]:
     return {"exit_code": code, "output": output}
 
 
-__all__ = ["AgentTask", "AgentTaskFailed", "run_agent"]
+# --- ctx.parallel / ctx.race of agent tasks ----------------------------------------------
+
+
+class AgentTaskCancelled(AgentTaskFailed):
+    """A task of ``ctx.parallel(..., fail_fast=True)`` cancelled because another failed."""
+
+    code = "step_cancelled"
+
+
+def _names(tasks: Sequence[AgentTask]) -> list[str]:
+    if not tasks:
+        raise InvalidRequest("at least one agent task is needed", field="tasks")
+    names: list[str] = []
+    for i, task in enumerate(tasks):
+        if not isinstance(task, AgentTask):
+            raise InvalidRequest(f"tasks.{i} must be an AgentTask", field=f"tasks.{i}")
+        name = task.name or f"task-{i}"
+        if name in names:
+            raise InvalidRequest(f"duplicate task name {name!r}", field=f"tasks.{i}.name")
+        names.append(name)
+    return names
+
+
+def default_name(ctx: WorkflowContext, kind: str) -> str:
+    """``parallel-<n>`` / ``race-<n>``: counted per context scope, so the same on replay."""
+    counts: dict[str, int] = ctx.__dict__.setdefault("_agent_task_counts", {})
+    counts[kind] = counts.get(kind, 0) + 1
+    return f"{kind}-{counts[kind]}"
+
+
+def task_vm_key(ctx: WorkflowContext, group: str, task_name: str) -> str:
+    """The fresh vm of task ``task_name`` of the parallel/race ``group`` (a name path):
+    ``task-<run id or actor key>-<hash of actor and path>-<task name>``, the same on
+    every replay and distinct between actors and scopes."""
+    owner = str(ctx.run_id) if ctx.run_id is not None else "-".join(ctx.key) or ctx.name
+    digest = hashlib.sha256(f"{ctx.actor_id}\0{group}".encode()).hexdigest()[:10]
+    return f"task-{owner[:40]}-{digest}-{task_name}"
+
+
+async def _fresh_vm(client: Client, key: str, fork_from: str | None) -> None:
+    """Make vm ``key`` anew (one left by an interrupted attempt goes first: its
+    workspace is half-changed), empty or forked from ``"<vm>@<checkpoint>"``."""
+    with contextlib.suppress(ActorNotFound):
+        await client.vm.get(key).destroy()
+    if fork_from is None:
+        await _to_the_end(client.vm.create(key))
+        return
+    source, _, checkpoint = fork_from.rpartition("@")
+    await _to_the_end(client.vm.get(source).fork(key, {"checkpoint": checkpoint}))
+
+
+async def _to_the_end(coro: Any) -> Any:
+    """Await ``coro``; cancelled meanwhile, let it end first (bounded): a vm whose
+    creation went on after the caller's clean-up had run would be left behind."""
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(task, VM_CLEANUP_TIMEOUT)
+        raise
+
+
+async def destroy_vms(ctx: WorkflowContext, keys: Sequence[str]) -> None:
+    """Destroy task vms, shielded (a cancelled run still cleans up) and bounded; not
+    while the engine stops (the run resumes after the restart and makes them anew)."""
+    if ctx.engine_stopping or not keys:
+        return
+    client = ctx.client()
+
+    async def one(key: str) -> None:
+        with contextlib.suppress(ActorNotFound):
+            await client.vm.get(key).destroy()
+
+    await _shielded(asyncio.gather(*(one(k) for k in keys)), VM_CLEANUP_TIMEOUT)
+
+
+def _failed_result(exc: BaseException, vm_key: str, status: str) -> dict[str, Any]:
+    """The step result of a task that failed (or was cancelled by ``fail_fast``)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, AgentVMError) else exc
+    error: dict[str, Any] = (
+        cause.to_dict() if isinstance(cause, AgentVMError) else {"message": str(cause)}
+    )
+    meta: dict[str, Any] = error.get("metadata") or {}
+    code = meta.get("check_exit_code")
+    now = time.time()
+    return {
+        "status": status,
+        "text": "",
+        "tool_calls": [],
+        "usage": None,
+        "stop_reason": meta.get("stop_reason"),
+        "started_at": None,
+        "finished_at": now,
+        "duration_ms": None,
+        "vm": vm_key,
+        "session_id": meta.get("session_id"),
+        "error": error,
+        "check": None if code is None else {"exit_code": code, "output": meta.get("check_output")},
+    }
+
+
+class _Group:
+    """One ``ctx.parallel`` / ``ctx.race``: its tasks, names and vms."""
+
+    def __init__(self, ctx: WorkflowContext, tasks: Sequence[AgentTask], name: str) -> None:
+        self.ctx, self.tasks, self.name = ctx, list(tasks), name
+        self.names = _names(tasks)
+        group = f"{ctx.scope}/{name}" if ctx.scope else name
+        self.vms = [
+            t.vm or task_vm_key(ctx, group, n) for t, n in zip(tasks, self.names, strict=True)
+        ]
+
+    def fresh(self, i: int) -> bool:
+        return self.tasks[i].vm is None
+
+    async def run(self, bctx: WorkflowContext, i: int) -> dict[str, Any]:
+        """Task ``i`` as the durable step ``agent`` of its branch: a fresh vm (per
+        attempt), the agent's turn, the check."""
+        task, key = self.tasks[i], self.vms[i]
+
+        async def attempt() -> dict[str, Any]:
+            client = bctx.client()
+            if self.fresh(i):
+                await _fresh_vm(client, key, task.fork_from)
+            return await run_agent(client, key, task, stopping=lambda: bctx.engine_stopping)
+
+        result: dict[str, Any] = await bctx.step("agent", attempt, max_retries=task.retries)
+        return result
+
+
+async def parallel(
+    ctx: WorkflowContext,
+    tasks: Sequence[AgentTask],
+    *,
+    max_concurrency: int | None = None,
+    fail_fast: bool = False,
+    name: str | None = None,
+) -> list[dict[str, Any]]:
+    """``ctx.parallel``: run agent tasks concurrently (at most ``max_concurrency`` at
+    a time) as the branches of ``ctx.join(name)``; their step results in task order.
+    A failed task's result has ``status: "failed"`` and its ``error`` (nothing is
+    raised for it); with ``fail_fast`` the first failure cancels the others (their
+    status ``"cancelled"``). Fresh vms are destroyed after their task unless
+    ``keep_vm``."""
+    if max_concurrency is not None and max_concurrency < 1:
+        raise InvalidRequest("max_concurrency must be at least 1", field="max_concurrency")
+    g = _Group(ctx, tasks, name or default_name(ctx, "parallel"))
+    limit = asyncio.Semaphore(max_concurrency or len(g.tasks))
+    failed = asyncio.Event()
+    works: dict[int, asyncio.Future[dict[str, Any]]] = {}
+
+    async def limited(bctx: WorkflowContext, i: int) -> dict[str, Any]:
+        async with limit:
+            if failed.is_set():
+                raise AgentTaskCancelled(
+                    "cancelled: another task failed (fail_fast)", stop_reason="cancelled"
+                )
+            return await g.run(bctx, i)
+
+    async def branch(bctx: WorkflowContext, i: int) -> dict[str, Any]:
+        work = asyncio.ensure_future(limited(bctx, i))
+        works[i] = work
+        try:
+            return await work
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if failed.is_set() and me is not None and me.cancelling() == 0:
+                # A sibling failed (fail_fast) and cancelled this task's work.
+                stop = AgentTaskCancelled(
+                    "cancelled: another task failed (fail_fast)", stop_reason="cancelled"
+                )
+                return _failed_result(stop, g.vms[i], "cancelled")
+            raise
+        except (StepExhaustedError, AgentTaskFailed) as exc:
+            if fail_fast and not failed.is_set():
+                failed.set()
+                for j, other in works.items():
+                    if j != i:
+                        other.cancel()
+            status = "cancelled" if isinstance(exc, AgentTaskCancelled) else "failed"
+            return _failed_result(exc, g.vms[i], status)
+        finally:
+            if g.fresh(i) and not g.tasks[i].keep_vm:
+                await destroy_vms(bctx, [g.vms[i]])
+
+    out = await ctx.join(g.name, {n: (lambda b, i=i: branch(b, i)) for i, n in enumerate(g.names)})
+    return [out[n] for n in g.names]
+
+
+async def race(
+    ctx: WorkflowContext, tasks: Sequence[AgentTask], *, name: str | None = None
+) -> RaceResult[dict[str, Any]]:
+    """``ctx.race`` of agent tasks: the first whose turn ends well and whose check
+    passes wins (``RaceResult(winner=<task name>, value=<its step result>)``, the
+    value also has ``candidates``: each task's status); the others are cancelled and
+    their fresh vms destroyed; the winner's vm is kept (named in ``value["vm"]``).
+    Raises :class:`~orchestrator.errors.RaceError` when every task failed."""
+    g = _Group(ctx, tasks, name or default_name(ctx, "race"))
+    # Filled in as branches end; ctx.race records the winner's value only after the
+    # others are cancelled and done, so the recorded value has every final status.
+    candidates: dict[str, dict[str, Any]] = {n: {"status": "cancelled"} for n in g.names}
+
+    async def branch(bctx: WorkflowContext, i: int) -> dict[str, Any]:
+        n = g.names[i]
+        try:
+            result = await g.run(bctx, i)
+        except (StepExhaustedError, AgentTaskFailed) as exc:
+            candidates[n] = {"status": "failed", "error": _failed_result(exc, "", "")["error"]}
+            if g.fresh(i):
+                await destroy_vms(bctx, [g.vms[i]])
+            raise
+        except asyncio.CancelledError:
+            if g.fresh(i):
+                await destroy_vms(bctx, [g.vms[i]])
+            raise
+        candidates[n] = {"status": "completed"}
+        return {**result, "candidates": candidates}
+
+    won: str | None = None
+    try:
+        res = await ctx.race(
+            g.name, [(n, lambda b, i=i: branch(b, i)) for i, n in enumerate(g.names)]
+        )
+        won = res.winner
+        return res
+    finally:
+        # Every fresh vm but the winner's (also two that passed at once, and all of
+        # them when the race failed or the run was cancelled); idempotent on replay.
+        losers = [k for i, k in enumerate(g.vms) if g.fresh(i) and g.names[i] != won]
+        await destroy_vms(ctx, losers)
+
+
+__all__ = [
+    "AgentTask",
+    "AgentTaskCancelled",
+    "AgentTaskFailed",
+    "destroy_vms",
+    "parallel",
+    "race",
+    "run_agent",
+    "task_vm_key",
+]

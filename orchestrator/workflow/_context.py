@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from .._time import epoch, seconds
 from .._tx import Tx, current_tx
@@ -44,6 +44,7 @@ from ..storage.base import HistoryRecord
 
 if TYPE_CHECKING:
     from .._instance import ActorInstance
+    from ..dag.agent import AgentTask
     from ..runs import RunState
 
 T = TypeVar("T")
@@ -686,8 +687,15 @@ class WorkflowContext(ActorContext):
             bname: asyncio.ensure_future(self._run_branch(f"{path}/{bname}", fn))
             for bname, fn in fns.items()
         }
-        with self._run.waiting(None):
+        try:
+            with self._run.waiting(None):
+                await asyncio.wait(tasks.values())
+        except asyncio.CancelledError:
+            # Cancelled (the run is): the branches go too, after their clean-up.
+            for t in tasks.values():
+                t.cancel()
             await asyncio.wait(tasks.values())
+            raise
         errors = {b: t.exception() for b, t in tasks.items() if t.exception() is not None}
         if errors:
             first = next(iter(errors.values()))
@@ -717,9 +725,50 @@ class WorkflowContext(ActorContext):
         )
         return json.loads(output)
 
-    async def race(self, name: str, branches: Sequence[Any] | Mapping[str, Any]) -> RaceResult[Any]:
+    async def parallel(
+        self,
+        tasks: Sequence[AgentTask],
+        *,
+        max_concurrency: int | None = None,
+        fail_fast: bool = False,
+        name: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run agent tasks concurrently, each in its own vm (docs/workflows.md, "Agent
+        tasks in your own orchestrator"); their step results in order."""
+        from ..dag.agent import parallel
+
+        return await parallel(
+            self, tasks, max_concurrency=max_concurrency, fail_fast=fail_fast, name=name
+        )
+
+    @overload
+    async def race(
+        self, name: str, branches: Sequence[Any] | Mapping[str, Any], /
+    ) -> RaceResult[Any]: ...
+
+    @overload
+    async def race(
+        self, tasks: Sequence[AgentTask], /, *, name: str | None = None
+    ) -> RaceResult[dict[str, Any]]: ...
+
+    async def race(
+        self,
+        first: str | Sequence[AgentTask],
+        branches: Sequence[Any] | Mapping[str, Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+    ) -> RaceResult[Any]:
         """Run branches concurrently; the first to succeed wins and the rest are
-        cancelled. The winner is recorded, so replay returns the same result."""
+        cancelled. The winner is recorded, so replay returns the same result.
+        ``ctx.race([AgentTask, ...], name=None)`` races agent tasks (docs/workflows.md)."""
+        if not isinstance(first, str):
+            from ..dag.agent import race
+
+            return await race(self, first, name=name)
+        if branches is None:
+            raise InvalidRequest("ctx.race(name, branches): branches are missing", field="branches")
+        name = first
         path, rec = self._enter(name, "race")
         if rec is not None and rec.status == "completed":
             out = json.loads(rec.output or "{}")

@@ -4,6 +4,12 @@ user orchestrator served next to the vm actor (real Docker, real SQLite)."""
 
 from __future__ import annotations
 
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,13 +18,16 @@ from typing import Any
 import docker
 import pytest
 
-from host.app import HostSettings, build_registry, host_runtime
-from orchestrator import EngineConfig, Registry
+from host.sandbox.backend import LABEL_HOST
 from orchestrator.dag.agent import AgentTask, AgentTaskFailed, run_agent
+from tests.dag.agent_tasks_app import runtime
+from tests.support import eventually
 from tests.support.docker import docker_client, remove_host
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 pytestmark = pytest.mark.docker
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="session")
@@ -46,15 +55,8 @@ def fake_model() -> Iterator[FakeAnthropic]:
         yield fake
 
 
-def _runtime(tmp_path: Path, host_id: str, extra: dict[str, Any] | None = None) -> Any:
-    def registry(manager: Any) -> Registry:
-        return Registry({**build_registry(manager).actors, **(extra or {})})
-
-    return host_runtime(
-        EngineConfig(db=str(tmp_path / "host.db")),
-        HostSettings(host_id=host_id, warm_pool=0),
-        registry=registry,
-    )
+def _runtime(tmp_path: Path, host_id: str) -> Any:
+    return runtime(str(tmp_path / "host.db"), host_id)
 
 
 @pytest.fixture
@@ -117,3 +119,236 @@ async def test_run_agent_fails_on_a_failed_check_and_on_a_model_error(
             await run_agent(client, "one", AgentTask(prompt="model-breaks"), stopping=_never)
         assert info.value.metadata["stop_reason"] != "end_turn"
         assert info.value.metadata["check_exit_code"] is None
+
+
+async def _task_vms(client: Any) -> list[str]:
+    return sorted(i.key[0] for i in await client.vm.list() if i.key[0].startswith("task-"))
+
+
+def _containers(host_id: str) -> int:
+    client = docker.from_env()
+    try:
+        return len(client.containers.list(filters={"label": f"{LABEL_HOST}={host_id}"}))
+    finally:
+        client.close()
+
+
+async def test_parallel_runs_tasks_in_order_one_at_a_time_in_forked_vms(
+    images: None, tmp_path: Path, host_id: str, model_env: FakeAnthropic
+) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        model_env.script(Turn.text(f"answer {name}"), marker=f"task-{name}")
+    async with _runtime(tmp_path, host_id) as engine:
+        client = engine.client()
+        source = await client.vm.create("source")
+        await source.write_file("/home/user/seed.txt", b"seed\n")
+        await source.checkpoint("base")
+        tasks = [
+            {
+                "prompt": f"task-{name}",
+                "name": name,
+                "fork_from": "source@base",
+                "check": "grep -qx seed seed.txt",
+                "keep_vm": name == "gamma",
+            }
+            for name in ("alpha", "beta", "gamma")
+        ]
+        sent = await client.tasks.get_or_create("main").send(
+            "jobs",
+            {"kind": "parallel", "tasks": tasks, "max_concurrency": 1},
+            wait=True,
+            timeout=300,
+        )
+        assert sent.status == "completed", sent
+        results = sent.response
+        assert [r["text"] for r in results] == ["answer alpha", "answer beta", "answer gamma"]
+        assert all(r["status"] == "completed" for r in results)
+        assert all(r["check"] == {"exit_code": 0, "output": ""} for r in results)
+        # One after another: each started after the one before it had finished.
+        spans = sorted((r["started_at"], r["finished_at"]) for r in results)
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            assert end <= start
+        # Fresh vms are gone after their task, but the one with keep_vm.
+        assert await _task_vms(client) == [results[2]["vm"]]
+        assert len({r["vm"] for r in results}) == 3
+
+
+async def test_parallel_fail_fast_cancels_the_rest(
+    images: None, tmp_path: Path, host_id: str, model_env: FakeAnthropic
+) -> None:
+    model_env.script(Turn.text("nothing done"), marker="task-fails")
+    hang = model_env.gate()
+    for name in ("one", "two"):
+        model_env.script(Turn.text("never", wait_for=hang), marker=f"task-hangs-{name}")
+    async with _runtime(tmp_path, host_id) as engine:
+        client = engine.client()
+        tasks = [
+            {"prompt": "task-hangs-one", "name": "one"},
+            {"prompt": "task-fails", "name": "bad", "check": "false"},
+            {"prompt": "task-hangs-two", "name": "two"},
+        ]
+        sent = await client.tasks.get_or_create("main").send(
+            "jobs", {"kind": "parallel", "tasks": tasks, "fail_fast": True}, wait=True, timeout=300
+        )
+        assert sent.status == "completed", sent
+        one, bad, two = sent.response
+        assert bad["status"] == "failed"
+        assert bad["check"]["exit_code"] == 1
+        assert bad["error"]["code"] == "step_failed"
+        assert one["status"] == two["status"] == "cancelled"
+        assert await _task_vms(client) == []
+        assert _containers(host_id) == 0
+
+
+def _kill_9(proc: subprocess.Popen[bytes]) -> None:
+    """``kill -9`` of the host process and every process below it (nobody cleans up)."""
+    victims = [proc.pid, *_descendants(proc.pid)]
+    for pid in victims:
+        os.kill(pid, signal.SIGSTOP)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _descendants(pid: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents.setdefault(int(fields[1]), []).append(int(entry.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+async def test_race_first_to_pass_wins_losers_cancelled_and_replayed_after_kill_9(
+    images: None, tmp_path: Path, host_id: str, fake_model: FakeAnthropic
+) -> None:
+    """Three agents race: one ends first but fails its check, one passes, one hangs in
+    the model. The passing one wins, the hanging one is cancelled; only the winner's
+    vm is left. Then the host is killed with ``kill -9`` after the race was recorded;
+    the restarted host replays the run to the same winner without prompting again."""
+    win_gate, hang_gate = fake_model.gate(), fake_model.gate()
+    fake_model.script(Turn.text("gave up"), marker="racer-quitter")
+    fake_model.script(
+        Turn.tool("write", {"path": "/home/user/won.txt", "content": "yes\n"}, wait_for=win_gate),
+        Turn.text("finished"),
+        marker="racer-winner",
+    )
+    fake_model.script(Turn.text("still thinking", wait_for=hang_gate), marker="racer-slow")
+    check = "test -f /home/user/won.txt"
+    body = {
+        "kind": "race",
+        "tasks": [
+            {"prompt": "racer-quitter", "name": "quitter", "check": check},
+            {"prompt": "racer-winner", "name": "winner", "check": check},
+            {"prompt": "racer-slow", "name": "slow", "check": check},
+        ],
+        "announce": str(tmp_path / "race.json"),
+        "gate": str(tmp_path / "gate"),
+    }
+    db, run_file = str(tmp_path / "host.db"), tmp_path / "run_id"
+    env = {
+        **os.environ,
+        "ANTHROPIC_BASE_URL": fake_model.url,
+        "ANTHROPIC_API_KEY": "sk-ant-agent-tasks-test",
+    }
+    proc = _start_host(db, host_id, body, run_file, env)
+    try:
+        # The quitter's turn ends first (its check fails); then the winner may go on.
+        await eventually(
+            lambda: _async(lambda: len(fake_model.message_requests())),
+            lambda n: n >= 3,
+            timeout=180,
+            interval=0.1,
+            what="the three agents prompted",
+        )
+        await eventually(
+            lambda: _async(lambda: _quitter_failed(db)),
+            timeout=180,
+            interval=0.1,
+            what="the quitter's failed step",
+        )
+        win_gate.set()
+        announced = tmp_path / "race.json"
+        await eventually(
+            lambda: _async(announced.exists), timeout=180, interval=0.1, what="the race's end"
+        )
+        raced = json.loads(announced.read_text())
+        assert raced["winner"] == "winner"
+        value = raced["value"]
+        assert value["text"] == "finished" and value["check"]["exit_code"] == 0
+        assert value["candidates"] == {
+            "quitter": {"status": "failed", "error": value["candidates"]["quitter"]["error"]},
+            "winner": {"status": "completed"},
+            "slow": {"status": "cancelled"},
+        }
+        assert value["candidates"]["quitter"]["error"]["metadata"]["check_exit_code"] == 1
+        # Only the winner's container is left (the losers' vms were destroyed).
+        await eventually(
+            lambda: _async(lambda: _containers(host_id)), lambda n: n == 1, timeout=60, what="vms"
+        )
+        prompts = len(fake_model.message_requests())
+        _kill_9(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    (tmp_path / "gate").write_text("open")
+    run_id = int(run_file.read_text())
+    async with runtime(db, host_id) as engine:
+        client = engine.client()
+        tasks = client.tasks.get("main")
+        detail = await eventually(
+            lambda: tasks.run(run_id),
+            lambda d: d.status in ("completed", "failed"),
+            timeout=180,
+            interval=0.1,
+            what="the replayed run",
+        )
+        assert detail.status == "completed", detail.error
+        assert detail.result["winner"] == "winner"
+        assert detail.result["value"]["vm"] == value["vm"]
+        assert await _task_vms(client) == [value["vm"]]
+    # The replay prompted no agent again.
+    assert len(fake_model.message_requests()) == prompts
+
+
+def _start_host(
+    db: str, host_id: str, body: dict[str, Any], run_file: Path, env: dict[str, str]
+) -> subprocess.Popen[bytes]:
+    """The host with the test orchestrator in its own process, sending ``body``."""
+    args = [db, host_id, json.dumps(body), str(run_file)]
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.dag.agent_tasks_app", *args],
+        cwd=ROOT,
+        env=env,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def _async(fn: Any) -> Any:
+    return fn()
+
+
+def _quitter_failed(db: str) -> bool:
+    """The quitter's step is recorded as failed (read from the database directly)."""
+    import sqlite3
+
+    con = sqlite3.connect(db, timeout=5)
+    try:
+        rows = con.execute(
+            "SELECT status FROM workflow_history WHERE path LIKE '%/quitter/agent'"
+        ).fetchall()
+    except sqlite3.OperationalError:
+        return False
+    finally:
+        con.close()
+    return any(r[0] == "failed" for r in rows)
