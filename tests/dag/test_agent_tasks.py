@@ -352,3 +352,31 @@ def _quitter_failed(db: str) -> bool:
     finally:
         con.close()
     return any(r[0] == "failed" for r in rows)
+
+
+async def test_cancelling_the_run_cancels_the_prompts_and_destroys_the_task_vms(
+    images: None, tmp_path: Path, host_id: str, model_env: FakeAnthropic
+) -> None:
+    hang = model_env.gate()
+    for name in ("one", "two"):
+        model_env.script(Turn.text("never", wait_for=hang), marker=f"task-stuck-{name}")
+    async with _runtime(tmp_path, host_id) as engine:
+        client = engine.client()
+        tasks = [{"prompt": f"task-stuck-{n}", "name": n} for n in ("one", "two")]
+        jobs = client.tasks.get_or_create("main")
+        sent = await jobs.send("jobs", {"kind": "parallel", "tasks": tasks})
+        assert sent.message_id is not None
+        await eventually(
+            lambda: _async(lambda: len(model_env.message_requests())),
+            lambda n: n >= 2,
+            timeout=180,
+            interval=0.1,
+            what="both agents prompting",
+        )
+        assert len(await _task_vms(client)) == 2
+        cancelled = await jobs.cancel_run(sent.message_id)
+        assert cancelled.status == "cancelled"
+        await eventually(lambda: _task_vms(client), lambda v: v == [], timeout=120, what="vms")
+        await eventually(
+            lambda: _async(lambda: _containers(host_id)), lambda n: n == 0, timeout=60, what="ps"
+        )
