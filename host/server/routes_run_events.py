@@ -7,6 +7,9 @@ then one ``event: runs`` per poll that saw a run created or changed
 (``{"runs": [changed], "full": false}``). A ``: ping`` comment keeps proxies from
 closing an idle stream. At most ``MAX_STREAMS`` streams are open at once (429
 beyond), so the polling cost is bounded; the console's runs page uses it.
+
+``GET /runs/queues``: the queues whose messages are runs, with the JSON Schema of
+their body, so a form (the console's "start a run") can be drawn from it.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from starlette.types import Receive, Scope, Send
 from orchestrator import Engine
 from orchestrator.errors import AgentVMError
 
-from .common import ERRORS, engine_of, reject_unknown_query
+from .common import ERRORS, engine_of, json_response, reject_unknown_query
 
 router = APIRouter(tags=["runs"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
@@ -125,6 +128,21 @@ async def _until_disconnect(receive: Receive) -> None:
 
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+
+
+@router.get("/runs/queues", summary="Queues whose messages are runs, with their body's schema")
+async def run_queues(request: Request) -> Response:
+    engine = engine_of(request)
+    found: list[dict[str, Any]] = []
+    for name, definition in sorted(engine.registry.actors.items()):
+        for queue, spec in sorted(definition.queues.items()):
+            if spec.run is None:
+                continue
+            schema = spec.body.model_json_schema() if spec.body is not None else None
+            found.append(
+                {"name": name, "queue": queue, "description": spec.description, "schema": schema}
+            )
+    return json_response({"queues": found})
 
 
 @router.get(

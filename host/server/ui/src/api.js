@@ -90,8 +90,9 @@ export function createApi({ base = "", onUnauthorized = null } = {}) {
   }
 
   // Server-sent events at `path`: onEvent(name, data) per event (data parsed as
-  // JSON when it is). Reconnects after a dropped stream; returns close().
-  function events(path, onEvent, { query, onOpen, onError } = {}) {
+  // JSON when it is). Reconnects after a dropped stream (waitForActor: also after
+  // a 404, for an actor named before it is created); returns close().
+  function events(path, onEvent, { query, onOpen, onError, waitForActor = false } = {}) {
     const ctrl = new AbortController();
     let closed = false;
     (async () => {
@@ -131,7 +132,9 @@ export function createApi({ base = "", onUnauthorized = null } = {}) {
         } catch (e) {
           if (closed) return;
           if (onError) onError(e);
-          if (e instanceof ApiError && e.status !== 429 && e.status < 500) return; // a caller mistake: do not hammer
+          // A caller mistake: do not hammer (but an actor named before it exists is awaited).
+          const awaited = e instanceof ApiError && e.status === 404 && waitForActor;
+          if (e instanceof ApiError && e.status !== 429 && e.status < 500 && !awaited) return;
         }
         if (closed) return;
         await new Promise((r) => setTimeout(r, delay));

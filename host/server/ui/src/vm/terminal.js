@@ -18,6 +18,16 @@ function wsUrl(vmKey, terminalId, cols, rows) {
   return `${scheme}//${location.host}/vms/${vmKey}/pty?${query}`;
 }
 
+/** A browser cannot put headers on a WebSocket: the token travels as a subprotocol
+ * (`agentvm.bearer.<base64url>`), which the server's auth middleware checks and
+ * strips; the server answers `agentvm`. */
+export function wsProtocols(token) {
+  if (!token) return undefined;
+  const b64 = btoa(String.fromCharCode(...new TextEncoder().encode(token)));
+  const url = b64.replaceAll("+", "-").replaceAll("/", "_").replace(/=+$/, "");
+  return ["agentvm", `agentvm.bearer.${url}`];
+}
+
 /** props: api, vmKey. */
 export default function Terminal({ api, vmKey }) {
   const box = useRef(null);
@@ -90,7 +100,7 @@ export default function Terminal({ api, vmKey }) {
         let attached = false;
         let ended = false; // an exit or a take-over was reported: say that, not "closed"
         let failure = null;
-        const protocols = api.wsProtocols ? api.wsProtocols() : undefined;
+        const protocols = wsProtocols(api.token);
         ws = new WebSocket(wsUrl(vmKey, terminalId, term.cols, term.rows), protocols);
         ws.binaryType = "arraybuffer";
         ws.onmessage = (ev) => {

@@ -1,0 +1,146 @@
+"""Browser-test fixtures for the web console (docs/console.md).
+
+Debian's ``chromium`` driven by Playwright for Python (never a downloaded browser),
+against a live ``agentvm serve`` in a subprocess: ``console_server`` with the test
+registry (no Docker), ``console_host`` with the real host (vm actor, built-in
+orchestrators, real Docker, the fake model upstream). Every test using ``page``
+leaves a screenshot in ``tests/ui/screenshots/<test>.png`` (git-ignored).
+U5's tests import from here: ``from .conftest import ...``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+
+from tests.e2e.conftest import HOST_KEY, buggy_repo, e2e_images, fake_model  # noqa: F401
+from tests.server.live import LiveServer, start_server
+from tests.support.docker import remove_host
+from tests.support.fake_anthropic import FakeAnthropic
+
+ROOT = Path(__file__).resolve().parents[2]
+SCREENSHOTS = Path(__file__).resolve().parent / "screenshots"
+TOKEN = "console-test-token-3f9a1c"
+# Longest a browser-side expectation waits (a deadline, not a sleep).
+UI_TIMEOUT_MS = 60_000
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if CHROMIUM is not None:
+        return
+    skip = pytest.mark.skip(reason="chromium is not installed (./scripts/setup installs it)")
+    for item in items:
+        if item.path.is_relative_to(Path(__file__).parent):
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def console_assets() -> None:
+    """The vendored assets (``scripts/build-ui``; a no-op when up to date)."""
+    proc = subprocess.run(
+        [str(ROOT / "scripts" / "build-ui")], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, f"scripts/build-ui failed:\n{proc.stderr}"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh browser context (empty local storage) and page; screenshot at the end.
+
+    Errors the page's scripts throw fail the test (``page.errors`` lists them)."""
+    context = browser.new_context(viewport={"width": 1360, "height": 900})
+    context.set_default_timeout(UI_TIMEOUT_MS)
+    pg = context.new_page()
+    errors: list[str] = []
+    pg.on("pageerror", lambda exc: errors.append(str(exc)))
+    pg.errors = errors
+    yield pg
+    SCREENSHOTS.mkdir(exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name)
+    try:
+        pg.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+    finally:
+        context.close()
+    assert not errors, f"errors thrown in the page: {errors}"
+
+
+def give_token(pg: Any, token: str = TOKEN) -> None:
+    """Answer the console's token dialog."""
+    pg.locator("#token-input").fill(token)
+    pg.locator("#token-form button[type=submit]").click()
+    pg.locator("#token-form").wait_for(state="detached")
+
+
+def first_paint_ms(pg: Any) -> float:
+    """``first-contentful-paint`` of the page, from the browser's performance entries."""
+    entries = pg.evaluate("performance.getEntriesByType('paint').map(e => [e.name, e.startTime])")
+    found = dict(entries)
+    return float(found.get("first-contentful-paint", found.get("first-paint", -1.0)))
+
+
+@pytest.fixture
+def console_server(console_assets: None, tmp_path: Path) -> Iterator[LiveServer]:
+    """A live server with the test registry (``runner`` run queues; no Docker) and
+    a token."""
+    server = start_server(tmp_path / "console.db", token=TOKEN)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def console_host(
+    console_assets: None,
+    e2e_images: None,  # noqa: F811
+    tmp_path: Path,
+    fake_model: FakeAnthropic,  # noqa: F811
+) -> Iterator[Callable[..., LiveServer]]:
+    """``start(**settings)`` → the real host (vm actor, built-in orchestrators, real
+    Docker sandboxes, the fake model upstream) with a token; its containers are
+    removed after the test."""
+    host_id = f"ui-{uuid.uuid4().hex[:8]}"
+    servers: list[LiveServer] = []
+    env = {
+        "AGENTVM_HOST_ID": host_id,
+        "AGENTVM_WARM_POOL": "0",
+        "AGENTVM_REPO_ROOTS": "",
+        "ANTHROPIC_BASE_URL": fake_model.url,
+        "ANTHROPIC_API_KEY": HOST_KEY,
+    }
+
+    def start(**settings: str) -> LiveServer:
+        server = start_server(
+            tmp_path / "host.db",
+            token=TOKEN,
+            env={**env, **settings},
+            registry=None,
+            deadline_s=120,
+        )
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.stop()
+    client = docker.from_env()
+    remove_host(client, host_id)
+    client.close()
