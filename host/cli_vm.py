@@ -271,3 +271,6 @@ def vm_checkpoints(
     for e in entries:
         table.add_row(e["name"], str(e["created_at"]), str(e["size"]), e["sha256"][:16])
     out.print(table)
+
+
+from . import cli_ports  # noqa: E402, F401  (registers `vm ports` and `vm open`)

@@ -142,6 +142,8 @@ OPERATION_IDS = {
     "actor_runs": "list_actor_runs",
     "schema": "workflow_schema",
     "validate": "validate_workflow",
+    "ports": "list_ports",
+    "watch": "watch_files",
 }
 
 
@@ -151,6 +153,16 @@ def operation_id(route: APIRoute) -> str:
     name = route.name.rstrip("_")
     module = getattr(route.endpoint, "__module__", "").rpartition(".")[2]
     return OPERATION_IDS.get(f"{module}.{name}") or OPERATION_IDS.get(name, name)
+
+
+def _per_method_ids(schema: dict[str, Any]) -> None:
+    """A route serving several methods (a proxy) has one id: give each method its own
+    (``preview_get``, ``preview_post``) so ids stay unique."""
+    for item in schema.get("paths", {}).values():
+        ids = [op.get("operationId") for op in item.values() if isinstance(op, dict)]
+        for method, op in item.items():
+            if isinstance(op, dict) and ids.count(op.get("operationId")) > 1:
+                op["operationId"] = f"{op['operationId']}_{method}"
 
 
 def _add_bench_routes(app: FastAPI) -> None:
@@ -182,6 +194,7 @@ def _override_openapi(app: FastAPI) -> None:
             for op in item.values():
                 responses = op.get("responses", {})
                 responses.pop("422", None)
+        _per_method_ids(schema)
         if app.state.settings.token:
             components_root = schema["components"]
             components_root["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}

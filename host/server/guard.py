@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
 from .middleware import send_json
+from .preview import is_preview_path, referer
 
 # Bodies that are raw bytes, not JSON: (method, path prefix).
 RAW_BODY_ROUTES: tuple[tuple[str, str], ...] = (("PUT", "/vms/"), ("POST", "/blobs"))
@@ -128,6 +129,10 @@ class BrowserGuardMiddleware:
                 "domain name, e.g. by DNS rebinding, is refused)",
                 {"header": "host", "host": host[0]},
             )
+        if is_preview_path(str(scope.get("path", ""))):
+            ref = referer(scope.get("headers", ()))
+            if ref is not None and self._origin_ok(scope, ref, host):
+                return None  # a preview's own request from its opaque origin (preview.py)
         origin = _header(scope, b"origin")
         if origin is not None:
             text = origin.decode("latin-1")
@@ -225,7 +230,9 @@ class JsonBodyMiddleware:
             await self.app(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if any(method == m and path.startswith(p) for m, p in RAW_BODY_ROUTES):
+        if any(method == m and path.startswith(p) for m, p in RAW_BODY_ROUTES) or (
+            is_preview_path(path)  # any body: the sandbox's server reads it
+        ):
             await self.app(scope, receive, send)
             return
         ctype = _header(scope, b"content-type")

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.metrics import REGISTRY
 
 from .errors import error_body
+from .preview import is_preview_path
 
 log = logging.getLogger("agentvm.server")
 
@@ -116,6 +117,7 @@ class BodyLimitMiddleware:
             await self.app(scope, receive, send)
             return
         upload = scope["method"] == "PUT" and scope["path"].startswith("/vms/")
+        upload = upload or is_preview_path(scope["path"])  # streamed to the sandbox
         limit = self.max_upload if upload else self.max_body
         for name, value in scope.get("headers", ()):
             if name == b"content-length":

@@ -61,6 +61,16 @@ class ServerSettings(BaseSettings):
         le=3600,
         description="how long the final error to a dropped subscriber may take to write",
     )
+    preview_connect_timeout_s: float = Field(
+        5.0, gt=0, le=60, description="preview proxy: deadline to connect to a sandbox port"
+    )
+    preview_idle_timeout_s: float = Field(
+        60.0,
+        gt=0,
+        le=3600,
+        description="preview proxy: a request or WebSocket whose sandbox port sends and takes "
+        "nothing for this long is closed",
+    )
 
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
     @classmethod

@@ -75,3 +75,19 @@ def test_well_known_ids_are_stable(spec: dict[str, Any]) -> None:
     found = {(m, p): op["operationId"] for m, p, op in _operations(spec)}
     wrong = {k: (found.get(k), v) for k, v in WELL_KNOWN.items() if found.get(k) != v}
     assert not wrong, f"(found, expected) operationIds: {wrong}"
+
+
+def test_a_multi_method_route_gets_an_id_per_method() -> None:
+    """A proxy route serving several methods (one endpoint) still has unique ids."""
+    app = create_app(Engine(Registry({})), token="")
+
+    @app.api_route("/_test/proxy/{path:path}", methods=["GET", "POST", "DELETE"])
+    async def proxy_things(path: str) -> dict[str, str]:
+        return {"path": path}
+
+    item = app.openapi()["paths"]["/_test/proxy/{path}"]
+    assert {m: op["operationId"] for m, op in item.items()} == {
+        "get": "proxy_things_get",
+        "post": "proxy_things_post",
+        "delete": "proxy_things_delete",
+    }

@@ -1,0 +1,288 @@
+"""Preview URLs (host/server/routes_ports.py, supervisor ops_ports.py): a live real
+host in a subprocess (vm actor on Docker), HTTP and WebSocket servers started inside
+the sandbox, requests through ``/vms/{key}/ports/{port}/...`` with the token."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import httpx
+import pytest
+from websockets.sync.client import connect as ws_connect
+
+from tests.server.live import LiveServer, agentvm, start_server
+from tests.support.docker import remove_host
+
+from .conftest import HOST_ID
+
+pytestmark = pytest.mark.docker
+
+TOKEN = "preview-test-token"
+KEY = "pv"
+# A tiny server inside the sandbox: echoes headers and bodies, redirects, sets a
+# cookie, and speaks WebSocket (stdlib only: the image has python3, nothing else).
+SERVER = r"""
+import base64, hashlib, json, struct, sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status, body, ctype="application/json", extra=()):
+        self.send_response(status)
+        self.send_header("Content-Type", ctype)
+        self.send_header("Content-Length", str(len(body)))
+        for k, v in extra:
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path.startswith("/headers"):
+            body = json.dumps({"path": self.path, "headers": dict(self.headers)}).encode()
+            self.reply(200, body)
+        elif self.path == "/redirect":
+            self.reply(302, b"", extra=[("Location", "/target?x=1")])
+        elif self.path == "/cookie":
+            self.reply(200, b"ok", "text/plain", [("Set-Cookie", "s=1; Path=/; Domain=evil")])
+        elif self.path == "/page":
+            page = b"<script>fetch('/vms/pv/files/etc/passwd')</script>"
+            self.reply(200, page, "text/html")
+        elif self.path == "/ws":
+            self.websocket()
+        else:
+            self.reply(404, b"no")
+
+    def do_POST(self):
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            data = b""
+            while True:
+                size = int(self.rfile.readline().strip(), 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                data += self.rfile.read(size)
+                self.rfile.readline()
+        else:
+            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.reply(200, data, "application/octet-stream")
+
+    def websocket(self):
+        key = self.headers["Sec-WebSocket-Key"]
+        accept = base64.b64encode(hashlib.sha1((key + GUID).encode()).digest()).decode()
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept)
+        if "echo" in self.headers.get("Sec-WebSocket-Protocol", ""):
+            self.send_header("Sec-WebSocket-Protocol", "echo")
+        self.end_headers()
+        self.wfile.flush()
+        rf, wf = self.rfile, self.wfile
+        while True:
+            head = rf.read(2)
+            if len(head) < 2:
+                return
+            opcode, n = head[0] & 15, head[1] & 127
+            if n == 126:
+                n = struct.unpack(">H", rf.read(2))[0]
+            elif n == 127:
+                n = struct.unpack(">Q", rf.read(8))[0]
+            mask = rf.read(4)
+            data = bytes(b ^ mask[i % 4] for i, b in enumerate(rf.read(n)))
+            if opcode == 8:
+                wf.write(b"\x88\x02" + data[:2])
+                wf.flush()
+                return
+            reply = data[::-1] if opcode == 1 else data
+            size = len(reply)
+            if size < 126:
+                hdr = bytes([0x80 | opcode, size])
+            elif size < 65536:
+                hdr = bytes([0x80 | opcode, 126]) + struct.pack(">H", size)
+            else:
+                hdr = bytes([0x80 | opcode, 127]) + struct.pack(">Q", size)
+            wf.write(hdr + reply)
+            wf.flush()
+
+    def log_message(self, *args):
+        pass
+
+
+ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+"""
+
+
+@pytest.fixture
+def live(image: str, tmp_path: Path) -> Iterator[LiveServer]:
+    """The real host with a token; its containers removed after."""
+    host_id = f"{HOST_ID}-pv"
+    env = {"AGENTVM_HOST_ID": host_id, "AGENTVM_WARM_POOL": "0"}
+    server = start_server(tmp_path / "host.db", token=TOKEN, env=env, registry=None, deadline_s=120)
+    yield server
+    server.stop()
+    client = docker.from_env()
+    remove_host(client, host_id)
+    client.close()
+
+
+def _act(http: httpx.Client, action: str, *args: Any) -> Any:
+    res = http.post(f"/actors/vm/{KEY}/actions/{action}", json={"args": list(args)})
+    assert res.status_code == 200, res.text
+    return res.json()["output"]
+
+
+def _wait_ports(http: httpx.Client, wanted: set[int]) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + 60
+    while True:
+        listed: list[dict[str, Any]] = _act(http, "list_ports")
+        if wanted <= {p["port"] for p in listed}:
+            return listed
+        assert time.monotonic() < deadline, f"ports {wanted} never listened: {listed}"
+        time.sleep(0.1)
+
+
+def test_preview_proxy(live: LiveServer) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=live.url, headers=auth, timeout=120) as http:
+        _act(http, "write_files", {"site/hello.txt": "hi", "srv.py": SERVER})
+        _act(http, "spawn", "python3 -m http.server 8000", {"cwd": "/home/user/site"})
+        _act(http, "spawn", ["python3", "/home/user/srv.py", "8001"])
+        listed = _wait_ports(http, {8000, 8001})
+        entry = next(p for p in listed if p["port"] == 8000)
+        assert entry["address"] == "0.0.0.0" and entry["process"] == "python3", entry
+        assert isinstance(entry["pid"], int)
+        # The supervisor's own loopback forwarder (the LLM gateway) is not listed.
+        assert 4141 not in {p["port"] for p in listed}
+        routed = http.get(f"/vms/{KEY}/ports").json()["ports"]
+        assert {"port": 8000, "preview": f"/vms/{KEY}/ports/8000/"}.items() <= next(
+            p for p in routed if p["port"] == 8000
+        ).items()
+
+        # The directory listing of python's http.server, through the proxy.
+        page = http.get(f"/vms/{KEY}/ports/8000/")
+        assert page.status_code == 200, page.text
+        assert "hello.txt" in page.text
+        csp = page.headers["content-security-policy"]
+        assert csp.startswith("sandbox ") and "allow-same-origin" not in csp
+        assert http.get(f"/vms/{KEY}/ports/8000/hello.txt").text == "hi"
+        root = http.get(f"/vms/{KEY}/ports/8000", follow_redirects=False)
+        assert root.status_code == 308 and root.headers["location"] == f"/vms/{KEY}/ports/8000/"
+
+        # What the sandbox's server sees: never the agentvm token; forwarded headers.
+        seen = http.get(f"/vms/{KEY}/ports/8001/headers?a=%2F1", headers={"X-Mine": "1"}).json()
+        names = {k.lower(): v for k, v in seen["headers"].items()}
+        assert seen["path"] == "/headers?a=%2F1"
+        assert "authorization" not in names and names["x-mine"] == "1"
+        assert names["host"] == "localhost:8001"
+        assert names["x-forwarded-prefix"] == f"/vms/{KEY}/ports/8001"
+        assert names["x-forwarded-host"] == live.url.split("://")[1]
+
+        # Request bodies stream in and answers stream out (past the 4 MiB window).
+        body = os.urandom(6 * 1024 * 1024)
+        echoed = http.post(f"/vms/{KEY}/ports/8001/echo", content=body)
+        assert echoed.status_code == 200 and echoed.content == body
+
+        def chunks() -> Iterator[bytes]:
+            yield b"part one, "
+            yield b"part two"
+
+        streamed = http.post(f"/vms/{KEY}/ports/8001/echo", content=chunks())
+        assert streamed.content == b"part one, part two"
+
+        # Redirects and cookies stay under the preview prefix.
+        moved = http.get(f"/vms/{KEY}/ports/8001/redirect", follow_redirects=False)
+        assert moved.headers["location"] == f"/vms/{KEY}/ports/8001/target?x=1"
+        cookie = http.get(f"/vms/{KEY}/ports/8001/cookie").headers["set-cookie"]
+        assert cookie == f"s=1; Path=/vms/{KEY}/ports/8001/"
+
+        # Nothing listens: a clear 502 JSON error; a bad port: 400 naming the field.
+        closed = http.get(f"/vms/{KEY}/ports/8999/")
+        assert closed.status_code == 502, closed.text
+        assert closed.json()["error"]["code"] == "port_unavailable"
+        assert closed.json()["error"]["metadata"]["port"] == 8999
+        bad = http.get(f"/vms/{KEY}/ports/http/")
+        assert bad.status_code == 400 and bad.json()["error"]["metadata"]["field"] == "port"
+        unknown = httpx.get(f"{live.url}/vms/nope/ports/8000/", headers=auth)
+        assert unknown.status_code == 404, unknown.text
+
+        # WebSocket through the proxy: subprotocol, text and binary, a big message.
+        url = live.url.replace("http://", "ws://") + f"/vms/{KEY}/ports/8001/ws"
+        with ws_connect(url, additional_headers=auth, subprotocols=["echo"]) as ws:  # type: ignore[list-item]
+            assert ws.subprotocol == "echo"
+            ws.send("hello")
+            assert ws.recv(timeout=30) == "olleh"
+            blob = os.urandom(300_000)
+            ws.send(blob)
+            assert ws.recv(timeout=30) == blob
+
+
+def test_a_preview_cannot_use_the_api(live: LiveServer) -> None:
+    """The attacker's page inside the sandbox, rendered by the user's browser."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=live.url, headers=auth, timeout=120) as http:
+        _act(http, "write_file", "srv.py", SERVER)
+        _act(http, "spawn", ["python3", "/home/user/srv.py", "8001"])
+        _wait_ports(http, {8001})
+        page = http.get(f"/vms/{KEY}/ports/8001/page")
+        assert page.status_code == 200
+        # The browser runs it in an opaque origin: no access to the console's
+        # storage (the token), and its requests say "null" / cross-site.
+        csp = page.headers["content-security-policy"]
+        assert "sandbox" in csp and "allow-same-origin" not in csp
+        assert page.headers["x-content-type-options"] == "nosniff"
+
+        own = live.url + "/"
+        from_preview = {"Origin": "null", "Sec-Fetch-Site": "cross-site", "Referer": own}
+        # Its fetch of the API (it cannot know the token; even with it: refused).
+        no_token = httpx.get(f"{live.url}/vms/{KEY}/files/etc/passwd", headers=from_preview)
+        assert no_token.status_code in (401, 403)
+        with_token = http.get(f"/vms/{KEY}/files/etc/passwd", headers=from_preview)
+        assert with_token.status_code == 403, with_token.text
+        assert with_token.json()["error"]["code"] == "cross_origin"
+        action = http.post(
+            f"/actors/vm/{KEY}/actions/exec",
+            json={"args": ["id"]},
+            headers={"Sec-Fetch-Site": "cross-site", "Referer": own},
+        )
+        assert action.status_code == 403
+        # The API never takes a cookie instead of the bearer token.
+        cookie = httpx.get(
+            f"{live.url}/actors/vm/{KEY}/state", headers={"Cookie": f"token={TOKEN}"}
+        )
+        assert cookie.status_code == 401
+        # The preview's own sub-requests (cross-site from its opaque origin, with the
+        # server's origin as Referer) are served; another site's are refused.
+        sub = {"Sec-Fetch-Site": "cross-site", "Referer": own + f"vms/{KEY}/ports/8001/page"}
+        assert http.get(f"/vms/{KEY}/ports/8001/headers", headers=sub).status_code == 200
+        evil = {"Sec-Fetch-Site": "cross-site", "Referer": "http://evil.example/"}
+        assert http.get(f"/vms/{KEY}/ports/8001/headers", headers=evil).status_code == 403
+        evil_origin = {"Origin": "http://evil.example", "Referer": "http://evil.example/"}
+        assert http.post(f"/vms/{KEY}/ports/8001/echo", headers=evil_origin).status_code == 403
+
+
+def test_cli_ports_and_open(live: LiveServer) -> None:
+    env = {"AGENTVM_URL": live.url, "AGENTVM_TOKEN": TOKEN}
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=live.url, headers=auth, timeout=120) as http:
+        _act(http, "spawn", "python3 -m http.server 8000", {"cwd": "/tmp"})
+        _wait_ports(http, {8000})
+    listed = agentvm("vm", "ports", KEY, "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    ports = json.loads(listed.stdout)
+    assert [p["url"] for p in ports if p["port"] == 8000] == [f"{live.url}/vms/{KEY}/ports/8000/"]
+    opened = agentvm("vm", "open", KEY, "8000", env=env)
+    assert opened.returncode == 0, opened.stderr
+    assert opened.stdout.decode().strip() == f"{live.url}/vms/{KEY}/ports/8000/"
+    warned = agentvm("vm", "open", KEY, "9000", env=env)
+    assert warned.returncode == 0 and b"nothing listens on port 9000" in warned.stderr
+    assert warned.stdout.decode().strip().endswith("/ports/9000/")
