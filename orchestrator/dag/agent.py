@@ -213,7 +213,7 @@ async def run_agent(
                 check_output=None,
                 cause=exc.to_dict(),
             ) from exc
-        stop_reason = str(reply.get("stop_reason"))
+        stop_reason = str(reply.get("stop_reason"))[:64]
         if stop_reason not in OK_STOP_REASONS:
             raise failed(
                 f"the agent's turn ended with {stop_reason!r}",
@@ -238,7 +238,7 @@ async def run_agent(
         "status": "completed",
         "text": text[:MAX_TEXT],
         "tool_calls": calls,
-        "usage": reply.get("usage"),
+        "usage": _usage(reply.get("usage")),
         "stop_reason": stop_reason,
         "started_at": started,
         "finished_at": finished,
@@ -253,6 +253,20 @@ async def run_agent(
     if calls_cut:
         result["tool_calls_truncated"] = True
     return result
+
+
+def _usage(value: Any) -> dict[str, Any] | None:
+    """The turn's token counts as the agent reported them: numbers only, a few keys
+    (the agent is untrusted; its answer must not grow the step result)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(k, str) and isinstance(v, int | float) and not isinstance(v, bool):
+            out[k[:64]] = v
+            if len(out) >= 32:
+                break
+    return out
 
 
 async def _run_check(vm: ActorHandle, task: AgentTask) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from orchestrator.dag.agent import AgentTask, AgentTaskFailed, run_agent
 from tests.dag.agent_tasks_app import runtime
 from tests.support import eventually
 from tests.support.docker import docker_client, remove_host
-from tests.support.fake_anthropic import FakeAnthropic, Turn
+from tests.support.fake_anthropic import FakeAnthropic, Turn, tool_use
 
 pytestmark = pytest.mark.docker
 
@@ -119,6 +119,33 @@ async def test_run_agent_fails_on_a_failed_check_and_on_a_model_error(
             await run_agent(client, "one", AgentTask(prompt="model-breaks"), stopping=_never)
         assert info.value.metadata["stop_reason"] != "end_turn"
         assert info.value.metadata["check_exit_code"] is None
+
+
+async def test_run_agent_keeps_a_bounded_part_of_a_flooding_agent(
+    images: None, tmp_path: Path, host_id: str, model_env: FakeAnthropic
+) -> None:
+    """The agent (here driven by the model) answers with more than a step result may
+    hold: 210 tool calls, one with a 20 KB input, and a 300 KB text."""
+    big = "x" * 20_000
+    calls = [
+        tool_use("write", {"path": f"/home/user/f{i}.txt", "content": "1"}) for i in range(209)
+    ]
+    model_env.script(
+        Turn.tools(tool_use("write", {"path": "/home/user/big.txt", "content": big}), *calls),
+        Turn.text("y" * 300_000),
+        marker="flood-the-host",
+    )
+    async with _runtime(tmp_path, host_id) as engine:
+        client = engine.client()
+        await client.vm.create("one")
+        result = await run_agent(client, "one", AgentTask(prompt="flood-the-host"), stopping=_never)
+        assert result["text_truncated"] is True
+        assert len(result["text"]) == 256 * 1024
+        assert result["tool_calls_truncated"] is True
+        assert len(result["tool_calls"]) == 200
+        first = result["tool_calls"][0]["input"]
+        assert isinstance(first, str) and len(first) < 4 * 1024 + 100
+        assert len(json.dumps(result)) < 256 * 1024 + 200 * 4 * 1024
 
 
 async def _task_vms(client: Any) -> list[str]:
