@@ -534,6 +534,7 @@ async def _until_disconnect(receive: Receive) -> None:
     "/vms/{key}/watch",
     summary="Server-sent file changes under a path of a sandbox",
     response_class=WatchStream,
+    status_code=200,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
 async def watch(
