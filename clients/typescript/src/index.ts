@@ -172,6 +172,18 @@ export class Transport {
     return (text === "" ? null : fromWire(JSON.parse(text))) as T;
   }
 
+  /** Any server-sent events route as an {@link EventStream} (resolves once it answered). */
+  async events<P = unknown>(
+    path: string,
+    opts: { query?: RequestOptions["query"]; signal?: AbortSignal } = {},
+  ): Promise<EventStream<P>> {
+    const abort = new AbortController();
+    opts.signal?.addEventListener("abort", () => abort.abort(), { once: true });
+    const resp = await this.fetch("GET", path, { query: opts.query, signal: abort.signal });
+    if (resp.body === null) throw new TypeError(`${path}: the events response has no body`);
+    return new EventStream<P>(resp.body, abort);
+  }
+
   /** A raw download. */
   async bytes(method: string, path: string, opts: RequestOptions = {}): Promise<Uint8Array> {
     const resp = await this.fetch(method, path, opts);
@@ -294,13 +306,9 @@ export class ActorHandle<A extends ActorShape = ActorShape> {
     options: { signal?: AbortSignal } = {},
   ): Promise<EventStream<EventsOf<A>[E]>> {
     await this.ready();
-    const abort = new AbortController();
-    options.signal?.addEventListener("abort", () => abort.abort(), { once: true });
     const query: Record<string, string> = { ...this.query };
     if (names && names.length > 0) query.events = names.join(",");
-    const resp = await this.t.fetch("GET", `${this.path}/events`, { query, signal: abort.signal });
-    if (resp.body === null) throw new TypeError("the events response has no body");
-    return new EventStream(resp.body, abort);
+    return this.t.events<EventsOf<A>[E]>(`${this.path}/events`, { query, signal: options.signal });
   }
 
   // runs (per-message workflows of run queues)
@@ -563,6 +571,14 @@ export class Client<R extends RegistryShape = RegistryShape> {
     delete: (blobId: string): Promise<{ deleted: string }> =>
       this.transport.json("DELETE", `/blobs/${encodeURIComponent(blobId)}`),
   };
+
+  /** Any server-sent events route: `client.stream("/runs/events")`. */
+  stream<P = unknown>(
+    path: string,
+    options: { query?: RequestOptions["query"]; signal?: AbortSignal } = {},
+  ): Promise<EventStream<P>> {
+    return this.transport.events<P>(path, options);
+  }
 
   /** Any route, with `$bytes` handled: `client.request("GET", "/sessions/stats")`. */
   request<T = unknown>(method: string, path: string, options: RequestOptions = {}): Promise<T> {

@@ -90,6 +90,13 @@ for await (const e of stream2) {
   assert.deepEqual(e.payload, { raw: new Uint8Array([1, 2, 3]) });
   break;
 }
+// Any SSE route through client.stream (here the actor's, filtered by query).
+const raw = await client.stream(`${counter.path}/events`, { query: { events: "changed" } });
+await counter.call("announce", "ignored", null);
+await counter.call("increment", 1);
+const third = await raw.next();
+assert.deepEqual(third.value, { event: "changed", payload: { count: 9 } });
+raw.close();
 check("SSE events");
 
 // A 4xx surfaces as a typed error naming the field.
