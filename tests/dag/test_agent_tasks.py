@@ -407,3 +407,42 @@ async def test_cancelling_the_run_cancels_the_prompts_and_destroys_the_task_vms(
         await eventually(
             lambda: _async(lambda: _containers(host_id)), lambda n: n == 0, timeout=60, what="ps"
         )
+
+
+async def test_a_host_stopping_keeps_the_task_vm_and_the_run_resumes_after_restart(
+    images: None, tmp_path: Path, host_id: str, model_env: FakeAnthropic
+) -> None:
+    """Stopping the host mid-task is not a cancel: the task's vm is left alone, and
+    after the restart the run goes on (the interrupted attempt runs again)."""
+    hang = model_env.gate()
+    model_env.script(Turn.text("interrupted", wait_for=hang), Turn.text("done"), marker="task-long")
+    body = {"kind": "parallel", "tasks": [{"prompt": "task-long", "name": "long"}]}
+    async with _runtime(tmp_path, host_id) as engine:
+        client = engine.client()
+        sent = await client.tasks.get_or_create("main").send("jobs", body)
+        run_id = sent.message_id
+        assert run_id is not None
+        await eventually(
+            lambda: _async(lambda: len(model_env.message_requests())),
+            lambda n: n >= 1,
+            timeout=180,
+            interval=0.1,
+            what="the agent prompting",
+        )
+        [vm] = await _task_vms(client)
+    # The host stopped: the task's vm was not destroyed.
+    assert _containers(host_id) == 1
+    async with _runtime(tmp_path, host_id) as engine:
+        client = engine.client()
+        detail = await eventually(
+            lambda: client.tasks.get("main").run(run_id),
+            lambda d: d.status in ("completed", "failed"),
+            timeout=240,
+            interval=0.2,
+            what="the resumed run",
+        )
+        assert detail.status == "completed", detail.error
+        [result] = detail.result
+        assert result["status"] == "completed" and result["text"] == "done"
+        assert result["vm"] == vm
+        assert await _task_vms(client) == []
