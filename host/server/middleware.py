@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hmac
 import json
 import logging
@@ -47,6 +48,24 @@ async def send_json(
     await send({"type": f"{prefix}.response.body", "body": data})
 
 
+WS_TOKEN_PREFIX = "agentvm.bearer."
+WS_PROTOCOL = "agentvm"
+
+
+def _answer_protocol(scope: Scope, send: Send) -> Send:
+    """The browser fails a handshake whose answer names none of the offered
+    subprotocols: a route that accepts without one answers ``agentvm``."""
+    if WS_PROTOCOL not in scope.get("subprotocols", ()):
+        return send
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "websocket.accept" and not message.get("subprotocol"):
+            message = {**message, "subprotocol": WS_PROTOCOL}
+        await send(message)
+
+    return wrapped
+
+
 class BearerAuthMiddleware:
     """Every request but ``/healthz`` needs ``Authorization: Bearer <token>``.
 
@@ -63,6 +82,29 @@ class BearerAuthMiddleware:
                 return hmac.compare_digest(value, self.expected)
         return False
 
+    def _ws_protocol_token(self, scope: Scope) -> Scope | None:
+        """A browser cannot set headers on a WebSocket: the console offers the token
+        as the subprotocol ``agentvm.bearer.<base64url token>`` beside ``agentvm``
+        (as Kubernetes does). Right → the scope without it (the app, a preview proxy
+        included, never sees the token); absent or wrong → ``None``."""
+        if scope["type"] != "websocket":
+            return None
+        offered = [p for p in scope.get("subprotocols", ()) if isinstance(p, str)]
+        given = [p for p in offered if p.startswith(WS_TOKEN_PREFIX)]
+        if len(given) != 1:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(given[0][len(WS_TOKEN_PREFIX) :] + "==")
+        except ValueError:
+            return None
+        if not hmac.compare_digest(b"Bearer " + raw, self.expected):
+            return None
+        kept = [p for p in offered if p != given[0]]
+        headers = [(k, v) for k, v in scope.get("headers", ()) if k != b"sec-websocket-protocol"]
+        if kept:
+            headers.append((b"sec-websocket-protocol", ", ".join(kept).encode("latin-1")))
+        return {**scope, "subprotocols": kept, "headers": headers}
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         path = scope.get("path", "")
@@ -75,6 +117,10 @@ class BearerAuthMiddleware:
             return
         if self._authorized(scope):
             await self.app(scope, receive, send)
+            return
+        ws_scope = self._ws_protocol_token(scope)
+        if ws_scope is not None:
+            await self.app(ws_scope, receive, _answer_protocol(ws_scope, send))
             return
         if kind == "websocket":
             await receive()  # websocket.connect

@@ -146,6 +146,10 @@ export default function Terminal({ api, vmKey }) {
           setStatus(failure || (ev.reason ? `closed: ${ev.reason}` : "closed"));
         };
       };
+      // An API call first: it asks for the token when the server wants one (the
+      // WebSocket handshake cannot), and says so when the vm does not exist.
+      await api.raw("GET", `/actors/vm/${vmKey}`);
+      if (disposed) return;
       connect(sessionStorage.getItem(storageKey(vmKey)));
       term.focus();
     })().catch((err) => setStatus(`error: ${err.message || err}`));
