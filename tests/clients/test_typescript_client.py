@@ -4,6 +4,7 @@ SSE, typed 4xx errors)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.keys import encode_key_path
 from tests.server.live import LiveServer, start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,3 +88,21 @@ def test_wrong_token_is_a_typed_401(built: Path, live: LiveServer) -> None:
     out = _run(NODE, "--input-type=module", "-e", script, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "true 401 auth/unauthorized"
+
+
+def test_keys_sse_and_bytes_without_a_server(built: Path) -> None:
+    """Keys encode exactly as Python's encode_key_path; the SSE parser and the $bytes
+    codec hold on edge cases (chunks split inside characters, CRLF, 1 MiB)."""
+    keys = [
+        ["fix", "42"],
+        ["a,b"],
+        ["c/d", "e f"],
+        ["ünï"],
+        ["it's (x)*!~-_.", "%2C"],
+        ['?#&=+;:@$[]{}|\\^`"<>'],
+        ["日本", "🙂"],
+    ]
+    assert NODE is not None
+    out = _run(NODE, str(CLIENT / "test" / "unit.mjs"), json.dumps(keys), timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert json.loads(out.stdout)["keys"] == [encode_key_path(tuple(k)) for k in keys]
