@@ -15,7 +15,7 @@ import mimetypes
 import re
 from pathlib import Path
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 
 UI_ROOT = Path(__file__).resolve().parent / "ui"
@@ -91,14 +91,48 @@ async def ui_index() -> Response:
 
 
 @router.get("/ui/{path:path}")
-async def ui_file(path: str) -> Response:
+async def ui_file(request: Request, path: str) -> Response:
     target = _resolve(path)
     if target is None:
         return Response(
             b"not found", status_code=404, media_type="text/plain", headers=_headers(csp())
         )
     media = _TYPES.get(target.suffix) or mimetypes.guess_type(target.name)[0] or "text/plain"
-    return FileResponse(target, media_type=media, headers=_headers(csp()))
+    cached = _cache.get(target)
+    if cached is None:
+        return FileResponse(target, media_type=media, headers=_headers(csp()))
+    etag, body = cached
+    headers = {**_headers(csp()), "ETag": etag}
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers=headers)
+    return Response(body, media_type=media, headers=headers)
+
+
+class _FileCache:
+    """The served files' bytes in memory, re-read when their size or mtime changes:
+    the first paint must not wait on a thread pool for each of a dozen small files.
+    Only files up to ``MAX_CACHED`` bytes; the folders' content bounds the total."""
+
+    MAX_CACHED = 4 * 1024 * 1024
+
+    def __init__(self) -> None:
+        self.entries: dict[Path, tuple[tuple[int, int], str, bytes]] = {}
+
+    def get(self, target: Path) -> tuple[str, bytes] | None:
+        st = target.stat()
+        if st.st_size > self.MAX_CACHED:
+            return None
+        stamp = (st.st_mtime_ns, st.st_size)
+        entry = self.entries.get(target)
+        if entry is None or entry[0] != stamp:
+            body = target.read_bytes()
+            etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
+            entry = (stamp, etag, body)
+            self.entries[target] = entry
+        return entry[1], entry[2]
+
+
+_cache = _FileCache()
 
 
 def _resolve(path: str, root: Path = UI_ROOT) -> Path | None:

@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 
-from .conftest import TOKEN, first_paint_ms, give_token
+from .conftest import SCREENSHOTS, TOKEN, first_paint_ms, give_token
 
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
@@ -120,6 +120,8 @@ def test_runs_page_lists_runs_live_and_cancels_and_retries(console_server, page)
     assert page.locator("#runs-table tbody tr").count() == 1
     page.select_option("#filter-status", "")
 
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "runs_list.png"), full_page=True)
     row.locator("a").click()
     page.locator("#run-page[data-status=completed]").wait_for()
     page.locator(".tl-row[data-step=prepare][data-status=completed]").wait_for()
@@ -209,3 +211,28 @@ def test_fix_bug_from_the_form_live_to_completed_with_its_diff(
     assert got.value.suggested_filename.endswith(".patch")
     runs = httpx.get(f"{server.url}/runs", headers=AUTH).json()["runs"]
     assert [r["status"] for r in runs if r["queue"] == "fixBug"] == ["completed"]
+
+
+@pytest.mark.docker
+def test_a_new_fix_bug_appears_live_and_is_cancelled_while_the_agent_works(
+    console_host, fake_model: FakeAnthropic, buggy_repo: Path, page
+):
+    """The runs page is open; a fixBug sent over HTTP shows up without a reload and
+    goes running (the model's answer never comes); its cancel button ends it:
+    cancelled in the list and on the server."""
+    server = console_host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    never = fake_model.gate()
+    fake_model.script(
+        Turn.edit("calc.py", "return a - b", "return a + b", wait_for=never), marker="ui-cancel"
+    )
+    page.goto(f"{server.url}/ui/#/runs")
+    give_token(page)
+    page.locator("#no-runs").wait_for()
+    body = {"repo": str(buggy_repo), "issue": "ui-cancel: add", "test_command": "sh test_calc.sh"}
+    run_id = _send(server.url, "automator", "fixBug", body)
+    row = page.locator(f"tr[data-run='{run_id}'][data-name='automator']")
+    row.locator("[data-status=running]").wait_for(timeout=240_000)
+    fake_model.wait_for_requests(1, 240)  # the agent is mid-prompt
+    row.locator("button[data-action=cancel]").click()
+    row.locator("[data-status=cancelled]").wait_for(timeout=120_000)
+    assert _run(server.url, "automator", run_id)["status"] == "cancelled"

@@ -14,6 +14,7 @@ export function DiffView({ text }) {
 }
 
 function lineClass(l) {
+  if (l === "-- ") return ""; // a format-patch mbox's signature separator
   if (l.startsWith("+++") || l.startsWith("---") || l.startsWith("diff --git")) return "file";
   if (l.startsWith("@@")) return "hunk";
   if (l.startsWith("+")) return "add";
