@@ -159,14 +159,21 @@ def vm_put(
 def vm_shell(
     key: KeyArg,
     cwd: Annotated[str, typer.Option(help="starting directory")] = "/home/user",
+    terminal: Annotated[
+        str | None, typer.Option("--terminal", help="re-attach to this running terminal")
+    ] = None,
     url: UrlOpt = DEFAULT,
     token: TokenOpt = None,
 ) -> None:
-    """An interactive shell in a sandbox: each line runs through ``exec`` in the
-    current directory (``cd`` is remembered; ``exit`` or Ctrl-D leaves).
+    """An interactive shell in a sandbox. On a terminal: a real one (raw mode, a login
+    shell on a pty in the vm; it keeps running if you disconnect, ``--terminal ID``
+    re-attaches). Otherwise (stdin not a tty) each line runs through ``exec`` in the
+    current directory (``cd`` is remembered; ``exit`` or Ctrl-D leaves): shell
+    variables and background jobs do not carry over between lines."""
+    if sys.stdin.isatty() and sys.stdout.isatty():
+        from .cli_terminal import run_terminal
 
-    Each line is its own process: shell variables and background jobs do not
-    carry over between lines; the working directory does."""
+        raise typer.Exit(run_terminal(url, token, key, terminal=terminal, cwd=cwd))
 
     async def go(client: RemoteClient) -> None:
         handle = client[VM].get_or_create(parse_key(key))
