@@ -29,10 +29,16 @@ from .cli_common import (
 from .cli_vm import vm_app
 
 
-def preview_url(url: str, key: str, port: int, path: str = "") -> str:
-    return (
-        f"{url.rstrip('/')}/vms/{encode_key_path(parse_key(key))}/ports/{port}/{path.lstrip('/')}"
-    )
+def preview_url(url: str, template: str, port: int, path: str = "") -> str:
+    """The browser-openable link (its capability is in the server's template)."""
+    return url.rstrip("/") + template.format(port=port) + path.lstrip("/")
+
+
+async def _listing(url: str, token: str | None, key: str) -> dict[str, Any]:
+    async with raw_client(url, token) as http:
+        path = f"/vms/{encode_key_path(parse_key(key))}/ports"
+        listing: dict[str, Any] = check(await http.get(path)).json()
+        return listing
 
 
 @vm_app.command("ports")
@@ -42,13 +48,12 @@ def vm_ports(
     """List the TCP ports listening inside a sandbox, with their preview URLs."""
 
     async def go(_: RemoteClient) -> Any:
-        async with raw_client(url, token) as http:
-            path = f"/vms/{encode_key_path(parse_key(key))}/ports"
-            return check(await http.get(path)).json()["ports"]
+        return await _listing(url, token, key)
 
-    ports = run_client(url, token, go)
+    listing = run_client(url, token, go)
+    ports = listing["ports"]
     for entry in ports:
-        entry["url"] = preview_url(url, key, int(entry["port"]))
+        entry["url"] = url.rstrip("/") + entry["preview"]
     if as_json:
         print_json(ports)
         return
@@ -74,22 +79,18 @@ def vm_open(
     ] = True,
     token: TokenOpt = None,
 ) -> None:
-    """Print the preview URL of PORT inside the sandbox (HTTP and WebSocket).
+    """Print the preview URL of PORT inside the sandbox (HTTP and WebSocket): a link a
+    browser can open (it carries a capability for this vm's previews only)."""
 
-    With a token set, the URL needs ``Authorization: Bearer`` like the rest of the API."""
-    if check_port:
+    async def go(_: RemoteClient) -> Any:
+        return await _listing(url, token, key)
 
-        async def go(_: RemoteClient) -> Any:
-            async with raw_client(url, token) as http:
-                listing = f"/vms/{encode_key_path(parse_key(key))}/ports"
-                return check(await http.get(listing)).json()["ports"]
-
-        listening = {int(e["port"]) for e in run_client(url, token, go)}
-        if port not in listening:
-            console.print(
-                f"warning: nothing listens on port {port} in vm {clean(key)}",
-                style="yellow",
-                markup=False,
-                highlight=False,
-            )
-    print(preview_url(url, key, port, path))
+    listing = run_client(url, token, go)
+    if check_port and port not in {int(e["port"]) for e in listing["ports"]}:
+        console.print(
+            f"warning: nothing listens on port {port} in vm {clean(key)}",
+            style="yellow",
+            markup=False,
+            highlight=False,
+        )
+    print(preview_url(url, listing["preview_template"], port, path))

@@ -31,7 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body
 from .middleware import send_json
-from .preview import is_preview_path, referer
+from .preview import capability_ok, is_preview_path, referer
 
 # Bodies that are raw bytes, not JSON: (method, path prefix).
 RAW_BODY_ROUTES: tuple[tuple[str, str], ...] = (("PUT", "/vms/"), ("POST", "/blobs"))
@@ -130,6 +130,8 @@ class BrowserGuardMiddleware:
                 {"header": "host", "host": host[0]},
             )
         if is_preview_path(str(scope.get("path", ""))):
+            if capability_ok(scope):
+                return None  # a preview link: whoever has it may use it (preview.py)
             ref = referer(scope.get("headers", ()))
             if ref is not None and self._origin_ok(scope, ref, host):
                 return None  # a preview's own request from its opaque origin (preview.py)

@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from orchestrator.metrics import REGISTRY
 
 from .errors import error_body
-from .preview import is_preview_path
+from .preview import capability_ok, is_preview_path
 
 log = logging.getLogger("agentvm.server")
 
@@ -115,7 +115,7 @@ class BearerAuthMiddleware:
         ):
             await self.app(scope, receive, send)
             return
-        if self._authorized(scope):
+        if self._authorized(scope) or capability_ok(scope):  # a preview link (preview.py)
             await self.app(scope, receive, send)
             return
         ws_scope = self._ws_protocol_token(scope)

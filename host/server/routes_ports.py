@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import re
@@ -44,7 +45,7 @@ from orchestrator.errors import AgentVMError, InvalidRequest
 
 from .common import ERRORS, engine_of, json_response, resolve, settings_of
 from .errors import error_body
-from .preview import PREVIEW_CSP
+from .preview import PREVIEW_CSP, capability, preview_secret
 from .settings import ServerSettings
 
 log = logging.getLogger("agentvm.server")
@@ -81,16 +82,41 @@ DROPPED_REQUEST = frozenset({"authorization", "host", "content-length", "expect"
 _COOKIE_ATTR = re.compile(r";\s*(path|domain)=[^;]*", re.IGNORECASE)
 
 
+class InvalidPreviewLink(AgentVMError):
+    """A preview link whose capability does not match its vm."""
+
+    group = "auth"
+    code = "invalid_preview_link"
+    http_status = 403
+
+
 def _port(raw: str) -> int:
-    if not raw.isdigit() or not 0 < int(raw) < 65536:
+    number = raw.partition(".")[0]
+    if not number.isdigit() or not 0 < int(number) < 65536:
         raise InvalidRequest(
             f"port must be an integer from 1 to 65535, got {raw[:20]!r}", field="port"
         )
-    return int(raw)
+    return int(number)
 
 
-def _prefix(key: str, port: int) -> str:
-    return f"/vms/{key}/ports/{port}"
+def _check_link(app: Any, key: str, raw_port: str) -> bool:
+    """True for a capability link (``8000.<cap>``), after checking it; False for a
+    plain port (the bearer token authorised it)."""
+    _, dot, cap = raw_port.partition(".")
+    if not dot:
+        return False
+    if not hmac.compare_digest(capability(preview_secret(app), key), cap):
+        raise InvalidPreviewLink("this preview link is not valid for this vm (or this server)")
+    return True
+
+
+def _prefix(key: str, raw_port: str) -> str:
+    return f"/vms/{key}/ports/{raw_port}"
+
+
+def preview_link(app: Any, key: str, port: int) -> str:
+    """The path a browser can open: ``/vms/{key}/ports/{port}.{cap}/`` (preview.py)."""
+    return f"/vms/{key}/ports/{port}.{capability(preview_secret(app), key)}/"
 
 
 def _target(path: str, query: bytes) -> str:
@@ -149,7 +175,7 @@ def _rewrite_location(value: str, port: int, prefix: str) -> str:
 
 
 def _response_headers(
-    raw: list[tuple[bytes, bytes]], port: int, prefix: str, *, has_body: bool
+    raw: list[tuple[bytes, bytes]], port: int, prefix: str, *, has_body: bool, link: bool
 ) -> list[tuple[bytes, bytes]]:
     skip = HOP_BY_HOP | _connection_tokens(raw)
     out: list[tuple[bytes, bytes]] = []
@@ -165,7 +191,11 @@ def _response_headers(
             text = _COOKIE_ATTR.sub("", text) + f"; Path={prefix}/"
         elif name == "content-length" and not has_body:
             continue
+        if name == "referrer-policy" and link:
+            continue
         out.append((name.encode("latin-1"), text.encode("latin-1")))
+    if link:  # the capability in the URL must not leak to other sites
+        out.append((b"referrer-policy", b"no-referrer"))
     out.append((b"content-security-policy", PREVIEW_CSP.encode()))
     out.append((b"x-content-type-options", b"nosniff"))
     return out
@@ -229,9 +259,10 @@ class _Upstream:
 )
 async def preview_root(request: Request, key: str, port: str) -> Response:
     _port(port)
+    _check_link(request.app, key, port)
     query = request.scope.get("query_string", b"").decode("latin-1")
     return RedirectResponse(
-        _prefix(key, int(port)) + "/" + (f"?{query}" if query else ""), status_code=308
+        _prefix(key, port) + "/" + (f"?{query}" if query else ""), status_code=308
     )
 
 
@@ -245,7 +276,8 @@ async def preview(request: Request, key: str, port: str, path: str) -> Response:
     """Streams the request to ``127.0.0.1:<port>`` inside the sandbox and its answer
     back (502 ``port_unavailable`` when nothing listens, 504 ``port_timeout``)."""
     number = _port(port)
-    prefix = _prefix(key, number)
+    link = _check_link(request.app, key, port)
+    prefix = _prefix(key, port)
     target = _target(path, request.scope.get("query_string", b""))
     settings = settings_of(request)
     stack, sandbox = await _sandbox(request.app, key)
@@ -277,7 +309,9 @@ async def preview(request: Request, key: str, port: str, path: str) -> Response:
         await stack.aclose()
         raise
     has_body = request.method != "HEAD" and event.status_code not in (204, 304)
-    response_headers = _response_headers(list(event.headers), number, prefix, has_body=has_body)
+    response_headers = _response_headers(
+        list(event.headers), number, prefix, has_body=has_body, link=link
+    )
 
     async def body() -> AsyncIterator[bytes]:
         try:
@@ -305,7 +339,8 @@ async def preview_websocket(websocket: WebSocket, key: str, port: str, path: str
     scope = websocket.scope
     try:
         number = _port(port)
-        prefix = _prefix(key, number)
+        _check_link(websocket.app, key, port)
+        prefix = _prefix(key, port)
         target = _target(path, scope.get("query_string", b""))
         settings: ServerSettings = websocket.app.state.settings
         stack, sandbox = await _sandbox(websocket.app, key)
@@ -469,8 +504,9 @@ async def ports(request: Request, key: str) -> Response:
     actor_id, _, _ = await resolve(engine, VM, key, create=False)
     listed = await engine.call(actor_id, "list_ports", [])
     for entry in listed:
-        entry["preview"] = _prefix(key, int(entry["port"])) + "/"
-    return json_response({"ports": listed})
+        entry["preview"] = preview_link(request.app, key, int(entry["port"]))
+    template = preview_link(request.app, key, 1).replace("/ports/1.", "/ports/{port}.", 1)
+    return json_response({"ports": listed, "preview_template": template})
 
 
 class WatchStream(Response):

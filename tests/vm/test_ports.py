@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -163,10 +164,10 @@ def test_preview_proxy(live: LiveServer) -> None:
         assert isinstance(entry["pid"], int)
         # The supervisor's own loopback forwarder (the LLM gateway) is not listed.
         assert 4141 not in {p["port"] for p in listed}
-        routed = http.get(f"/vms/{KEY}/ports").json()["ports"]
-        assert {"port": 8000, "preview": f"/vms/{KEY}/ports/8000/"}.items() <= next(
-            p for p in routed if p["port"] == 8000
-        ).items()
+        routed = http.get(f"/vms/{KEY}/ports").json()
+        link = next(p for p in routed["ports"] if p["port"] == 8000)["preview"]
+        assert re.fullmatch(rf"/vms/{KEY}/ports/8000\.[A-Za-z0-9_-]{{24}}/", link), link
+        assert routed["preview_template"].replace("{port}", "8000") == link
 
         # The directory listing of python's http.server, through the proxy.
         page = http.get(f"/vms/{KEY}/ports/8000/")
@@ -205,6 +206,24 @@ def test_preview_proxy(live: LiveServer) -> None:
         cookie = http.get(f"/vms/{KEY}/ports/8001/cookie").headers["set-cookie"]
         assert cookie == f"s=1; Path=/vms/{KEY}/ports/8001/"
 
+        # A preview link opens in a browser without the token (it carries a
+        # capability for this vm's previews), also for the page's own sub-requests.
+        browser = {"Sec-Fetch-Site": "none", "Sec-Fetch-Mode": "navigate"}
+        opened = httpx.get(live.url + link, headers=browser)
+        assert opened.status_code == 200 and "hello.txt" in opened.text
+        assert opened.headers["referrer-policy"] == "no-referrer"
+        assert opened.headers["content-security-policy"] == csp
+        sub = httpx.get(live.url + link + "hello.txt", headers={"Sec-Fetch-Site": "cross-site"})
+        assert sub.status_code == 200 and sub.text == "hi"
+        cap = link.split(".")[1].rstrip("/")
+        forged = link.replace(cap, cap[::-1])
+        assert httpx.get(live.url + forged).status_code == 401
+        assert http.get(forged).json()["error"]["code"] == "invalid_preview_link"
+        # The capability opens previews only, never the API or another vm's previews.
+        assert httpx.get(f"{live.url}/vms/{KEY}/files/etc/passwd?{cap}").status_code == 401
+        other = link.replace(f"/vms/{KEY}/", "/vms/other/")
+        assert httpx.get(live.url + other).status_code == 401
+
         # Nothing listens: a clear 502 JSON error; a bad port: 400 naming the field.
         closed = http.get(f"/vms/{KEY}/ports/8999/")
         assert closed.status_code == 502, closed.text
@@ -224,6 +243,15 @@ def test_preview_proxy(live: LiveServer) -> None:
             blob = os.urandom(300_000)
             ws.send(blob)
             assert ws.recv(timeout=30) == blob
+        # The same through a preview link, without the token.
+        url = (
+            live.url.replace("http://", "ws://")
+            + link.replace("/ports/8000.", "/ports/8001.")
+            + "ws"
+        )
+        with ws_connect(url) as ws:
+            ws.send("link")
+            assert ws.recv(timeout=30) == "knil"
 
 
 def test_a_preview_cannot_use_the_api(live: LiveServer) -> None:
@@ -279,10 +307,13 @@ def test_cli_ports_and_open(live: LiveServer) -> None:
     listed = agentvm("vm", "ports", KEY, "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     ports = json.loads(listed.stdout)
-    assert [p["url"] for p in ports if p["port"] == 8000] == [f"{live.url}/vms/{KEY}/ports/8000/"]
+    [url] = [p["url"] for p in ports if p["port"] == 8000]
+    assert re.fullmatch(rf"{live.url}/vms/{KEY}/ports/8000\.[A-Za-z0-9_-]+/", url), url
     opened = agentvm("vm", "open", KEY, "8000", env=env)
     assert opened.returncode == 0, opened.stderr
-    assert opened.stdout.decode().strip() == f"{live.url}/vms/{KEY}/ports/8000/"
+    assert opened.stdout.decode().strip() == url
+    # The printed URL is what a browser opens: no token needed.
+    assert httpx.get(url).status_code == 200
     warned = agentvm("vm", "open", KEY, "9000", env=env)
     assert warned.returncode == 0 and b"nothing listens on port 9000" in warned.stderr
-    assert warned.stdout.decode().strip().endswith("/ports/9000/")
+    assert warned.stdout.decode().strip() == url.replace("/8000.", "/9000.")
