@@ -4,13 +4,22 @@ real SQLite; changes arrive as ``file_changed`` broadcasts."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from typing import Any
 
+import httpx
 import pytest
 
 from host.sandbox.ports import watch
 from orchestrator.errors import AgentVMError, InvalidRequest
+from tests.server.live import LiveServer
 from tests.support import eventually
+
+from .test_ports import KEY, TOKEN, live
+
+# The live real host with a token (test_ports.py's fixture).
+__all__ = ["live"]
 
 pytestmark = pytest.mark.docker
 
@@ -132,3 +141,41 @@ async def test_a_flood_of_files_stays_bounded(vm_host: Any) -> None:
             created = [c for c in changes if c.kind == "created"]
             assert dropped > 0 and len(created) < 30000
             await stream.aclose()
+
+
+def test_watch_over_sse(live: LiveServer) -> None:
+    """``GET /vms/{key}/watch?path=``: a watch for as long as the client listens."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=live.url, headers=auth, timeout=120) as http:
+        assert http.post(f"/actors/vm/{KEY}/actions/mkdir", json={"args": ["w"]}).is_success
+        missing = http.get(f"/vms/{KEY}/watch", params={"path": "/home/user/nope"})
+        assert missing.status_code == 404 and missing.json()["error"]["code"] == "file_not_found"
+        typo = http.get(f"/vms/{KEY}/watch", params={"pth": "w"})
+        assert typo.status_code == 400
+        assert typo.json()["error"]["metadata"]["field"] == "query.pth"
+        with http.stream("GET", f"/vms/{KEY}/watch", params={"path": "w"}) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines).startswith(": watching ")
+            made = http.post(
+                f"/actors/vm/{KEY}/actions/write_file", json={"args": ["w/new.txt", "x"]}
+            )
+            assert made.is_success
+            event = data = None
+            for line in lines:
+                if line.startswith("event: "):
+                    event = line[7:]
+                elif line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if data["path"] == "/home/user/w/new.txt":
+                        break
+            assert event == "file_changed" and data is not None
+            assert data["kind"] in ("created", "modified") and data["watch_id"]
+        # The client went away: the watch is stopped.
+        deadline = time.monotonic() + 30
+        while True:
+            res = http.post(f"/actors/vm/{KEY}/actions/list_watches", json={"args": []})
+            if res.json()["output"] == []:
+                break
+            assert time.monotonic() < deadline, res.text
+            time.sleep(0.05)
