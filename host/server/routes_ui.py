@@ -21,7 +21,7 @@ from starlette.responses import FileResponse, HTMLResponse, RedirectResponse, Re
 UI_ROOT = Path(__file__).resolve().parent / "ui"
 SERVED_DIRS = ("src", "vendor")
 # The vendored files the index page cannot do without; the rest are page-specific.
-REQUIRED_VENDOR = ("preact.mjs", "hooks.mjs", "htm.mjs")
+REQUIRED_VENDOR = ("preact.mjs", "hooks.mjs", "htm.mjs", "agentvm-client.mjs")
 
 router = APIRouter(include_in_schema=False)
 

@@ -1,10 +1,14 @@
-// The console's one API client, shared by every page (`api` in a page's props).
+// The console's one API client, shared by every page (`api` in a page's props): a
+// thin layer over the TypeScript client (clients/typescript, vendored as
+// `agentvm-client`), which also stays reachable as `api.client`.
 //
 // Same-origin calls with the token as `Authorization: Bearer` (never a cookie, so
 // no other site can make the browser use it). The token lives in localStorage;
-// when a call answers 401 the console asks for it (app.js shows the dialog) and the
-// call is retried. SSE streams are read with fetch (EventSource cannot send an
-// Authorization header) and close when the page unmounts.
+// the fetch given to the TS client adds it, and when a call answers 401 the
+// console asks for it (app.js shows the dialog) and the call is retried. SSE
+// streams (the client reads them with fetch: EventSource cannot send the header)
+// reconnect after a drop and close when the page unmounts.
+import { AgentVMError, createClient, encodeKey } from "agentvm-client";
 
 const TOKEN_KEY = "agentvm.token";
 
@@ -17,34 +21,32 @@ export class ApiError extends Error {
 }
 
 // An actor key as a path segment: an array of parts is percent-encoded part by
-// part and joined by ","; a string is taken as that API form already (what a
-// page's params.key holds).
+// part and joined by "," (the client's encodeKey); a string is taken as that API
+// form already (what a page's params.key holds).
 export function keyPath(key) {
-  if (!Array.isArray(key)) return String(key);
-  return key.map((p) => encodeURIComponent(String(p))).join(",");
+  return Array.isArray(key) ? encodeKey(key) : String(key);
 }
 
-export function createApi({ base = "", onUnauthorized = null } = {}) {
+// The TS client's typed error as our {status, error: {group, code, message, metadata}}.
+function asApiError(e) {
+  if (e instanceof ApiError) return e;
+  if (e instanceof AgentVMError) {
+    return new ApiError(e.status, { group: e.group, code: e.code, message: e.message, metadata: e.metadata });
+  }
+  return e;
+}
+
+async function wrap(promise) {
+  try {
+    return await promise;
+  } catch (e) {
+    throw asApiError(e);
+  }
+}
+
+export function createApi({ base, onUnauthorized = null } = {}) {
   let token = localStorage.getItem(TOKEN_KEY) || "";
   let asking = null; // one pending token prompt shared by every call that got 401
-
-  function headers(extra = {}) {
-    const h = { ...extra };
-    if (token) h.Authorization = `Bearer ${token}`;
-    return h;
-  }
-
-  async function askToken() {
-    if (!onUnauthorized) throw new ApiError(401, null);
-    if (!asking) {
-      asking = Promise.resolve(onUnauthorized()).finally(() => {
-        asking = null;
-      });
-    }
-    const given = await asking;
-    if (!given) throw new ApiError(401, { group: "auth", code: "unauthorized", message: "no token given", metadata: {} });
-    setToken(given);
-  }
 
   function setToken(value) {
     token = value || "";
@@ -52,46 +54,37 @@ export function createApi({ base = "", onUnauthorized = null } = {}) {
     else localStorage.removeItem(TOKEN_KEY);
   }
 
-  async function raw(method, path, { body, query, signal, accept } = {}) {
-    let url = base + path;
-    if (query) {
-      const qs = new URLSearchParams();
-      for (const [k, v] of Object.entries(query)) if (v !== undefined && v !== null && v !== "") qs.append(k, v);
-      const s = qs.toString();
-      if (s) url += (url.includes("?") ? "&" : "?") + s;
+  async function askToken() {
+    if (!onUnauthorized) return false;
+    if (!asking) {
+      asking = Promise.resolve(onUnauthorized()).finally(() => {
+        asking = null;
+      });
     }
+    const given = await asking;
+    if (!given) return false;
+    setToken(given);
+    return true;
+  }
+
+  // Every request of the TS client goes through here: the current token, and a
+  // retry after the user gave one for a 401.
+  async function authFetch(input, init = {}) {
     for (let attempt = 0; ; attempt++) {
-      const init = { method, headers: headers(accept ? { Accept: accept } : {}), signal };
-      if (body !== undefined) {
-        init.headers["Content-Type"] = "application/json";
-        init.body = JSON.stringify(body);
-      }
-      const resp = await fetch(url, init);
-      if (resp.status === 401 && attempt < 3) {
-        await askToken();
-        continue;
-      }
-      if (!resp.ok) {
-        let err = null;
-        try {
-          err = (await resp.json()).error;
-        } catch (_) {
-          /* not our error shape */
-        }
-        throw new ApiError(resp.status, err);
-      }
-      return resp;
+      const headers = new Headers(init.headers || {});
+      if (token) headers.set("authorization", `Bearer ${token}`);
+      else headers.delete("authorization");
+      const resp = await fetch(input, { ...init, headers });
+      if (resp.status !== 401 || attempt >= 3 || !(await askToken())) return resp;
     }
   }
 
-  async function json(method, path, opts) {
-    const resp = await raw(method, path, opts);
-    return resp.status === 204 ? null : resp.json();
-  }
+  const client = createClient({ baseUrl: base || location.origin, fetch: authFetch });
+  const request = (method, path, opts) => wrap(client.request(method, path, opts));
 
-  // Server-sent events at `path`: onEvent(name, data) per event (data parsed as
-  // JSON when it is). Reconnects after a dropped stream (waitForActor: also after
-  // a 404, for an actor named before it is created); returns close().
+  // Server-sent events at `path`: onEvent(name, payload) per event. Reconnects
+  // after a dropped stream (waitForActor: also after a 404, for an actor named
+  // before it is created); returns close().
   function events(path, onEvent, { query, onOpen, onError, waitForActor = false } = {}) {
     const ctrl = new AbortController();
     let closed = false;
@@ -99,38 +92,17 @@ export function createApi({ base = "", onUnauthorized = null } = {}) {
       let delay = 500;
       while (!closed) {
         try {
-          const resp = await raw("GET", path, { query, signal: ctrl.signal, accept: "text/event-stream" });
+          const stream = await wrap(client.stream(path, { query, signal: ctrl.signal }));
+          if (closed) return stream.close();
           if (onOpen) onOpen();
           delay = 500;
-          const reader = resp.body.pipeThrough(new TextDecoderStream()).getReader();
-          let buf = "";
-          for (;;) {
-            const { value, done } = await reader.read();
-            if (done) break;
-            buf += value;
-            let cut;
-            while ((cut = buf.indexOf("\n\n")) >= 0) {
-              const block = buf.slice(0, cut);
-              buf = buf.slice(cut + 2);
-              let name = "message";
-              const data = [];
-              for (const line of block.split("\n")) {
-                if (line.startsWith("event:")) name = line.slice(6).trim();
-                else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-              }
-              if (!data.length) continue; // a comment (": ping")
-              const text = data.join("\n");
-              let parsed = text;
-              try {
-                parsed = JSON.parse(text);
-              } catch (_) {
-                /* plain text data */
-              }
-              onEvent(name, parsed);
-            }
+          for await (const { event, payload } of stream) {
+            if (closed) break;
+            onEvent(event, payload);
           }
-        } catch (e) {
+        } catch (raw) {
           if (closed) return;
+          const e = asApiError(raw);
           if (onError) onError(e);
           // A caller mistake: do not hammer (but an actor named before it exists is awaited).
           const awaited = e instanceof ApiError && e.status === 404 && waitForActor;
@@ -147,27 +119,40 @@ export function createApi({ base = "", onUnauthorized = null } = {}) {
     };
   }
 
+  const handle = (name, key) => client.actor(name).get(Array.isArray(key) ? key : decodeKey(key));
+
   return {
+    client,
     keyPath,
     get token() {
       return token;
     },
     setToken,
-    raw,
-    get: (path, query, opts = {}) => json("GET", path, { ...opts, query }),
-    post: (path, body, opts = {}) => json("POST", path, { ...opts, body: body === undefined ? {} : body }),
-    put: (path, body, opts = {}) => json("PUT", path, { ...opts, body }),
-    del: (path, opts = {}) => json("DELETE", path, opts),
-    text: async (path, query, opts = {}) => (await raw("GET", path, { ...opts, query })).text(),
+    get: (path, query, opts = {}) => request("GET", path, { ...opts, query }),
+    post: (path, body, opts = {}) => request("POST", path, { ...opts, json: body === undefined ? {} : body }),
+    put: (path, body, opts = {}) => request("PUT", path, { ...opts, json: body }),
+    del: (path, opts = {}) => request("DELETE", path, opts),
+    text: async (path, query, opts = {}) => (await wrap(client.transport.fetch("GET", path, { ...opts, query }))).text(),
     events,
     // Convenience calls the pages share.
-    listRuns: (query) => json("GET", "/runs", { query }),
-    getRun: (name, key, id) => json("GET", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/runs/${id}`),
-    cancelRun: (name, key, id) => json("POST", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/runs/${id}/cancel`, { body: {} }),
-    retryRun: (name, key, id) => json("POST", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/runs/${id}/retry`, { body: {} }),
+    listRuns: (query) => wrap(client.listRuns(query)),
+    getRun: (name, key, id) => wrap(handle(name, key).run(id)),
+    cancelRun: (name, key, id) => wrap(handle(name, key).cancelRun(id)),
+    retryRun: (name, key, id) => wrap(handle(name, key).retryRun(id)),
     send: (name, key, queue, body, extra = {}) =>
-      json("POST", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/queues/${encodeURIComponent(queue)}`, { body: { body, ...extra } }),
+      request("POST", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/queues/${encodeURIComponent(queue)}`, {
+        json: { body, ...extra },
+      }),
     call: (name, key, action, args = []) =>
-      json("POST", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/actions/${encodeURIComponent(action)}`, { body: { args } }),
+      request("POST", `/actors/${encodeURIComponent(name)}/${keyPath(key)}/actions/${encodeURIComponent(action)}`, {
+        json: { args },
+      }),
   };
+}
+
+// "a%2Cb,c" → ["a,b", "c"] (a page's params.key back into parts).
+function decodeKey(key) {
+  return String(key)
+    .split(",")
+    .map((p) => decodeURIComponent(p));
 }
