@@ -26,12 +26,13 @@ from orchestrator.errors import (
     ActorNotFound,
     AgentVMError,
     HistoryDivergedError,
+    InvalidRequest,
     StepExhaustedError,
 )
 from orchestrator.storage.base import HistoryRecord
 from orchestrator.workflow import WorkflowContext
 
-from .agent import AgentTask, run_agent
+from .agent import AgentTask, AgentTaskFailed, run_agent
 from .definition import StepDef, WorkflowDefinition
 from .interpolate import render
 from .validate import evaluate
@@ -50,6 +51,8 @@ MAX_FILE = 32 * 1024
 FILE_TIMEOUT = 60.0
 RESTORE_TIMEOUT = 900.0
 CLEANUP_TIMEOUT = 120.0
+# Extra tries of a step whose vm could not be reached (not counted as its retries).
+INFRA_TRIES = 2
 
 KeepVm = Literal["on_failure", "always", "never"]
 
@@ -461,11 +464,25 @@ class DagRun:
             vm=key,
             cwd=self.cwd,
         )
-        await self.vm(key).resolve()  # created here, lazily (run_agent needs it to exist)
         # Retries are the durable step's, timeouts too: the task itself has neither.
-        return dict(
-            await run_agent(self.client, key, task, stopping=lambda: self.ctx.engine_stopping)
-        )
+        # But a vm that is not there (yet) is no failure of the agent: after a host
+        # restart its supervisor may still be dialling in. Such errors (not the
+        # agent's turn or check: AgentTaskFailed) get a few more tries of their own.
+        for left in range(INFRA_TRIES, -1, -1):
+            try:
+                await self.vm(key).resolve()  # created here (run_agent needs it to exist)
+                return dict(
+                    await run_agent(
+                        self.client, key, task, stopping=lambda: self.ctx.engine_stopping
+                    )
+                )
+            except (AgentTaskFailed, InvalidRequest):
+                raise
+            except AgentVMError as exc:
+                if not left or self.ctx.engine_stopping:
+                    raise
+                log.info("run %s: vm %s not usable (%s); trying again", self.run_id, key, exc)
+        raise AssertionError("unreachable")
 
     async def _render(self, template: str) -> str:
         return await render(

@@ -164,3 +164,255 @@ async def test_diamond_runs_its_middle_steps_side_by_side_and_interpolates(
     # One shared vm, destroyed at the end of a completed run.
     assert set(view["vms"].values()) == {f"wf-diamond-{run_id}"}
     assert f"wf-diamond-{run_id}" not in keys_after
+
+
+FAILS: dict[str, Any] = {
+    "name": "fails",
+    "steps": [
+        {"id": "a", "prompt": "[f a] set up", "checkpoint": True},
+        {
+            "id": "b",
+            "prompt": "[f b] work",
+            "depends_on": ["a"],
+            "check": "grep -q clean state.txt",
+        },
+        {"id": "c", "prompt": "[f c] after {{steps.b.text}}", "depends_on": ["b"]},
+        {"id": "x", "prompt": "[f x] flaky", "vm": "side", "retries": 1},
+        {
+            "id": "y",
+            "prompt": "[f y] breaks",
+            "vm": "side",
+            "depends_on": ["x"],
+            "continue_on_failure": True,
+        },
+        {"id": "z", "prompt": "[f z] after y", "vm": "side", "depends_on": ["y"]},
+    ],
+}
+
+
+async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint(
+    host,  # noqa: F811
+    fake_model: FakeAnthropic,  # noqa: F811
+) -> None:
+    """b dirties the workspace and its check fails: c is skipped and the run ends
+    ``partial``; x fails once and its retry passes; y fails but continues, so z runs.
+    Retrying the run keeps the completed steps, restores b's vm to a's checkpoint
+    before b runs again (its check now passes), and runs c."""
+    server = host()
+    fake_model.script(
+        Turn.tool("bash", {"command": "echo clean > state.txt"}), Turn.text("A"), marker="[f a]"
+    )
+    fake_model.script(
+        Turn.tool("bash", {"command": "echo dirty > state.txt"}), Turn.text("B1"), marker="[f b]"
+    )
+    fake_model.script(FAILING, Turn.text("X"), marker="[f x]")
+    fake_model.script(FAILING, marker="[f y]")
+    fake_model.script(Turn.text("Z"), marker="[f z]")
+    async with _client(server) as client:
+        wf = client.workflows.get_or_create(["fails"])
+        sent = await wf.send("run", {"definition": FAILS}, wait=True, timeout=WAIT_S)
+        assert sent.status == "failed", sent
+        assert sent.error is not None
+        assert (sent.error["group"], sent.error["code"]) == ("workflow", "partial"), sent.error
+        assert sorted(sent.error["metadata"]["failed"]) == ["b", "y"]
+        run_id = sent.message_id
+        assert run_id is not None
+        first = await _view(client, "fails", run_id)
+        assert first["status"] == "partial"
+        steps = first["steps"]
+        status = {k: v["status"] for k, v in steps.items()}
+        assert status == {
+            "a": "completed",
+            "b": "failed",
+            "c": "skipped",
+            "x": "completed",
+            "y": "failed",
+            "z": "completed",
+        }, steps
+        assert steps["c"]["reason"] == "dependency_failed" and steps["c"]["dependency"] == "b"
+        assert steps["x"]["attempts"] == 2
+        assert steps["a"]["checkpoint"] == f"wf-{run_id}-a"
+        assert steps["z"]["vm"] == steps["x"]["vm"] == f"wf-fails-{run_id}-side"
+        # Kept for inspection and a retry (keep_vm on_failure).
+        assert set(first["vms"].values()) <= await _vm_keys(client)
+
+        fake_model.script(Turn.text("B2"), marker="[f b]")
+        fake_model.script(Turn.text("Y"), marker="[f y]")
+        fake_model.script(Turn.text("C"), marker="[f c]")
+        await wf.retry_run(run_id)
+        view = await _until(client, "fails", run_id, _ended)
+        assert view["status"] == "completed", view
+        left = await _vm_keys(client)
+    after = view["steps"]
+    assert {k: v["status"] for k, v in after.items()} == dict.fromkeys("abcxyz", "completed")
+    assert after["b"]["restored_from"] == f"wf-{run_id}-a"
+    assert after["b"]["check"]["exit_code"] == 0
+    assert "restored_from" not in after["y"]  # its vm has no checkpoint
+    for sid in ("a", "x", "z"):  # kept: the same records
+        assert after[sid]["finished_at"] == steps[sid]["finished_at"], sid
+    counts = {s: len(_first_prompts(fake_model, f"[f {s}]")) for s in "abcxyz"}
+    assert counts == {"a": 1, "b": 2, "c": 1, "x": 2, "y": 2, "z": 1}, counts
+    assert "after B2" in _first_prompts(fake_model, "[f c]")[0]
+    assert not set(view["vms"].values()) & left  # destroyed once the run completed
+
+
+RACE: dict[str, Any] = {
+    "name": "race",
+    "steps": [
+        {"id": "prep", "prompt": "[r prep] make the base"},
+        {
+            "id": "r",
+            "prompt": "[r cand] unused",
+            "depends_on": ["prep"],
+            "check": "test -f won.txt && test -f base.txt",
+            "race": [{"prompt": "[r c0] try"}, {"prompt": "[r c1] try"}, {"prompt": "[r c2] try"}],
+        },
+        {
+            "id": "after",
+            "prompt": "[r after] go on",
+            "depends_on": ["r"],
+            "check": "test -f won.txt",
+        },
+    ],
+}
+
+
+async def test_a_race_step_keeps_the_candidate_whose_check_passes(
+    host,  # noqa: F811
+    fake_model: FakeAnthropic,  # noqa: F811
+) -> None:
+    """Three candidates, each in a fork of the step's vm (they all see base.txt); only
+    c1 leaves won.txt, so only its check passes: it wins, the others' vms are
+    destroyed, and the next step runs in the winner's vm."""
+    server = host()
+    fake_model.script(
+        Turn.tool("bash", {"command": "echo base > base.txt"}), Turn.text("P"), marker="[r prep]"
+    )
+    fake_model.script(Turn.text("nothing here"), marker="[r c0]")
+    fake_model.script(
+        Turn.tool("bash", {"command": "touch won.txt"}), Turn.text("I won"), marker="[r c1]"
+    )
+    fake_model.script(Turn.text("nor here"), marker="[r c2]")
+    fake_model.script(Turn.text("after"), marker="[r after]")
+    async with _client(server) as client:
+        wf = client.workflows.get_or_create(["race"])
+        sent = await wf.send(
+            "run", {"definition": RACE, "keep_vm": "always"}, wait=True, timeout=WAIT_S
+        )
+        assert sent.status == "completed", sent
+        run_id = sent.message_id
+        assert run_id is not None
+        view = await _view(client, "race", run_id)
+        keys = await _vm_keys(client)
+    r = view["steps"]["r"]
+    prefix = f"wf-race-{run_id}"
+    assert r["winner"] == 1 and r["text"] == "I won", r
+    assert r["vm"] == f"{prefix}-r-c1"
+    assert {c["index"]: c["status"] for c in r["candidates"]}[1] == "won"
+    assert all(c["status"] in ("failed", "cancelled") for c in r["candidates"] if c["index"] != 1)
+    assert view["steps"]["after"]["vm"] == f"{prefix}-r-c1"
+    assert view["steps"]["after"]["check"]["exit_code"] == 0
+    # The losers' vms are gone; the winner's and the base vm were kept (keep_vm always).
+    assert f"{prefix}-r-c0" not in keys and f"{prefix}-r-c2" not in keys
+    assert {prefix, f"{prefix}-r-c1"} <= keys
+
+
+CANCEL: dict[str, Any] = {
+    "name": "cancel",
+    "max_concurrency": 1,
+    "steps": [
+        {"id": "slow", "prompt": "[k slow] hold on"},
+        {"id": "other", "prompt": "[k other] waits for a slot"},
+        {"id": "next", "prompt": "[k next] after slow", "depends_on": ["slow"]},
+    ],
+}
+
+
+async def test_cancel_mid_run_cancels_the_prompt_and_starts_nothing_new(
+    host,  # noqa: F811
+    fake_model: FakeAnthropic,  # noqa: F811
+) -> None:
+    server = host()
+    never = fake_model.gate()
+    fake_model.script(Turn.text("too late", wait_for=never), marker="[k slow]")
+    fake_model.fallback = Turn.text("should not be asked")
+    async with _client(server) as client:
+        wf = client.workflows.get_or_create(["cancel"])
+        sent = await wf.send("run", {"definition": CANCEL})
+        run_id = sent.message_id
+        assert run_id is not None
+        await eventually(
+            lambda: asyncio.sleep(0, _first_prompts(fake_model, "[k slow]")),
+            timeout=WAIT_S,
+            interval=0.2,
+            what="slow prompting",
+        )
+        vm = client.vm.get([f"wf-cancel-{run_id}"])
+        sessions = await vm.list_sessions()
+        prompting = [s["session_id"] for s in sessions if s["status"] == "prompting"]
+        assert len(prompting) == 1, sessions
+        await wf.cancel_run(run_id)
+        view = await _until(client, "cancel", run_id, _ended)
+        assert view["status"] == "cancelled"
+
+        async def prompt_end() -> list[dict[str, Any]]:
+            events = await vm.get_session_events(prompting[0])
+            return [e for e in events if e["kind"] == "prompt_end"]
+
+        ended = await eventually(prompt_end, timeout=60, interval=0.2, what="prompt_end")
+        assert ended[0]["data"].get("stop_reason") in ("cancelled", None), ended
+        view = await _view(client, "cancel", run_id)
+    assert view["steps"]["other"]["status"] == "pending"
+    assert view["steps"]["next"]["status"] == "pending"
+    assert _first_prompts(fake_model, "[k other]") == []
+    assert _first_prompts(fake_model, "[k next]") == []
+
+
+CRASH: dict[str, Any] = {
+    "name": "crash",
+    "steps": [
+        {"id": "a", "prompt": "[x a] one"},
+        {"id": "b", "prompt": "[x b] two after {{steps.a.text}}", "depends_on": ["a"]},
+        {"id": "c", "prompt": "[x c] three after {{steps.b.text}}", "depends_on": ["b"]},
+    ],
+}
+
+
+async def test_kill_9_mid_dag_resumes_without_rerunning_completed_steps(
+    host,  # noqa: F811
+    fake_model: FakeAnthropic,  # noqa: F811
+) -> None:
+    server = host()
+    never = fake_model.gate()  # b's first turn (before the crash) never finishes
+    fake_model.script(Turn.text("A"), marker="[x a]")
+    fake_model.script(Turn.text("lost", wait_for=never), marker="[x b]")
+    # The agent from before the crash may ask again through the new host's gateway.
+    fake_model.script(*[Turn.text("B")] * 4, marker="[x b]")
+    fake_model.script(Turn.text("C"), marker="[x c]")
+    async with _client(server) as client:
+        sent = await client.workflows.get_or_create(["crash"]).send("run", {"definition": CRASH})
+        run_id = sent.message_id
+        assert run_id is not None
+        await eventually(
+            lambda: asyncio.sleep(0, _first_prompts(fake_model, "[x b]")),
+            timeout=WAIT_S,
+            interval=0.2,
+            what="b prompting",
+        )
+        before = await _view(client, "crash", run_id)
+    assert before["steps"]["a"]["status"] == "completed"
+    assert before["steps"]["b"]["status"] == "running"
+
+    server.proc.kill()  # kill -9 with b in flight
+    server.proc.wait(timeout=30)
+    server = host()
+    async with _client(server) as client:
+        view = await _until(client, "crash", run_id, _ended)
+    assert view["status"] == "completed", view["steps"]["b"].get("error")
+    steps = view["steps"]
+    assert steps["a"]["finished_at"] == before["steps"]["a"]["finished_at"]
+    assert steps["c"]["text"] == "C"
+    counts = {s: len(_first_prompts(fake_model, f"[x {s}]")) for s in "abc"}
+    assert counts["a"] == 1 and counts["c"] == 1 and counts["b"] >= 2, counts
+    assert steps["b"]["text"] == "B"
+    assert "three after B" in _first_prompts(fake_model, "[x c]")[0]
