@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import ActorNotFound, AgentVMError, InvalidRequest, StepExhaustedError
 
@@ -293,13 +293,33 @@ class AgentTaskCancelled(AgentTaskFailed):
     code = "step_cancelled"
 
 
-def _names(tasks: Sequence[AgentTask]) -> list[str]:
+def check_tasks(tasks: Sequence[AgentTask | dict[str, Any]]) -> list[AgentTask]:
+    """The tasks of a ``ctx.parallel`` / ``ctx.race`` (``AgentTask``s or dicts of their
+    fields), validated: a bad one raises ``InvalidRequest`` naming ``tasks.<i>.<field>``."""
+    if isinstance(tasks, str | bytes | dict) or not isinstance(tasks, Sequence):
+        raise InvalidRequest("tasks must be a list of agent tasks", field="tasks")
     if not tasks:
         raise InvalidRequest("at least one agent task is needed", field="tasks")
+    out: list[AgentTask] = []
+    for i, task in enumerate(tasks):
+        if isinstance(task, AgentTask):
+            out.append(task)
+            continue
+        if not isinstance(task, dict):
+            raise InvalidRequest(f"tasks.{i} must be an AgentTask or a dict", field=f"tasks.{i}")
+        try:
+            out.append(AgentTask.model_validate(task))
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = ".".join(["tasks", str(i), *(str(p) for p in first["loc"])])
+            raise InvalidRequest(f"{where}: {first['msg']}", field=where) from None
+    return out
+
+
+def task_names(tasks: Sequence[AgentTask]) -> list[str]:
+    """Each task's branch name (``task-<i>`` by default); names must differ."""
     names: list[str] = []
     for i, task in enumerate(tasks):
-        if not isinstance(task, AgentTask):
-            raise InvalidRequest(f"tasks.{i} must be an AgentTask", field=f"tasks.{i}")
         name = task.name or f"task-{i}"
         if name in names:
             raise InvalidRequest(f"duplicate task name {name!r}", field=f"tasks.{i}.name")
@@ -389,12 +409,14 @@ def _failed_result(exc: BaseException, vm_key: str, status: str) -> dict[str, An
 class _Group:
     """One ``ctx.parallel`` / ``ctx.race``: its tasks, names and vms."""
 
-    def __init__(self, ctx: WorkflowContext, tasks: Sequence[AgentTask], name: str) -> None:
-        self.ctx, self.tasks, self.name = ctx, list(tasks), name
-        self.names = _names(tasks)
+    def __init__(
+        self, ctx: WorkflowContext, tasks: Sequence[AgentTask | dict[str, Any]], name: str
+    ) -> None:
+        self.ctx, self.tasks, self.name = ctx, check_tasks(tasks), name
+        self.names = task_names(self.tasks)
         group = f"{ctx.scope}/{name}" if ctx.scope else name
         self.vms = [
-            t.vm or task_vm_key(ctx, group, n) for t, n in zip(tasks, self.names, strict=True)
+            t.vm or task_vm_key(ctx, group, n) for t, n in zip(self.tasks, self.names, strict=True)
         ]
 
     def fresh(self, i: int) -> bool:
@@ -417,7 +439,7 @@ class _Group:
 
 async def parallel(
     ctx: WorkflowContext,
-    tasks: Sequence[AgentTask],
+    tasks: Sequence[AgentTask | dict[str, Any]],
     *,
     max_concurrency: int | None = None,
     fail_fast: bool = False,
@@ -475,7 +497,10 @@ async def parallel(
 
 
 async def race(
-    ctx: WorkflowContext, tasks: Sequence[AgentTask], *, name: str | None = None
+    ctx: WorkflowContext,
+    tasks: Sequence[AgentTask | dict[str, Any]],
+    *,
+    name: str | None = None,
 ) -> RaceResult[dict[str, Any]]:
     """``ctx.race`` of agent tasks: the first whose turn ends well and whose check
     passes wins (``RaceResult(winner=<task name>, value=<its step result>)``, the
@@ -521,6 +546,7 @@ __all__ = [
     "AgentTask",
     "AgentTaskCancelled",
     "AgentTaskFailed",
+    "check_tasks",
     "destroy_vms",
     "parallel",
     "race",

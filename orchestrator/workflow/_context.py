@@ -727,7 +727,7 @@ class WorkflowContext(ActorContext):
 
     async def parallel(
         self,
-        tasks: Sequence[AgentTask],
+        tasks: Sequence[AgentTask | dict[str, Any]],
         *,
         max_concurrency: int | None = None,
         fail_fast: bool = False,
@@ -748,12 +748,12 @@ class WorkflowContext(ActorContext):
 
     @overload
     async def race(
-        self, tasks: Sequence[AgentTask], /, *, name: str | None = None
+        self, tasks: Sequence[AgentTask | dict[str, Any]], /, *, name: str | None = None
     ) -> RaceResult[dict[str, Any]]: ...
 
     async def race(
         self,
-        first: str | Sequence[AgentTask],
+        first: str | Sequence[AgentTask | dict[str, Any]],
         branches: Sequence[Any] | Mapping[str, Any] | None = None,
         /,
         *,

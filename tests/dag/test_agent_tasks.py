@@ -19,7 +19,8 @@ import docker
 import pytest
 
 from host.sandbox.backend import LABEL_HOST
-from orchestrator.dag.agent import AgentTask, AgentTaskFailed, run_agent
+from orchestrator.dag.agent import AgentTask, AgentTaskFailed, check_tasks, run_agent, task_names
+from orchestrator.errors import InvalidRequest
 from tests.dag.agent_tasks_app import runtime
 from tests.support import eventually
 from tests.support.docker import docker_client, remove_host
@@ -446,3 +447,30 @@ async def test_a_host_stopping_keeps_the_task_vm_and_the_run_resumes_after_resta
         assert result["status"] == "completed" and result["text"] == "done"
         assert result["vm"] == vm
         assert await _task_vms(client) == []
+
+
+@pytest.mark.parametrize(
+    ("tasks", "field"),
+    [
+        ([], "tasks"),
+        ("do it", "tasks"),
+        ([{"prompt": "a"}, 3], "tasks.1"),
+        ([{"prompt": ""}], "tasks.0.prompt"),
+        ([{"prompt": "a", "fork_from": "no-checkpoint"}], "tasks.0.fork_from"),
+        ([{"prompt": "a", "name": "a/b"}], "tasks.0.name"),
+        ([{"prompt": "a", "colour": "red"}], "tasks.0.colour"),
+        ([{"prompt": "a", "timeout": 0}], "tasks.0.timeout"),
+    ],
+)
+def test_bad_agent_tasks_are_refused_naming_the_field(tasks: Any, field: str) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        check_tasks(tasks)
+    assert info.value.metadata["field"] == field
+
+
+def test_task_names_default_and_must_differ() -> None:
+    tasks = check_tasks([{"prompt": "a"}, AgentTask(prompt="b", name="bee"), {"prompt": "c"}])
+    assert task_names(tasks) == ["task-0", "bee", "task-2"]
+    with pytest.raises(InvalidRequest) as info:
+        task_names(check_tasks([{"prompt": "a", "name": "x"}, {"prompt": "b", "name": "x"}]))
+    assert info.value.metadata["field"] == "tasks.1.name"
