@@ -16,7 +16,7 @@ export default function WorkflowsPage({ api }) {
     <p class="muted">Registered DAG workflows (docs/workflows.md). Start one from <a href="#/runs">Runs</a> → Start a run.</p>
     ${error ? html`<p class="error">${errorText(error.error || error.message)}</p>` : null}
     ${wfs && !wfs.length ? html`<p class="muted">none registered</p>` : null}
-    ${(wfs || []).map((w) => html`<div class="card"><strong>${w.name}</strong> <span class="muted">v${w.version}</span>
+    ${(wfs || []).map((w) => html`<div class="card"><strong>${w.name}</strong> <span class="muted">v${w.latest} · ${(w.params || []).length} params</span>
       ${w.description ? html`<p>${w.description}</p>` : null}<${JsonView} value=${w} open=${0} /></div>`)}
   </section>`;
 }
