@@ -44,6 +44,8 @@ CHECK_TIMEOUT = 600.0
 # Seconds the clean-up of a session (cancel its prompt, close it) or of a vm may take.
 CLEANUP_TIMEOUT = 30.0
 VM_CLEANUP_TIMEOUT = 120.0
+# The most of an error message (it may quote what the agent said) a result keeps.
+MAX_ERROR_MESSAGE = 2000
 # Stop reasons of a turn that ended normally (the rest: refusal, cancelled, errors).
 OK_STOP_REASONS = frozenset({"end_turn", "max_tokens", "max_turn_requests"})
 
@@ -207,11 +209,11 @@ async def run_agent(
             raise
         except AgentVMError as exc:
             raise failed(
-                f"the agent's turn failed: {exc.message}",
+                f"the agent's turn failed: {exc.message[:MAX_ERROR_MESSAGE]}",
                 stop_reason="error",
                 check_exit_code=None,
                 check_output=None,
-                cause=exc.to_dict(),
+                cause={"group": exc.group, "code": exc.code},
             ) from exc
         stop_reason = str(reply.get("stop_reason"))[:64]
         if stop_reason not in OK_STOP_REASONS:
@@ -385,8 +387,11 @@ def _failed_result(exc: BaseException, vm_key: str, status: str) -> dict[str, An
     """The step result of a task that failed (or was cancelled by ``fail_fast``)."""
     cause = exc.__cause__ if isinstance(exc.__cause__, AgentVMError) else exc
     error: dict[str, Any] = (
-        cause.to_dict() if isinstance(cause, AgentVMError) else {"message": str(cause)}
+        cause.to_dict()
+        if isinstance(cause, AgentVMError)
+        else {"type": type(cause).__name__, "message": str(cause)}
     )
+    error["message"] = str(error.get("message", ""))[:MAX_ERROR_MESSAGE]
     meta: dict[str, Any] = error.get("metadata") or {}
     code = meta.get("check_exit_code")
     now = time.time()
