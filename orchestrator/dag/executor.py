@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -98,6 +99,15 @@ def _error(exc: BaseException) -> dict[str, Any]:
         meta = {k: v for k, v in exc.metadata.items() if k != "traceback"}
         return {"group": exc.group, "code": exc.code, "message": exc.message, "metadata": meta}
     return {"group": "run", "code": type(exc).__name__, "message": str(exc), "metadata": {}}
+
+
+def checkpoint_name(run_id: int, sid: str, suffix: str = "") -> str:
+    """``wf-<run_id>-<step id><suffix>``; a name longer than a checkpoint name may be
+    (64) has the step id hashed."""
+    name = f"wf-{run_id}-{sid}{suffix}"
+    if len(name) > 64:
+        name = f"wf-{run_id}-{hashlib.sha256(sid.encode()).hexdigest()[:16]}{suffix}"
+    return name
 
 
 def _recorded(ctx: WorkflowContext, name: str) -> HistoryRecord | None:
@@ -357,7 +367,7 @@ class DagRun:
     ) -> dict[str, Any]:
         sid = s.id
         if s.checkpoint:
-            name = f"wf-{self.run_id}-{sid}"
+            name = checkpoint_name(self.run_id, sid)
             try:
                 entry = await self.ctx.step(
                     f"checkpoint-{sid}",
@@ -524,115 +534,9 @@ class DagRun:
     # -- race steps
 
     async def _race_step(self, s: StepDef) -> dict[str, Any]:
-        """Checkpoint the step's vm, fork a vm per candidate from it, race them: the
-        winner's vm replaces the step's vm; the losers' vms are destroyed."""
-        assert s.race is not None
-        sid, ctx = s.id, self.ctx
-        label, key, rerun, done = await self._begin(s)
-        base = f"wf-{self.run_id}-{sid}-base"
-        keys = [f"{self.prefix}-{sid}-c{i}" for i in range(len(s.race))]
-        outcome: dict[int, str] = {}
-        if not done:
-            await self._started(sid, key, 1)
+        from .race import race_step
 
-        async def prepare() -> dict[str, Any]:
-            restored = await self._maybe_restore(key) if rerun else None
-            await self.vm(key).resolve()
-            return {"restored_from": restored, "checkpoint": await self.vm(key).checkpoint(base)}
-
-        winner: int | None = None
-        started = time.time()
-        try:
-            prep = await ctx.step(
-                f"fork-base-{sid}", prepare, max_retries=2, timeout=RESTORE_TIMEOUT
-            )
-            branches = [
-                (f"c{i}", self._candidate(s, i, key, base, keys[i], outcome))
-                for i in range(len(keys))
-            ]
-            race = await ctx.race(f"race-{sid}", branches)
-            winner = int(race.winner[1:])
-            value: dict[str, Any] = dict(race.value)
-        except (asyncio.CancelledError, HistoryDivergedError):
-            raise
-        except Exception as exc:
-            error = exc
-
-            def fail() -> None:
-                raise error
-
-            with contextlib.suppress(StepExhaustedError):
-                await ctx.step(f"step-{sid}", fail, max_retries=0)
-            return await self._failed(s, key, exc, 1, started, done)
-        finally:
-            if not done:
-                await destroy_quietly(ctx, [k for i, k in enumerate(keys) if i != winner])
-
-        def assemble() -> dict[str, Any]:
-            cands = [
-                {"index": i, "vm": k, "status": "won" if i == winner else outcome.get(i, "lost")}
-                for i, k in enumerate(keys)
-            ]
-            finished = time.time()
-            out = {
-                **value,
-                "status": "completed",
-                "attempts": 1,
-                "started_at": started,
-                "finished_at": finished,
-                "duration_ms": int((finished - started) * 1000),
-                "vm": keys[winner] if winner is not None else key,
-                "winner": winner,
-                "candidates": cands,
-            }
-            if prep.get("restored_from"):
-                out["restored_from"] = prep["restored_from"]
-            return out
-
-        result = await ctx.step(f"step-{sid}", assemble, max_retries=0)
-        self.replaced[label] = result["vm"]
-        await self._use_vm(f"{sid}.winner", result["vm"])
-        return await self._completed(s, key, result, replayed=done)
-
-    def _candidate(
-        self, s: StepDef, i: int, base_key: str, base: str, key: str, outcome: dict[int, str]
-    ) -> Callable[[WorkflowContext], Awaitable[dict[str, Any]]]:
-        assert s.race is not None
-        cand = s.race[i]
-
-        async def fork() -> str:
-            # A fork from before a crash is replaced: the candidate starts over.
-            with contextlib.suppress(ActorNotFound):
-                await self.client.vm.get(key).destroy()
-            await self.vm(base_key).fork(key, {"checkpoint": base})
-            return key
-
-        async def agent() -> dict[str, Any]:
-            return await self._agent(
-                key,
-                s,
-                cand.prompt or s.prompt,
-                cand.system_prompt or s.system_prompt,
-                cand.agent_type or s.agent_type,
-                cand.model or s.model,
-            )
-
-        async def branch(bctx: WorkflowContext) -> dict[str, Any]:
-            try:
-                await bctx.step("fork", fork, max_retries=1, timeout=RESTORE_TIMEOUT)
-                out: dict[str, Any] = await bctx.step(
-                    "agent", agent, max_retries=0, timeout=s.timeout
-                )
-            except asyncio.CancelledError:
-                outcome[i] = "cancelled"
-                raise
-            except Exception:
-                outcome[i] = "failed"
-                raise
-            outcome[i] = "completed"
-            return out
-
-        return branch
+        return await race_step(self, s)
 
     # -- the end
 

@@ -67,6 +67,8 @@ def workflow_view(detail: RunDetail) -> dict[str, Any]:
             step = {"status": "pending", "text": ""}
         if step.get("status") == "failed" and not step.get("error") and sid in failures:
             step["error"] = failures[sid]
+        if detail.status == "cancelled" and step.get("status") == "running":
+            step["status"] = "cancelled"  # it was in flight when the run was cancelled
         steps[sid] = step
     result = _obj(detail.result)
     return {

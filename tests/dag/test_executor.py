@@ -362,6 +362,7 @@ async def test_cancel_mid_run_cancels_the_prompt_and_starts_nothing_new(
         ended = await eventually(prompt_end, timeout=60, interval=0.2, what="prompt_end")
         assert ended[0]["data"].get("stop_reason") in ("cancelled", None), ended
         view = await _view(client, "cancel", run_id)
+    assert view["steps"]["slow"]["status"] == "cancelled"
     assert view["steps"]["other"]["status"] == "pending"
     assert view["steps"]["next"]["status"] == "pending"
     assert _first_prompts(fake_model, "[k other]") == []
