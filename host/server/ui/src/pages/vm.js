@@ -2,7 +2,7 @@
 // watch stream), a terminal, open ports with previews, processes and sessions.
 import { useEffect, useState } from "preact/hooks";
 import { html, displayKey, encodePath, isKeyPath, parentOf, useStylesheet } from "../vm/html.js";
-import { rawBody, vmAction } from "../vm/http.js";
+import { fetchBytes, vmAction } from "../vm/http.js";
 import FileTree from "../vm/filetree.js";
 import FileView from "../vm/fileview.js";
 import Terminal from "../vm/terminal.js";
@@ -44,7 +44,7 @@ function Upload({ api, vmKey, dir, onDone }) {
       const path = `${dir}/${name}`;
       setState(`uploading ${path}…`);
       try {
-        await rawBody(api, "PUT", `/vms/${vmKey}/files/${encodePath(path)}`, file);
+        await fetchBytes(api, "PUT", `/vms/${vmKey}/files/${encodePath(path)}`, file);
         setState(`uploaded ${path}`);
         onDone(path);
       } catch (err) {

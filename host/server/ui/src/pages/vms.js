@@ -2,7 +2,7 @@
 // create (start) and destroy.
 import { useEffect, useState } from "preact/hooks";
 import { html, age, encodeKey, useStylesheet } from "../vm/html.js";
-import { json, vmAction } from "../vm/http.js";
+import { vmAction } from "../vm/http.js";
 import { href } from "../html.js";
 
 const KEY_RE = /^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$/;
@@ -52,7 +52,7 @@ export default function Vms({ api }) {
     }
     setBusy(key);
     try {
-      await json(api, "POST", `/actors/vm/${encodeKey(key)}/actions/start`, { args: [] });
+      await api.post(`/actors/vm/${encodeKey(key)}/actions/start`, { args: [] });
       setNewKey("");
       setError(null);
     } catch (err) {
@@ -66,7 +66,7 @@ export default function Vms({ api }) {
     if (!confirm(`Destroy vm ${vm.encoded}? Its container and /home/user are removed.`)) return;
     setBusy(vm.encoded);
     try {
-      await json(api, "DELETE", `/actors/vm/${vm.encoded}`);
+      await api.del(`/actors/vm/${vm.encoded}`);
     } catch (err) {
       setError(String(err.message || err));
     }

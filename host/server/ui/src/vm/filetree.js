@@ -3,7 +3,7 @@
 // text nodes only.
 import { useEffect, useState, useCallback } from "preact/hooks";
 import { html, parentOf } from "./html.js";
-import { json, lsUrl } from "./http.js";
+import { lsUrl } from "./http.js";
 
 function sortEntries(entries) {
   return [...entries].sort((a, b) => {
@@ -26,7 +26,7 @@ export default function FileTree({ api, vmKey, root, selected, onSelect, change,
     async (path) => {
       setDirs((d) => ({ ...d, [path]: { ...(d[path] || {}), loading: true } }));
       try {
-        const listing = await json(api, "GET", lsUrl(vmKey, path));
+        const listing = await api.get(lsUrl(vmKey, path));
         setDirs((d) => ({ ...d, [path]: { entries: sortEntries(listing.entries), loading: false } }));
       } catch (err) {
         setDirs((d) => ({ ...d, [path]: { error: String(err.message || err), loading: false } }));

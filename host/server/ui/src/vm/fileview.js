@@ -4,7 +4,7 @@
 // `highlight().value` builds its HTML from escaped text and its own <span>s).
 import { useEffect, useState } from "preact/hooks";
 import { html, basename, formatSize, useStylesheet } from "./html.js";
-import { filesUrl, readHead } from "./http.js";
+import { fetchBytes, filesUrl, readHead } from "./http.js";
 
 // What the viewer shows at most; the rest is behind the download button.
 export const VIEW_LIMIT = 512 * 1024;
@@ -115,7 +115,7 @@ export default function FileView({ api, vmKey, path, change }) {
 
   const download = async () => {
     try {
-      const response = await api.raw("GET", filesUrl(vmKey, path));
+      const response = await fetchBytes(api, "GET", filesUrl(vmKey, path));
       const url = URL.createObjectURL(await response.blob());
       const a = document.createElement("a");
       a.href = url;

@@ -1,23 +1,19 @@
 // The VM pages' calls, on top of the shared client (src/api.js: token, 401 prompt,
-// error shape): raw bytes for files, JSON for actions.
+// error shape). JSON goes through it; file bytes (streamed reads, uploads,
+// downloads) through `fetchBytes`, which sends the same bearer header.
 import { encodePath } from "./html.js";
 
-/** A JSON call through the shared client → the parsed answer. */
-export async function json(api, method, path, body) {
-  const resp = await api.raw(method, path, body === undefined ? {} : { body });
-  return resp.status === 204 ? null : resp.json();
-}
-
-/** A request whose body is not JSON (an upload): the shared client sends JSON only,
- * so this one adds the same bearer header; a 401 goes through the client once (which
- * asks for the token) and is retried. */
-export async function rawBody(api, method, path, body) {
+/** A request whose body or answer is raw bytes → the Response (ok), or throws an
+ * Error with the server's message. A 401 goes through the shared client once (which
+ * asks for the token) and the request is retried with it. */
+export async function fetchBytes(api, method, path, body) {
   for (let attempt = 0; ; attempt++) {
-    const headers = { "Content-Type": "application/octet-stream" };
+    const headers = {};
+    if (body !== undefined) headers["Content-Type"] = "application/octet-stream";
     if (api.token) headers.Authorization = `Bearer ${api.token}`;
     const resp = await fetch(path, { method, headers, body });
     if (resp.status === 401 && attempt === 0) {
-      await api.raw("GET", "/actors", { query: { name: "vm" } }); // prompts for the token
+      await api.get("/actors", { name: "vm" }); // asks for the token, or throws
       continue;
     }
     if (!resp.ok) {
@@ -27,7 +23,9 @@ export async function rawBody(api, method, path, body) {
       } catch {
         err = null;
       }
-      throw new Error((err && err.message) || `HTTP ${resp.status}`);
+      const error = new Error((err && err.message) || `HTTP ${resp.status}`);
+      error.status = resp.status;
+      throw error;
     }
     return resp;
   }
@@ -35,7 +33,7 @@ export async function rawBody(api, method, path, body) {
 
 /** Call an action of an existing vm actor → its output (never creates the vm). */
 export async function vmAction(api, key, name, args = []) {
-  const out = await json(api, "POST", `/actors/vm/${key}/actions/${name}?create=false`, { args });
+  const out = await api.post(`/actors/vm/${key}/actions/${name}`, { args }, { query: { create: "false" } });
   return out.output;
 }
 
@@ -50,7 +48,7 @@ export function lsUrl(key, path) {
 /** At most `limit` bytes of a file (its beginning) → {bytes, truncated}: the rest
  * of a large file is never read into the page. */
 export async function readHead(api, key, path, limit) {
-  const response = await api.raw("GET", filesUrl(key, path));
+  const response = await fetchBytes(api, "GET", filesUrl(key, path));
   const reader = response.body.getReader();
   const chunks = [];
   let size = 0;

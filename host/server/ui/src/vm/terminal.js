@@ -148,7 +148,7 @@ export default function Terminal({ api, vmKey }) {
       };
       // An API call first: it asks for the token when the server wants one (the
       // WebSocket handshake cannot), and says so when the vm does not exist.
-      await api.raw("GET", `/actors/vm/${vmKey}`);
+      await api.get(`/actors/vm/${vmKey}`);
       if (disposed) return;
       connect(sessionStorage.getItem(storageKey(vmKey)));
       term.focus();
