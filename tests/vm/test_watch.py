@@ -88,6 +88,15 @@ async def test_create_modify_delete_in_order(vm_host: Any, mode: str) -> None:
             assert await vm.call("unwatch", wid) is False
             await eventually(lambda: asyncio.sleep(0, changes.ended), what="watch_ended")
             assert changes.ended[0] == {"watch_id": wid, "reason": "unwatched"}
+            # A watch whose path goes away reports it and ends by itself.
+            gone = (await vm.call("watch", "proj/new", {"mode": mode, "interval": 0.1}))["watch_id"]
+            await vm.call("exec", "rm -rf proj/new")
+            await eventually(
+                lambda: asyncio.sleep(0, changes.ended), lambda e: len(e) == 2, what="end"
+            )
+            assert changes.ended[1] == {"watch_id": gone, "reason": "ended"}
+            assert ("deleted", "/home/user/proj/new") in changes.of(gone)
+            assert await vm.call("list_watches") == []
         finally:
             pump.cancel()
             await subscription.close()

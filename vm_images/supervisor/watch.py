@@ -64,6 +64,11 @@ class Changes:
         self.dropped = 0
         self.reasons: set[str] = set()
         self.ready = asyncio.Event()
+        self.finished = False  # the watched path went away: send what is left, then end
+
+    def finish(self) -> None:
+        self.finished = True
+        self.ready.set()
 
     def add(self, path: str, kind: str) -> None:
         if self.last.get(path) == kind:
@@ -182,6 +187,8 @@ class Inotify:
                 continue
             if mask & IN_IGNORED:
                 self.paths.pop(wd, None)
+                if base == self.root:
+                    self.changes.finish()
                 continue
             name = os.fsdecode(raw.rstrip(b"\x00"))
             path = os.path.join(base, name) if name else base
@@ -193,8 +200,9 @@ class Inotify:
                 self.changes.add(path, "deleted")
             elif mask & IN_MODIFY:
                 self.changes.add(path, "modified")
-            elif mask & IN_DELETE_SELF and base == self.root:
+            elif mask & (IN_DELETE_SELF | IN_MOVE_SELF) and base == self.root:
                 self.changes.add(path, "deleted")
+                self.changes.finish()
 
 
 def _snapshot(root: str, recursive: bool, limit: int) -> tuple[dict[str, tuple[int, int]], bool]:
@@ -232,12 +240,22 @@ def _snapshot(root: str, recursive: bool, limit: int) -> tuple[dict[str, tuple[i
     return seen, False
 
 
+def _exists(path: str) -> bool:
+    return os.path.lexists(path)
+
+
 async def _poll(root: str, recursive: bool, changes: Changes, interval: float) -> None:
     """The fallback: compare bounded snapshots every ``interval`` seconds."""
     before, _ = await asyncio.to_thread(_snapshot, root, recursive, MAX_POLL_ENTRIES)
     while True:
         await asyncio.sleep(interval)
         after, cut = await asyncio.to_thread(_snapshot, root, recursive, MAX_POLL_ENTRIES)
+        if not _exists(root):
+            for path in before:
+                changes.add(path, "deleted")
+            changes.add(root, "deleted")
+            changes.finish()
+            return
         if cut:
             changes.overflow(f"more than {MAX_POLL_ENTRIES} entries: not all polled")
         for path, sig in after.items():
@@ -260,6 +278,8 @@ async def _send(ch: Channel, changes: Changes) -> None:
         for start in range(0, len(batch), EVENTS_PER_FRAME):
             frame = json.dumps(batch[start : start + EVENTS_PER_FRAME], separators=(",", ":"))
             await ch.send_data("events", frame.encode())  # waits for the host's credit
+        if changes.finished and not changes.items and not changes.dropped:
+            return
         await asyncio.sleep(MIN_INTERVAL)
 
 
@@ -314,10 +334,12 @@ async def op_watch(link: Link, ch: Channel, args: dict[str, Any], payload: bytes
         if notify is None:
             source = asyncio.create_task(_poll(root, recursive, changes, interval))
         await ch.send_event("started", mode="inotify" if notify is not None else "poll", path=root)
-        await asyncio.wait({sender} | ({source} if source is not None else set()))
-        for task in (sender, source):
-            if task is not None and task.done() and not task.cancelled():
-                task.result()  # the link closed or the poller failed: say so
+        waiting: set[asyncio.Task[None]] = {sender} | ({source} if source else set())
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        if source is not None and source.done() and not sender.done():
+            source.result()  # the poller failed: say so
+            await sender  # the path went away: the last changes leave first
+        sender.result()  # the link closed: say so
         return None, b""
     finally:
         _active -= 1
