@@ -236,3 +236,43 @@ def test_a_new_fix_bug_appears_live_and_is_cancelled_while_the_agent_works(
     row.locator("button[data-action=cancel]").click()
     row.locator("[data-status=cancelled]").wait_for(timeout=120_000)
     assert _run(server.url, "automator", run_id)["status"] == "cancelled"
+
+
+# A DAG workflow whose steps are all skipped (their condition is false): it runs
+# without a vm or an agent.
+ALL_SKIPPED: dict[str, Any] = {
+    "description": "every step skipped unless go",
+    "params": [
+        {"name": "go", "type": "boolean", "default": False},
+        {"name": "label", "type": "string", "required": True, "description": "any text"},
+    ],
+    "steps": [
+        {"id": "a", "prompt": "a {{ params.label }}", "when": {"param": "go"}},
+        {"id": "b", "prompt": "b {{steps.a.text}}", "depends_on": ["a"], "when": {"param": "go"}},
+    ],
+}
+
+
+@pytest.mark.docker
+def test_a_registered_dag_workflow_is_started_from_the_form_with_its_params(console_host, page):
+    """The form lists a registered workflow with its params; a required param left
+    empty is refused naming it; filled in, the run starts and its page shows it
+    completed (the runs of the "workflows" actor keyed by the workflow's name)."""
+    server = console_host()
+    resp = httpx.put(f"{server.url}/workflows/ui-skip", json=ALL_SKIPPED, headers=AUTH)
+    assert resp.status_code == 200, resp.text
+    page.goto(f"{server.url}/ui/#/runs")
+    give_token(page)
+    page.locator("#start-run").click()
+    page.locator("#start-kind").wait_for()
+    page.select_option("#start-kind", "workflow:ui-skip")
+    page.locator("#field-label").wait_for()
+    assert page.locator("#field-go").is_checked() is False
+    page.locator("#start-submit").click()
+    page.locator("#start-error").filter(has_text="label").wait_for()
+    page.locator("#field-label").fill("from the console")
+    page.locator("#start-submit").click()
+    page.locator("#run-page[data-status=completed]").wait_for(timeout=120_000)
+    assert "workflows · ui-skip" in page.locator("#run-page").inner_text()
+    runs = httpx.get(f"{server.url}/runs", params={"name": "workflows"}, headers=AUTH).json()
+    assert [r["status"] for r in runs["runs"]] == ["completed"]

@@ -137,6 +137,8 @@ export function StartForm({ api, onStarted }) {
       } else {
         const started = await api.post(`/workflows/${encodeURIComponent(current.name)}/runs`, { params: body });
         if (onStarted) onStarted(started);
+        // A registered workflow's runs are runs of the "workflows" actor keyed by its name.
+        if (started && started.run_id) location.hash = href("runs", "workflows", api.keyPath([current.name]), started.run_id);
       }
     } catch (err) {
       setError(err);

@@ -23,19 +23,23 @@ export default function RunPage({ params, api }) {
   const [run, setRun] = useState(null);
   const [error, setError] = useState(null);
   const [tx, setTx] = useState(emptyTranscript());
-  const [vm, setVm] = useState(null);
+  const [vms, setVms] = useState([]); // the run's vm keys (meta.vm; a DAG run's meta.vms)
   const [patch, setPatch] = useState(null);
   const [, setNow] = useState(0);
   const txRef = useRef(tx);
   txRef.current = tx;
+
+  const noteVms = (meta) => {
+    const found = vmsOf(meta);
+    if (found.length) setVms((old) => (found.every((k) => old.includes(k)) ? old : [...new Set([...old, ...found])]));
+  };
 
   const load = async () => {
     try {
       const r = await api.getRun(name, key, id);
       setRun(r);
       setError(null);
-      const v = r.meta && typeof r.meta.vm === "string" ? r.meta.vm : null;
-      if (v) setVm(v);
+      noteVms(r.meta);
       return r;
     } catch (e) {
       setError(e);
@@ -53,7 +57,7 @@ export default function RunPage({ params, api }) {
       `${base}/events`,
       (event, data) => {
         if (data && data.run_id === id) {
-          if (event === "run_meta" && data.meta && typeof data.meta.vm === "string") setVm(data.meta.vm);
+          if (event === "run_meta") noteVms(data.meta);
           reload();
         }
       },
@@ -70,44 +74,12 @@ export default function RunPage({ params, api }) {
 
   const finished = run && FINISHED.has(run.status);
 
-  // The vm's session events, while the run goes on; a last backfill at its end.
+  // Each vm's session events, while the run goes on; a last backfill at its end.
   useEffect(() => {
-    if (!vm) return;
-    const vmPath = `/actors/vm/${api.keyPath([vm])}`;
-    const apply = (ev) => setTx((s) => applyEvent(s, ev));
-    const backfill = async () => {
-      const action = async (action, args) =>
-        (await api.post(`${vmPath}/actions/${action}`, { args }, { query: { create: "false" } })).output;
-      try {
-        const listed = (await action("list_sessions", [])) || [];
-        const sids = new Set([...listed.map((x) => x && x.session_id), ...Object.keys(txRef.current.seen)]);
-        for (const sid of sids) {
-          if (typeof sid !== "string" || !sid) continue;
-          for (let page = 0; page < 10; page++) {
-            const since = txRef.current.seen[sid] || 0;
-            const evs = (await action("get_session_events", [sid, { since, limit: 1000 }])) || [];
-            for (const ev of evs) {
-              txRef.current = applyEvent(txRef.current, ev);
-            }
-            setTx(txRef.current);
-            if (!evs.length || (txRef.current.seen[sid] || 0) === since) break;
-          }
-        }
-      } catch (_) {
-        /* the vm is gone (destroyed at the run's end): what we saw is what there is */
-      }
-    };
-    if (finished) {
-      backfill();
-      return;
-    }
-    const close = api.events(`${vmPath}/events`, (event, data) => event === "session_event" && apply(data), {
-      query: { events: "session_event", create: "false" },
-      waitForActor: true,
-      onOpen: backfill,
-    });
-    return close;
-  }, [vm, finished]);
+    if (!vms.length) return;
+    const closers = vms.map((vm) => followVm(api, vm, finished, setTx, txRef));
+    return () => closers.forEach((c) => c && c());
+  }, [vms.join("\n"), finished]);
 
   useEffect(() => {
     if (run && run.status === "completed" && run.result && typeof run.result.patch === "string" && run.result.patch) {
@@ -151,7 +123,7 @@ export default function RunPage({ params, api }) {
       ${!finished ? html`<button class="danger" id="run-cancel" onClick=${() => act("cancel")}>cancel</button>` : null}
       ${run.status === "failed" || run.status === "cancelled" ? html`<button id="run-retry" onClick=${() => act("retry")}>retry</button>` : null}
     </div>
-    <p class="muted">created ${fmtAge(run.created_at)} · duration ${fmtDuration(runDuration(run))}${vm ? html` · vm <a href=${"#/vms/" + encodeURIComponent(api.keyPath([vm]))}>${vm}</a>` : null}</p>
+    <p class="muted">created ${fmtAge(run.created_at)} · duration ${fmtDuration(runDuration(run))}${vms.map((vm) => html` · vm <a href=${"#/vms/" + encodeURIComponent(api.keyPath([vm]))}>${vm}</a>`)}</p>
     ${error ? html`<p class="error">${errorText(error.error || error.message)}</p>` : null}
     ${run.error ? html`<div class="card error" id="run-error">${errorText(run.error)}</div>` : null}
     <div class="card"><h2 style="margin-top:0">Steps</h2>
@@ -161,10 +133,59 @@ export default function RunPage({ params, api }) {
         <button id="patch-download" style="margin-left:8px" onClick=${(e) => (e.preventDefault(), download())}>download</button></summary>
         <${DiffView} text=${patch} /></details>` : null}
     <div class="card"><h2 style="margin-top:0">Agent transcript</h2>
-      ${!vm && finished ? html`<p class="muted">this run has no vm</p>` : html`<${Transcript} state=${tx} />`}</div>
+      ${!vms.length && finished ? html`<p class="muted">this run has no vm</p>` : html`<${Transcript} state=${tx} />`}</div>
     <div class="grid2">
       <div class="card"><h2 style="margin-top:0">Input</h2><${JsonView} value=${run.input} /></div>
       <div class="card"><h2 style="margin-top:0">Result</h2><${JsonView} value=${result} /></div>
     </div>
   </section>`;
+}
+
+// The vm keys a run's meta names: meta.vm (the built-in orchestrators) and the
+// values of meta.vms (a DAG workflow run: {step label: vm key}).
+function vmsOf(meta) {
+  if (!meta || typeof meta !== "object") return [];
+  const out = [];
+  if (typeof meta.vm === "string") out.push(meta.vm);
+  if (meta.vms && typeof meta.vms === "object") for (const v of Object.values(meta.vms)) if (typeof v === "string") out.push(v);
+  return out;
+}
+
+// Feed one vm's session events into the transcript: a backfill of the stored
+// ones, then its live broadcasts (none once the run is finished). Returns close().
+function followVm(api, vm, finished, setTx, txRef) {
+  const vmPath = `/actors/vm/${api.keyPath([vm])}`;
+  const backfill = async () => {
+    const action = async (action, args) =>
+      (await api.post(`${vmPath}/actions/${action}`, { args }, { query: { create: "false" } })).output;
+    try {
+      const listed = (await action("list_sessions", [])) || [];
+      const sids = new Set([...listed.map((x) => x && x.session_id), ...Object.keys(txRef.current.seen)]);
+      for (const sid of sids) {
+        if (typeof sid !== "string" || !sid) continue;
+        for (let page = 0; page < 10; page++) {
+          const since = txRef.current.seen[sid] || 0;
+          const evs = (await action("get_session_events", [sid, { since, limit: 1000 }])) || [];
+          for (const ev of evs) txRef.current = applyEvent(txRef.current, ev);
+          setTx(txRef.current);
+          if (!evs.length || (txRef.current.seen[sid] || 0) === since) break;
+        }
+      }
+    } catch (_) {
+      /* the vm is gone (destroyed at the run's end) or is another vm's session: what we saw is what there is */
+    }
+  };
+  if (finished) {
+    backfill();
+    return null;
+  }
+  return api.events(
+    `${vmPath}/events`,
+    (event, data) => {
+      if (event !== "session_event") return;
+      txRef.current = applyEvent(txRef.current, data);
+      setTx(txRef.current);
+    },
+    { query: { events: "session_event", create: "false" }, waitForActor: true, onOpen: backfill }
+  );
 }
