@@ -58,7 +58,8 @@ def _headers(policy: str) -> dict[str, str]:
     }
 
 
-def missing_assets(root: Path = UI_ROOT) -> list[str]:
+def missing_assets(root: Path | None = None) -> list[str]:
+    root = root or UI_ROOT
     return [name for name in REQUIRED_VENDOR if not (root / "vendor" / name).is_file()]
 
 
@@ -75,14 +76,14 @@ async def ui_root() -> Response:
 
 @router.get("/ui/")
 async def ui_index() -> Response:
-    missing = missing_assets()
+    missing = missing_assets(_root())
     if missing:
         return HTMLResponse(
             NOT_BUILT.format(missing=", ".join(f"vendor/{m}" for m in missing)),
             status_code=503,
             headers=_headers(csp()),
         )
-    page = (UI_ROOT / "index.html").read_bytes()
+    page = (_root() / "index.html").read_bytes()
     hashes = tuple(
         base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode()
         for m in _IMPORT_MAP.finditer(page)
@@ -135,9 +136,14 @@ class _FileCache:
 _cache = _FileCache()
 
 
-def _resolve(path: str, root: Path = UI_ROOT) -> Path | None:
+def _root() -> Path:
+    return UI_ROOT  # read at call time: tests point it elsewhere
+
+
+def _resolve(path: str, root: Path | None = None) -> Path | None:
     """The file ``path`` names inside ``src/`` or ``vendor/``, or ``None``: no
     ``..``, no hidden files, no symlink out of the folder."""
+    root = root or _root()
     parts = path.split("/")
     if len(parts) < 2 or parts[0] not in SERVED_DIRS:
         return None

@@ -9,12 +9,14 @@ is reloaded: what changes on the server must show up on the open page.
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
+from host.server import routes_ui
 from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 from .conftest import SCREENSHOTS, TOKEN, first_paint_ms, give_token
@@ -78,6 +80,64 @@ def test_console_files_are_served_with_a_strict_policy_and_the_api_keeps_its_tok
         lines = stream.iter_lines()
         assert next(lines) == "event: runs"
         assert next(lines).startswith('data: {"runs":[]')
+
+
+def test_without_built_assets_the_console_says_how_to_build_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """No vendor/ (setup not run): /ui/ is a 503 page naming ./scripts/setup; a
+    symlink in src/ pointing out of it is not followed."""
+    from fastapi import FastAPI
+    from starlette.testclient import TestClient
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "app.js").write_text("export {};\n")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not for the browser")
+    (tmp_path / "src" / "link.txt").symlink_to(secret)
+    (tmp_path / "index.html").write_text("<!doctype html>")
+    monkeypatch.setattr(routes_ui, "UI_ROOT", tmp_path)
+    app = FastAPI()
+    app.include_router(routes_ui.router)
+    with TestClient(app) as client:
+        page = client.get("/ui/")
+        assert page.status_code == 503
+        assert "console assets are not built: run ./scripts/setup" in page.text
+        assert "vendor/preact.mjs" in page.text
+        assert client.get("/ui/src/app.js").status_code == 200
+        assert client.get("/ui/src/link.txt").status_code == 404
+        etag = client.get("/ui/src/app.js").headers["etag"]
+        again = client.get("/ui/src/app.js", headers={"If-None-Match": etag})
+        assert again.status_code == 304 and "content-security-policy" in again.headers
+
+
+def test_run_event_streams_are_bounded(console_server):
+    """At most MAX_STREAMS run-event streams at once: one more is a 429 naming the
+    limit; a closed stream frees its slot."""
+    from host.server.routes_run_events import MAX_STREAMS
+
+    url = f"{console_server.url}/runs/events"
+    with httpx.Client(headers=AUTH, timeout=30) as http:
+        streams = [http.stream("GET", url) for _ in range(MAX_STREAMS)]
+        opened = [s.__enter__() for s in streams]
+        try:
+            assert all(r.status_code == 200 for r in opened)
+            extra = http.get(url)
+            assert extra.status_code == 429, extra.text
+            assert extra.json()["error"]["metadata"]["limit"] == MAX_STREAMS
+        finally:
+            for s in streams:
+                s.__exit__(None, None, None)
+
+        def reopened() -> int:
+            with http.stream("GET", url) as resp:
+                return resp.status_code
+
+        # The server notices each disconnect on its own time: poll with a deadline.
+        end = time.monotonic() + 30
+        while reopened() != 200:
+            assert time.monotonic() < end, "the closed streams' slots were never freed"
+            time.sleep(0.05)
 
 
 def test_runs_page_lists_runs_live_and_cancels_and_retries(console_server, page):
