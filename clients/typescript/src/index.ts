@@ -414,6 +414,22 @@ export interface ExecResult {
   [extra: string]: unknown;
 }
 
+/** A listening port inside a sandbox. */
+export interface PortInfo {
+  port: number;
+  /** the preview path a browser can open (with its capability) */
+  preview?: string;
+  [extra: string]: unknown;
+}
+
+/** A `file_changed` event of a watch (`watch_ended` has the watch id only). */
+export interface FileChange {
+  watch_id?: string;
+  path?: string;
+  kind?: string;
+  [extra: string]: unknown;
+}
+
 /** A sandbox: the `vm` actor's actions plus the raw file routes under `/vms/{key}`. */
 export class VmHandle extends ActorHandle {
   readonly vmPath: string;
@@ -458,6 +474,25 @@ export class VmHandle extends ActorHandle {
   /** List a directory (`GET /vms/{key}/ls/{path}`). */
   ls(path: string): Promise<FileListing> {
     return this.t.json<Ok<"listdir">>("GET", `${this.vmPath}/ls/${encodeSandboxPath(path)}`);
+  }
+
+  /** Listening ports inside the sandbox, each with its `preview` path (`GET /vms/{key}/ports`). */
+  ports(): Promise<{ ports: PortInfo[]; preview_template?: string }> {
+    return this.t.json("GET", `${this.vmPath}/ports`);
+  }
+
+  /**
+   * File changes under `path` as server-sent `file_changed` events (and a last
+   * `watch_ended`); the watch stops when the stream is closed.
+   */
+  watch(
+    path = "/home/user",
+    options: { recursive?: boolean; signal?: AbortSignal } = {},
+  ): Promise<EventStream<FileChange>> {
+    return this.t.events<FileChange>(`${this.vmPath}/watch`, {
+      query: { path, recursive: options.recursive ?? true },
+      signal: options.signal,
+    });
   }
 
   // agent sessions
