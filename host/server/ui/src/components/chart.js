@@ -9,7 +9,7 @@ export function LineChart({ title, points, unit = "", testid = null }) {
   if (pts.length >= 2) {
     const xs = pts.map((p) => p[0]), ys = pts.map((p) => p[1]);
     const x0 = Math.min(...xs), x1 = Math.max(...xs);
-    const y1 = Math.max(...ys, 1e-9) * 1.1;
+    const y1 = (Math.max(...ys) || 1) * 1.1; // an all-zero series gets a 0..1 axis
     const X = (x) => pad + ((x - x0) / Math.max(x1 - x0, 1e-9)) * (w - pad - 4);
     const Y = (y) => h - pad - (y / y1) * (h - pad - 6);
     const d = pts.map((p, i) => `${i ? "L" : "M"}${X(p[0]).toFixed(1)},${Y(p[1]).toFixed(1)}`).join("");
