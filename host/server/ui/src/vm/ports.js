@@ -1,12 +1,16 @@
-// Open ports of a vm (`list_ports`) with their preview links: the server proxies
-// `/vms/{key}/ports/{port}/...` to the port inside the sandbox. Links open in a new
-// tab without an opener.
+// Open ports of a vm (`GET /vms/{key}/ports`: the sandbox's listening TCP ports,
+// each with its preview path) with their preview links. The path carries a
+// capability for this vm (the server's HMAC of its key), so the new tab opens the
+// preview without the bearer token, which never leaves this page. Links open
+// without an opener and without a referrer.
 import { useEffect, useState } from "preact/hooks";
 import { html } from "./html.js";
-import { vmAction } from "./http.js";
 
-export function previewUrl(vmKey, port) {
-  return `/vms/${vmKey}/ports/${port}/`;
+/** The preview path the server handed out, if it is one for this vm. */
+export function previewUrl(vmKey, entry) {
+  const prefix = `/vms/${vmKey}/ports/${entry.port}`;
+  const given = typeof entry.preview === "string" ? entry.preview : "";
+  return given.startsWith(`${prefix}.`) || given.startsWith(`${prefix}/`) ? given : `${prefix}/`;
 }
 
 function portsOf(output) {
@@ -28,7 +32,8 @@ export default function Ports({ api, vmKey }) {
 
   useEffect(() => {
     let live = true;
-    vmAction(api, vmKey, "list_ports")
+    api
+      .get(`/vms/${vmKey}/ports`)
       .then((out) => live && (setPorts(portsOf(out)), setError(null)))
       .catch((err) => live && setError(String(err.message || err)));
     return () => {
@@ -49,7 +54,7 @@ export default function Ports({ api, vmKey }) {
       html`<ul class="vm-port-list">
         ${ports.map(
           (p) => html`<li key=${p.port} data-port=${p.port}>
-            <a href=${previewUrl(vmKey, p.port)} target="_blank" rel="noopener noreferrer">
+            <a href=${previewUrl(vmKey, p)} target="_blank" rel="noopener noreferrer">
               :${p.port}
             </a>
             ${p.process && html` <span class="vm-muted">${String(p.process)}</span>`}
