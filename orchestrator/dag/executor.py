@@ -545,9 +545,7 @@ class DagRun:
         completed = [sid for sid, st in self.status.items() if st == "completed"]
         outcome = "completed" if not failed else ("partial" if completed else "failed")
         steps = {s.id: self.status.get(s.id, "pending") for s in self.defn.steps}
-        if _recorded(self.ctx, "end") is None:
-            self._emit("workflow_completed", status=outcome, steps=steps)
-        await self.ctx.step("end", lambda: {"status": outcome, "at": time.time()})
+        self._emit("workflow_completed", status=outcome, steps=steps)
         await self._meta(status=outcome)
         if failed:
             raise WorkflowFailed(

@@ -97,27 +97,30 @@ def _candidate(
     assert s.race is not None
     cand = s.race[i]
 
-    async def fork() -> str:
-        # A fork from before a crash is replaced: the candidate starts over.
+    async def fork() -> None:
+        # A fork from before (a crash, a retried run) is replaced: the candidate
+        # starts over from the base checkpoint.
         with contextlib.suppress(ActorNotFound):
             await dag.client.vm.get(key).destroy()
         await dag.vm(base_key).fork(key, {"checkpoint": base})
-        return key
 
-    async def agent() -> dict[str, Any]:
-        return await dag._agent(
-            key,
-            s,
-            cand.prompt or s.prompt,
-            cand.system_prompt or s.system_prompt,
-            cand.agent_type or s.agent_type,
-            cand.model or s.model,
-        )
+    async def run() -> dict[str, Any]:
+        # One step: a candidate that runs again (a retried run) forks again.
+        async with asyncio.timeout(RESTORE_TIMEOUT):
+            await fork()
+        async with asyncio.timeout(s.timeout):
+            return await dag._agent(
+                key,
+                s,
+                cand.prompt or s.prompt,
+                cand.system_prompt or s.system_prompt,
+                cand.agent_type or s.agent_type,
+                cand.model or s.model,
+            )
 
     async def branch(bctx: WorkflowContext) -> dict[str, Any]:
         try:
-            await bctx.step("fork", fork, max_retries=1, timeout=RESTORE_TIMEOUT)
-            out: dict[str, Any] = await bctx.step("agent", agent, max_retries=0, timeout=s.timeout)
+            out: dict[str, Any] = await bctx.step("run", run, max_retries=0)
         except asyncio.CancelledError:
             outcome[i] = "cancelled"
             raise

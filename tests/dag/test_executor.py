@@ -132,6 +132,16 @@ async def test_diamond_runs_its_middle_steps_side_by_side_and_interpolates(
             await wf.send("run", {"definition": broken, "params": {"topic": "x"}})
         assert bad_def.value.metadata["field"] == "body.definition.steps.0.prompt"
 
+        stream = await wf.connect()
+        got: list[tuple[str, Any]] = []
+
+        async def collect() -> None:
+            async for ev in stream:
+                got.append((ev.name, ev.payload))
+                if ev.name == "workflow_completed":
+                    return
+
+        collector = asyncio.create_task(collect())
         sent = await wf.send("run", {"definition": DIAMOND, "params": {"topic": "owls"}})
         run_id = sent.message_id
         assert run_id is not None
@@ -147,6 +157,25 @@ async def test_diamond_runs_its_middle_steps_side_by_side_and_interpolates(
         view = await _until(client, "diamond", run_id, _ended)
         assert view["status"] == "completed", view
         keys_after = await _vm_keys(client)
+        await asyncio.wait_for(collector, 60)
+        await stream.close()
+    ours = ("workflow_started", "step_started", "step_completed", "step_skipped")
+    mine = [
+        (n, p)
+        for n, p in got
+        if n in (*ours, "workflow_completed") and isinstance(p, dict) and p["run_id"] == run_id
+    ]
+    names = [n for n, _ in mine]
+    assert names[0] == "workflow_started" and names[-1] == "workflow_completed", names
+    assert mine[0][1]["steps"] == list("abcde") and mine[0][1]["params"]["topic"] == "owls"
+    done = {p["step"]: p["text"] for n, p in mine if n == "step_completed"}
+    assert done == {"a": "A-TEXT", "b": "B-TEXT", "c": "C-TEXT", "d": "D-TEXT"}, mine
+    assert {p["step"] for n, p in mine if n == "step_started"} == set("abcd")
+    assert [p for n, p in mine if n == "step_skipped"] == [
+        {"run_id": run_id, "step": "e", "reason": "condition"}
+    ]
+    assert mine[-1][1]["status"] == "completed"
+    assert mine[-1][1]["steps"] == {**dict.fromkeys("abcd", "completed"), "e": "skipped"}
     steps = view["steps"]
     assert [steps[s]["status"] for s in "abcde"] == ["completed"] * 4 + ["skipped"]
     assert steps["e"]["reason"] == "condition"
