@@ -122,12 +122,41 @@ class Handler(BaseHTTPRequestHandler):
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 """
 
+# A hostile server inside the sandbox: endless response headers, or silence.
+HOSTILE = r"""
+import socket, sys, threading, time
+
+def serve(conn):
+    request = conn.recv(65536)
+    if b"/flood" in request:
+        conn.sendall(b"HTTP/1.1 200 OK\r\n")
+        try:
+            while True:
+                conn.sendall(b"X-Flood: " + b"a" * 8000 + b"\r\n")
+        except OSError:
+            return
+    time.sleep(3600)  # accept, read, never answer
+
+server = socket.socket()
+server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+server.bind(("127.0.0.1", int(sys.argv[1])))
+server.listen(64)
+while True:
+    conn, _ = server.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
 
 @pytest.fixture
 def live(image: str, tmp_path: Path) -> Iterator[LiveServer]:
     """The real host with a token; its containers removed after."""
     host_id = f"{HOST_ID}-pv"
-    env = {"AGENTVM_HOST_ID": host_id, "AGENTVM_WARM_POOL": "0"}
+    env = {
+        "AGENTVM_HOST_ID": host_id,
+        "AGENTVM_WARM_POOL": "0",
+        # A sandbox port that never answers is given up after this (a 504).
+        "AGENTVM_PREVIEW_IDLE_TIMEOUT_S": "5",
+    }
     server = start_server(tmp_path / "host.db", token=TOKEN, env=env, registry=None, deadline_s=120)
     yield server
     server.stop()
@@ -317,3 +346,21 @@ def test_cli_ports_and_open(live: LiveServer) -> None:
     warned = agentvm("vm", "open", KEY, "9000", env=env)
     assert warned.returncode == 0 and b"nothing listens on port 9000" in warned.stderr
     assert warned.stdout.decode().strip() == url.replace("/8000.", "/9000.")
+
+
+def test_a_hostile_sandbox_server_is_bounded(live: LiveServer) -> None:
+    """The attacker's server inside the sandbox: endless headers, then silence."""
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=live.url, headers=auth, timeout=120) as http:
+        _act(http, "write_file", "hostile.py", HOSTILE)
+        _act(http, "spawn", ["python3", "/home/user/hostile.py", "8002"])
+        _wait_ports(http, {8002})
+        flood = http.get(f"/vms/{KEY}/ports/8002/flood")
+        assert flood.status_code == 502, flood.text
+        assert flood.json()["error"]["code"] == "port_unavailable"
+        assert "valid HTTP" in flood.json()["error"]["message"]
+        silent = http.get(f"/vms/{KEY}/ports/8002/silent")
+        assert silent.status_code == 504, silent.text
+        assert silent.json()["error"]["code"] == "port_timeout"
+        # The server is still fine for everything else.
+        assert http.get(f"/vms/{KEY}/ports").status_code == 200
