@@ -15,7 +15,7 @@ import pytest
 from orchestrator.dag import workflow_view
 from orchestrator.errors import InvalidRequest
 from orchestrator.remote import RemoteClient, create_client
-from tests.e2e.conftest import e2e_images, fake_model, host, host_id  # noqa: F401
+from tests.e2e.conftest import buggy_repo, e2e_images, fake_model, host, host_id  # noqa: F401
 from tests.server.live import LiveServer
 from tests.support import eventually
 from tests.support.fake_anthropic import FakeAnthropic, Turn, _prompt_text
@@ -446,3 +446,43 @@ async def test_kill_9_mid_dag_resumes_without_rerunning_completed_steps(
     assert counts["a"] == 1 and counts["c"] == 1 and counts["b"] >= 2, counts
     assert steps["b"]["text"] == "B"
     assert "three after B" in _first_prompts(fake_model, "[x c]")[0]
+
+
+REPO: dict[str, Any] = {
+    "name": "repo",
+    "steps": [
+        {"id": "look", "prompt": "[p look] read calc.py", "check": "test -f calc.py"},
+        {
+            "id": "tell",
+            "prompt": "[p tell] the code: {{steps.look.files.calc.py}}",
+            "depends_on": ["look"],
+        },
+    ],
+}
+
+
+async def test_a_run_on_the_callers_vm_with_a_repo(
+    host,  # noqa: F811
+    fake_model: FakeAnthropic,  # noqa: F811
+    buggy_repo,  # noqa: F811
+) -> None:
+    """``repo`` is put into the shared vm first and the sessions start in it (the
+    check and the relative file reference see calc.py); the caller's ``vm_key`` is the
+    shared vm and outlives the run."""
+    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    fake_model.script(Turn.text("seen"), marker="[p look]")
+    fake_model.script(Turn.text("told"), marker="[p tell]")
+    async with _client(server) as client:
+        await client.vm.get_or_create(["mine"]).resolve()
+        wf = client.workflows.get_or_create(["repo"])
+        body = {"definition": REPO, "repo": str(buggy_repo), "vm_key": "mine"}
+        sent = await wf.send("run", body, wait=True, timeout=WAIT_S)
+        assert sent.status == "completed", sent
+        assert sent.message_id is not None
+        view = await _view(client, "repo", sent.message_id)
+        keys = await _vm_keys(client)
+    assert view["vms"] == {"shared": "mine"}
+    assert view["steps"]["look"]["check"]["exit_code"] == 0
+    (told,) = _first_prompts(fake_model, "[p tell]")
+    assert "return a - b" in told
+    assert "mine" in keys
