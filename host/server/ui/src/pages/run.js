@@ -133,7 +133,11 @@ export default function RunPage({ params, api }) {
         <button id="patch-download" style="margin-left:8px" onClick=${(e) => (e.preventDefault(), download())}>download</button></summary>
         <${DiffView} text=${patch} /></details>` : null}
     <div class="card"><h2 style="margin-top:0">Agent transcript</h2>
-      ${!vms.length && finished ? html`<p class="muted">this run has no vm</p>` : html`<${Transcript} state=${tx} />`}</div>
+      ${!vms.length && finished
+        ? html`<p class="muted">this run has no vm</p>`
+        : finished && !tx.items.length
+          ? html`<p class="muted">the agent's events went with the run's vm (destroyed when the run ended; <code>keep_vm</code> keeps it)</p>`
+          : html`<${Transcript} state=${tx} />`}</div>
     <div class="grid2">
       <div class="card"><h2 style="margin-top:0">Input</h2><${JsonView} value=${run.input} /></div>
       <div class="card"><h2 style="margin-top:0">Result</h2><${JsonView} value=${result} /></div>
