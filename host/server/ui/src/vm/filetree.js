@@ -13,6 +13,8 @@ function sortEntries(entries) {
   });
 }
 
+export const MAX_SHOWN = 2000;
+
 /**
  * props: api, vmKey, root ("/home/user"), selected (path), onSelect(entry),
  * change ({path, kind, n}: the last watch event), reloadAll (a counter).
@@ -80,7 +82,11 @@ export default function FileTree({ api, vmKey, root, selected, onSelect, change,
     if (d.entries.length === 0) {
       return html`<li class="vm-tree-note" style=${{ paddingLeft: `${depth}em` }}>(empty)</li>`;
     }
-    return d.entries.map((e) => {
+    // A sandbox can make a directory of millions of entries: the page draws the
+    // first MAX_SHOWN (sorted, directories first) and says how many it left out.
+    const shown = d.entries.slice(0, MAX_SHOWN);
+    const more = d.entries.length - shown.length;
+    const items = shown.map((e) => {
       // The path from the listed directory and the name (not the sandbox's `path`).
       const entry = { ...e, path: path === "/" ? `/${e.name}` : `${path}/${e.name}` };
       const isDir = entry.type === "dir";
@@ -107,6 +113,14 @@ export default function FileTree({ api, vmKey, root, selected, onSelect, change,
         </li>
       `;
     });
+    if (more > 0) {
+      items.push(
+        html`<li key="(more)" class="vm-tree-note" style=${{ paddingLeft: `${depth}em` }}>
+          … ${more} more not shown
+        </li>`,
+      );
+    }
+    return items;
   };
 
   return html`

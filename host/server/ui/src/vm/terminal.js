@@ -28,6 +28,18 @@ export function wsProtocols(token) {
   return ["agentvm", `agentvm.bearer.${url}`];
 }
 
+function openLink(_event, uri) {
+  let url;
+  try {
+    url = new URL(uri);
+  } catch {
+    return;
+  }
+  if (url.protocol === "http:" || url.protocol === "https:") {
+    window.open(url.href, "_blank", "noopener,noreferrer");
+  }
+}
+
 /** props: api, vmKey. */
 export default function Terminal({ api, vmKey }) {
   const box = useRef(null);
@@ -54,6 +66,9 @@ export default function Terminal({ api, vmKey }) {
         scrollback: 5000,
         fontFamily: "ui-monospace, SFMono-Regular, Menlo, Consolas, monospace",
         fontSize: 13,
+        // Links in the output (OSC 8) are the sandbox's: http(s) only, in a new tab
+        // that gets no handle on this page.
+        linkHandler: { activate: openLink, allowNonHttpProtocols: false },
       });
       const fit = new FitAddon();
       term.loadAddon(fit);
