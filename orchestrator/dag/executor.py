@@ -101,6 +101,23 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"group": "run", "code": type(exc).__name__, "message": str(exc), "metadata": {}}
 
 
+def _meta_of(result: dict[str, Any]) -> dict[str, Any]:
+    """A completed step's entry in the run's meta."""
+    meta = {
+        "status": "completed",
+        "attempts": result.get("attempts"),
+        "started_at": result.get("started_at"),
+        "finished_at": result.get("finished_at"),
+        "duration_ms": result.get("duration_ms"),
+        "text_preview": _cap(str(result.get("text") or ""), PREVIEW),
+        "vm": result.get("vm"),
+    }
+    for k in ("checkpoint", "winner", "restored_from"):
+        if k in result:
+            meta[k] = result[k]
+    return meta
+
+
 def checkpoint_name(run_id: int, sid: str, suffix: str = "") -> str:
     """``wf-<run_id>-<step id><suffix>``; a name longer than a checkpoint name may be
     (64) has the step id hashed."""
@@ -161,7 +178,8 @@ class DagRun:
         for s in self.defn.steps:
             rec = _recorded(self.ctx, f"step-{s.id}")
             if rec is not None and rec.status == "completed" and rec.output:
-                self.results[s.id] = json.loads(rec.output)
+                result = self.results[s.id] = json.loads(rec.output)
+                self.meta_steps[s.id] = _meta_of(result)
             cp = _recorded(self.ctx, f"checkpoint-{s.id}")
             if cp is not None and cp.status == "completed" and cp.output:
                 entry = json.loads(cp.output)
@@ -312,8 +330,8 @@ class DagRun:
             f"begin-{s.id}", lambda: {"vm": key, "label": label, "at": time.time()}
         )
         done = self._replayed(s.id)
-        if not done:
-            await self._use_vm(begin["label"], begin["vm"])
+        # Also for a step only replayed: the run destroys every vm it used at the end.
+        await self._use_vm(begin["label"], begin["vm"])
         return begin["label"], begin["vm"], rerun, done
 
     async def _started(self, sid: str, key: str, attempt: int) -> None:
@@ -393,19 +411,7 @@ class DagRun:
                 duration_ms=result.get("duration_ms"),
                 usage=result.get("usage"),
             )
-        meta = {
-            "status": "completed",
-            "attempts": result.get("attempts"),
-            "started_at": result.get("started_at"),
-            "finished_at": result.get("finished_at"),
-            "duration_ms": result.get("duration_ms"),
-            "text_preview": _cap(str(result.get("text") or ""), PREVIEW),
-            "vm": result.get("vm"),
-        }
-        for k in ("checkpoint", "winner", "restored_from"):
-            if k in result:
-                meta[k] = result[k]
-        await self._step_meta(sid, **meta)
+        await self._step_meta(sid, **_meta_of(result))
         return result
 
     async def _failed(

@@ -401,7 +401,7 @@ async def test_cancel_mid_run_cancels_the_prompt_and_starts_nothing_new(
 CRASH: dict[str, Any] = {
     "name": "crash",
     "steps": [
-        {"id": "a", "prompt": "[x a] one"},
+        {"id": "a", "prompt": "[x a] one", "vm": "fresh"},
         {"id": "b", "prompt": "[x b] two after {{steps.a.text}}", "depends_on": ["a"]},
         {"id": "c", "prompt": "[x c] three after {{steps.b.text}}", "depends_on": ["b"]},
     ],
@@ -438,6 +438,10 @@ async def test_kill_9_mid_dag_resumes_without_rerunning_completed_steps(
     server = host()
     async with _client(server) as client:
         view = await _until(client, "crash", run_id, _ended)
+        keys = await _vm_keys(client)
+    # Both vms (a's own, used before the crash only, and the shared one) are gone.
+    assert set(view["vms"].values()) == {f"wf-crash-{run_id}-a", f"wf-crash-{run_id}"}
+    assert not set(view["vms"].values()) & keys
     assert view["status"] == "completed", view["steps"]["b"].get("error")
     steps = view["steps"]
     assert steps["a"]["finished_at"] == before["steps"]["a"]["finished_at"]
