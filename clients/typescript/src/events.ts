@@ -76,12 +76,13 @@ export class EventStream<P = unknown> implements AsyncIterableIterator<ActorEven
     if (!this.done) {
       this.finish();
       this.abort.abort();
+      // Settles a pending read (as done) on every runtime; never throws.
+      this.reader.cancel().catch(() => undefined);
     }
   }
 
   private finish(): void {
     this.done = true;
-    this.reader.releaseLock?.();
   }
 
   /** Parse complete lines in the buffer until one event is complete. */

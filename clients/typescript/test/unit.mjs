@@ -53,6 +53,21 @@ await assert.rejects(dropped.next(), (err) => err instanceof AgentVMError && err
 const own = await collect(['event: error\ndata: {"reason":"mine"}\n\n']);
 assert.deepEqual(own.out, [{ event: "error", payload: { reason: "mine" } }]);
 
+// close() while a read is pending settles it as done; nothing throws.
+{
+  const body = new ReadableStream({
+    start(c) {
+      c.enqueue(new TextEncoder().encode("event: a\ndata: 1\n\n")); // then nothing more
+    },
+  });
+  const s = new EventStream(body, new AbortController());
+  assert.deepEqual((await s.next()).value, { event: "a", payload: 1 });
+  const pending = s.next();
+  s.close();
+  assert.deepEqual(await pending, { done: true, value: undefined });
+  assert.deepEqual(await s.next(), { done: true, value: undefined });
+}
+
 // $bytes: large arrays (no call-stack limits), views, nesting, and only exact {"$bytes"} objects.
 const big = new Uint8Array(1 << 20).map((_, i) => (i * 7) % 256);
 const wire = toWire({ big, view: new DataView(big.buffer, 2, 3), list: [new Uint8Array(0)] });
