@@ -16,6 +16,7 @@ from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
 from tests.server.live import LiveServer
+from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 from .conftest import TOKEN, give_token
 
@@ -213,3 +214,32 @@ def test_a_websocket_token_travels_as_a_subprotocol_and_a_wrong_one_is_refused(
         assert ws.subprotocol == "agentvm"
         first = ws.recv(timeout=60)
         assert isinstance(first, str) and '"attached"' in first
+
+
+def test_sessions_and_processes_show_the_sandbox_s_text_as_text(
+    host: LiveServer, page: Any, fake_model: FakeAnthropic
+) -> None:
+    """An agent session's events and a process's argv are the sandbox's words: the
+    page lists them, and markup in them stays text."""
+    base, key = host.url, "ui-sessions"
+    fake_model.script(Turn.text(f"agent says {HOSTILE}"), marker="[ui]")
+    sid = call(base, key, "create_session", "coding-agent")["session_id"]
+    answer = call(base, key, "send_prompt", sid, "[ui] hello")
+    assert HOSTILE in answer["text"]
+    pid = call(base, key, "spawn", ["bash", "-c", "sleep 600", HOSTILE])["pid"]
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    open_vm_page(page, base, key)
+
+    session = page.locator(f'.vm-sessions li[data-session="{sid}"]')
+    session.locator("button.vm-link").click()
+    session.locator(".vm-session-events li", has_text="agent says").first.wait_for()
+    assert HOSTILE in session.locator(".vm-session-events").inner_text()
+
+    row = page.locator(f'.vm-processes tr[data-pid="{pid}"]')
+    row.wait_for()
+    assert HOSTILE in row.locator(".vm-argv").inner_text()
+    row.locator("button", has_text="Kill").click()
+    row.locator("td", has_text="exit").wait_for()  # refreshed after the kill
+    assert page.locator(".vm-page img").count() == 0
+    assert dialogs == []

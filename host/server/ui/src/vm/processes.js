@@ -24,6 +24,8 @@ export default function Processes({ api, vmKey }) {
   const kill = async (pid) => {
     try {
       await vmAction(api, vmKey, "kill_process", [pid, { signal: "TERM" }]);
+      // Show it gone: wait (a little) for the exit before listing again.
+      await vmAction(api, vmKey, "wait_process", [pid, { timeout: 5 }]).catch(() => null);
     } catch (err) {
       setError(String(err.message || err));
     }
