@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import h11
-from fastapi import APIRouter, Query, Request, WebSocket
+from fastapi import APIRouter, Path, Query, Request, WebSocket
 from starlette.responses import RedirectResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 from websockets.client import ClientProtocol
@@ -88,6 +88,25 @@ class InvalidPreviewLink(AgentVMError):
     group = "auth"
     code = "invalid_preview_link"
     http_status = 403
+
+
+# 1-65535, then optionally ".<capability>" (a preview link, preview.py).
+PORT_PATTERN = (
+    r"^(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+    r"(?:\.[A-Za-z0-9_-]{16,64})?$"
+)
+PortParam = Path(
+    pattern=PORT_PATTERN,
+    description="TCP port inside the sandbox, or `<port>.<capability>` of a preview link",
+)
+
+
+class NoSandbox(AgentVMError):
+    """The server's vm actor runs without a sandbox manager (a test registry)."""
+
+    group = "sandbox"
+    code = "no_sandbox"
+    http_status = 404
 
 
 def _port(raw: str) -> int:
@@ -207,7 +226,7 @@ async def _sandbox(request_app: Any, key: str) -> tuple[contextlib.AsyncExitStac
     _, _, actor_key = await resolve(engine, VM, key, create=False)
     manager = manager_of(engine)
     if manager is None:
-        raise InvalidRequest("this server's vm actor has no sandbox manager: no previews")
+        raise NoSandbox(f"vm {key!r} has no sandbox on this server (its vm actor has none)")
     stack = contextlib.AsyncExitStack()
     try:
         sandbox = await stack.enter_async_context(manager.sandbox_for(engine, list(actor_key)))
@@ -257,7 +276,7 @@ class _Upstream:
     summary="Redirect to a preview's root (with a trailing slash)",
     include_in_schema=False,
 )
-async def preview_root(request: Request, key: str, port: str) -> Response:
+async def preview_root(request: Request, key: str, port: str = PortParam) -> Response:
     _port(port)
     _check_link(request.app, key, port)
     query = request.scope.get("query_string", b"").decode("latin-1")
@@ -272,7 +291,7 @@ async def preview_root(request: Request, key: str, port: str) -> Response:
     summary="Preview: proxy HTTP to a port inside the sandbox",
     response_class=Response,
 )
-async def preview(request: Request, key: str, port: str, path: str) -> Response:
+async def preview(request: Request, key: str, path: str, port: str = PortParam) -> Response:
     """Streams the request to ``127.0.0.1:<port>`` inside the sandbox and its answer
     back (502 ``port_unavailable`` when nothing listens, 504 ``port_timeout``)."""
     number = _port(port)
@@ -569,7 +588,6 @@ async def _until_disconnect(receive: Receive) -> None:
 @router.get(
     "/vms/{key}/watch",
     summary="Server-sent file changes under a path of a sandbox",
-    response_class=WatchStream,
     status_code=200,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )

@@ -66,6 +66,8 @@ class PortActions(VmActionsBase):
         broadcast as ``file_changed {watch_id, path, kind}``."""
         o = parse_call_options(WatchOptions, opts, "watch")
         target = check_path(path)
+        if "\x00" in target:
+            raise InvalidRequest("path must not contain NUL", field="path")
         v = vm_vars(c)
         watches = watches_of(v)
         if len(watches) >= MAX_WATCHES:

@@ -259,7 +259,7 @@ def test_preview_proxy(live: LiveServer) -> None:
         assert closed.json()["error"]["code"] == "port_unavailable"
         assert closed.json()["error"]["metadata"]["port"] == 8999
         bad = http.get(f"/vms/{KEY}/ports/http/")
-        assert bad.status_code == 400 and bad.json()["error"]["metadata"]["field"] == "port"
+        assert bad.status_code == 400 and bad.json()["error"]["metadata"]["field"] == "path.port"
         unknown = httpx.get(f"{live.url}/vms/nope/ports/8000/", headers=auth)
         assert unknown.status_code == 404, unknown.text
 

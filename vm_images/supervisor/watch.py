@@ -296,6 +296,8 @@ def _root(raw: str) -> str:
         os.stat(root)
     except OSError as exc:
         raise from_os_error(exc, root) from exc
+    except ValueError as exc:  # an embedded NUL
+        raise OpError("EINVAL", f"bad path: {exc}") from exc
     return root
 
 
