@@ -52,6 +52,8 @@ MAX_FILE = 32 * 1024
 FILE_TIMEOUT = 60.0
 RESTORE_TIMEOUT = 900.0
 CLEANUP_TIMEOUT = 120.0
+# The most of an error message (and of its metadata, as JSON) a step result keeps.
+MAX_ERROR = 8 * 1024
 # Extra tries of a step whose vm could not be reached (not counted as its retries).
 INFRA_TRIES = 2
 
@@ -95,10 +97,22 @@ def _cap(text: str, limit: int) -> str:
 
 
 def _error(exc: BaseException) -> dict[str, Any]:
+    """A step's error as stored in its result, the meta and events: bounded."""
     if isinstance(exc, AgentVMError):
-        meta = {k: v for k, v in exc.metadata.items() if k != "traceback"}
-        return {"group": exc.group, "code": exc.code, "message": exc.message, "metadata": meta}
-    return {"group": "run", "code": type(exc).__name__, "message": str(exc), "metadata": {}}
+        meta: Any = {k: v for k, v in exc.metadata.items() if k != "traceback"}
+        try:
+            text = json.dumps(meta, default=repr)
+        except (TypeError, ValueError):
+            text = repr(meta)
+        if len(text) > MAX_ERROR:
+            meta = {"truncated": text[:MAX_ERROR]}
+        else:
+            meta = json.loads(text)
+        message = exc.message
+        group, code = exc.group, exc.code
+    else:
+        group, code, message, meta = "run", type(exc).__name__, str(exc), {}
+    return {"group": group, "code": code, "message": _cap(message, MAX_ERROR), "metadata": meta}
 
 
 def _meta_of(result: dict[str, Any]) -> dict[str, Any]:
@@ -425,15 +439,25 @@ class DagRun:
     ) -> dict[str, Any]:
         err = _error(exc)
         if isinstance(exc, StepExhaustedError):
-            err = _recorded_error(self.ctx, f"step-{s.id}") or err
             attempts = int(exc.metadata.get("attempts") or attempts)
+            # The last attempt's own error (the agent's turn, the check) when it ran in
+            # this process; else what the history kept of it.
+            cause = exc.__cause__
+            if isinstance(cause, AgentVMError):
+                err = _error(cause)
+            else:
+                err = _recorded_error(self.ctx, f"step-{s.id}") or err
+        meta = err.get("metadata") or {}
+        check = None
+        if meta.get("check_exit_code") is not None:
+            check = {"exit_code": meta["check_exit_code"], "output": meta.get("check_output")}
         finished = time.time()
         result: dict[str, Any] = {
             "status": "failed",
             "text": "",
             "tool_calls": [],
             "usage": None,
-            "stop_reason": None,
+            "stop_reason": meta.get("stop_reason"),
             "attempts": attempts,
             "started_at": started,
             "finished_at": finished,
@@ -441,7 +465,7 @@ class DagRun:
             "vm": key,
             "session_id": None,
             "error": err,
-            "check": None,
+            "check": check,
         }
         self.results[s.id] = result
         self._emit("step_failed", step=s.id, error=err)
@@ -451,6 +475,7 @@ class DagRun:
             attempts=attempts,
             finished_at=finished,
             error=err,
+            check=check,
             vm=key,
         )
         return result

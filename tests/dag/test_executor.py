@@ -259,6 +259,9 @@ async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint
             "z": "completed",
         }, steps
         assert steps["c"]["reason"] == "dependency_failed" and steps["c"]["dependency"] == "b"
+        assert steps["b"]["check"]["exit_code"] == 1, steps["b"]
+        assert steps["b"]["error"]["metadata"]["check_exit_code"] == 1
+        assert steps["y"]["error"]["metadata"]["stop_reason"] == "error", steps["y"]
         assert steps["x"]["attempts"] == 2
         assert steps["a"]["checkpoint"] == f"wf-{run_id}-a"
         assert steps["z"]["vm"] == steps["x"]["vm"] == f"wf-fails-{run_id}-side"
