@@ -195,4 +195,8 @@ async def attach_terminal(
     if kind != "event" or a.get("kind") != "attached":
         await channel.cancel()
         raise SupervisorError(f"unexpected first frame on a terminal attach: {kind}", code="EIO")
-    return TerminalStream(client, channel, a)
+    try:
+        return TerminalStream(client, channel, a)
+    except (KeyError, TypeError, ValueError) as exc:  # the supervisor is not to be trusted
+        await channel.cancel()
+        raise SupervisorError(f"malformed terminal attach: {exc}", code="EIO") from exc

@@ -45,6 +45,7 @@ QUERY = frozenset({"terminal", "cols", "rows", "cwd"})
 MAX_CONTROL = 4096
 # How long the farewell frames to a client may take (it may not be reading).
 CLOSE_TIMEOUT = 5.0
+TOUCH_TIMEOUT = 10.0
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
@@ -185,6 +186,11 @@ async def terminal_socket(websocket: WebSocket, key: str) -> None:
                 await _run(sock, stream)
             finally:
                 await stream.detach()
+                # A @used action: the vm's idle timeout counts from this detach, so
+                # the container (and the terminal) is still there after a reload.
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(TOUCH_TIMEOUT):
+                        await engine.call(actor_id, "list_terminals", [])
     except AgentVMError as exc:
         await sock.error(exc, close=True)
     except WebSocketDisconnect:
