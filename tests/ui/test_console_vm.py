@@ -140,6 +140,29 @@ def test_terminal_echo_and_reattach_after_reload(host: LiveServer, page: Any) ->
     page.keyboard.press("Enter")
     terminal_has_line(page, "again-42")
 
+    # Several terminals per vm: a second one, then back to the first (its scroll-back
+    # again), then the first closed (hung up in the sandbox).
+    terminal = page.locator(".vm-terminal")
+    page.locator(".vm-terminal-new").click()
+    page.wait_for_function(
+        "(old) => { const el = document.querySelector('.vm-terminal');"
+        " return el && el.dataset.terminal && el.dataset.terminal !== old; }",
+        arg=terminal_id,
+    )
+    status.wait_for()
+    second = terminal.get_attribute("data-terminal")
+    page.locator(f'.vm-terminal-tab[data-terminal="{terminal_id}"]').click()
+    page.wait_for_function(
+        "(want) => document.querySelector('.vm-terminal').dataset.terminal === want",
+        arg=terminal_id,
+    )
+    status.wait_for()
+    terminal_has_line(page, "again-42")
+    page.locator(".vm-terminal-close").click()
+    page.locator(f'.vm-terminal-tab[data-terminal="{terminal_id}"]').wait_for(state="detached")
+    running = [t["id"] for t in call(base, key, "list_terminals") if t["running"]]
+    assert terminal_id not in running and second in running
+
 
 def test_preview_of_a_server_in_the_sandbox_from_the_ports_list(
     host: LiveServer, page: Any

@@ -4,6 +4,7 @@
 // page re-attaches to the same terminal (the server replays its scroll-back).
 import { useEffect, useRef, useState } from "preact/hooks";
 import { html, useStylesheet } from "./html.js";
+import { vmAction } from "./http.js";
 
 const vendor = (name) => new URL(`../../vendor/${name}`, import.meta.url).href;
 
@@ -178,17 +179,50 @@ export default function Terminal({ api, vmKey }) {
     };
   }, [api, vmKey, generation]);
 
-  const fresh = () => {
-    sessionStorage.removeItem(storageKey(vmKey));
+  // The vm's terminals (at most 8 per vm), to switch between or close.
+  const [terminals, setTerminals] = useState([]);
+  const current = status === "attached" ? sessionStorage.getItem(storageKey(vmKey)) : null;
+  useEffect(() => {
+    let live = true;
+    vmAction(api, vmKey, "list_terminals")
+      .then((list) => live && setTerminals((list || []).filter((t) => t.running)))
+      .catch(() => live && setTerminals([]));
+    return () => {
+      live = false;
+    };
+  }, [api, vmKey, status]);
+
+  const switchTo = (id) => {
+    if (id) sessionStorage.setItem(storageKey(vmKey), id);
+    else sessionStorage.removeItem(storageKey(vmKey));
     setStatus("connecting");
     setGeneration((g) => g + 1);
+  };
+  const close = async () => {
+    if (current) await vmAction(api, vmKey, "close_terminal", [current]).catch(() => null);
+    switchTo(null);
   };
 
   return html`
     <div class="vm-terminal-wrap">
       <div class="vm-terminal-head">
         <span class="vm-terminal-status" data-status=${status}>${status}</span>
-        <button type="button" onClick=${fresh}>New terminal</button>
+        ${terminals.map(
+          (t, i) => html`<button
+            type="button"
+            key=${t.id}
+            class=${"vm-terminal-tab" + (t.id === current ? " selected" : "")}
+            data-terminal=${t.id}
+            title=${(t.argv || []).join(" ")}
+            onClick=${() => t.id !== current && switchTo(t.id)}
+          >
+            ${i + 1}
+          </button>`,
+        )}
+        <button type="button" class="vm-terminal-new" onClick=${() => switchTo(null)}>New terminal</button>
+        <button type="button" class="vm-terminal-close" disabled=${!current} onClick=${close}>
+          Close terminal
+        </button>
       </div>
       <div class="vm-terminal" ref=${box}></div>
     </div>
