@@ -25,7 +25,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlsplit
 
 import h11
@@ -95,10 +95,13 @@ PORT_PATTERN = (
     r"^(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
     r"(?:\.[A-Za-z0-9_-]{16,64})?$"
 )
-PortParam = Path(
-    pattern=PORT_PATTERN,
-    description="TCP port inside the sandbox, or `<port>.<capability>` of a preview link",
-)
+PortParam = Annotated[
+    str,
+    Path(
+        pattern=PORT_PATTERN,
+        description="TCP port inside the sandbox, or `<port>.<capability>` of a preview link",
+    ),
+]
 
 
 class NoSandbox(AgentVMError):
@@ -276,7 +279,7 @@ class _Upstream:
     summary="Redirect to a preview's root (with a trailing slash)",
     include_in_schema=False,
 )
-async def preview_root(request: Request, key: str, port: str = PortParam) -> Response:
+async def preview_root(request: Request, key: str, port: PortParam) -> Response:
     _port(port)
     _check_link(request.app, key, port)
     query = request.scope.get("query_string", b"").decode("latin-1")
@@ -291,7 +294,7 @@ async def preview_root(request: Request, key: str, port: str = PortParam) -> Res
     summary="Preview: proxy HTTP to a port inside the sandbox",
     response_class=Response,
 )
-async def preview(request: Request, key: str, path: str, port: str = PortParam) -> Response:
+async def preview(request: Request, key: str, port: PortParam, path: str) -> Response:
     """Streams the request to ``127.0.0.1:<port>`` inside the sandbox and its answer
     back (502 ``port_unavailable`` when nothing listens, 504 ``port_timeout``)."""
     number = _port(port)
