@@ -1839,6 +1839,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -1879,6 +1880,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -1919,6 +1921,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -1959,6 +1962,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -1999,6 +2003,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -2039,6 +2044,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -2079,6 +2085,7 @@ export interface operations {
             header?: never;
             path: {
                 key: string;
+                /** @description TCP port inside the sandbox, or `<port>.<capability>` of a preview link */
                 port: string;
                 path: string;
             };
@@ -2175,6 +2182,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
+                    "application/json": unknown;
                     "text/event-stream": string;
                 };
             };
@@ -2184,7 +2192,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": components["schemas"]["ErrorBody"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
             /** @description server fault */
@@ -2193,7 +2201,7 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content: {
-                    "text/event-stream": components["schemas"]["ErrorBody"];
+                    "application/json": components["schemas"]["ErrorBody"];
                 };
             };
         };
