@@ -90,6 +90,11 @@ def test_file_tree_viewer_watch_upload_and_hostile_names(host: LiveServer, page:
     # The file's markup is text in the viewer, not an element.
     assert SCRIPT in code.inner_text()
     assert page.locator(".vm-file-content script").count() == 0
+    with page.expect_download() as download:
+        page.locator(".vm-download").click()
+    assert download.value.suggested_filename == "hello.py"
+    with open(download.value.path(), "rb") as f:
+        assert f.read() == f"def hello():\n    return 42  # {SCRIPT}\n".encode()
 
     # A name chosen in the sandbox is a text node: no <img>, no handler ran.
     hostile = page.locator(f'.vm-tree-entry[data-path="/home/user/{HOSTILE}"]')
@@ -99,7 +104,9 @@ def test_file_tree_viewer_watch_upload_and_hostile_names(host: LiveServer, page:
     hostile.click()  # viewed too (empty), and /home/user is now the upload target
     page.locator(f'.vm-file[data-path="/home/user/{HOSTILE}"]').wait_for()
 
-    # A file created in the sandbox appears in the open directory: the watch.
+    # A file created in the sandbox appears in the open directory: the watch (once
+    # the page says it follows it).
+    page.locator('.vm-watch[data-watch="on"]').wait_for()
     sh(base, key, "echo fresh > /home/user/proj/created.txt")
     page.locator('.vm-tree-entry[data-path="/home/user/proj/created.txt"]').wait_for()
 

@@ -97,7 +97,11 @@ function VmPage({ api, vmKey }) {
   const [reloadAll, setReloadAll] = useState(0);
 
   useEffect(() => setSelected(null), [vmKey]);
-  useWatch(api, vmKey, ROOT, (c) => setChange({ ...c }));
+  const watching = useWatch(api, vmKey, ROOT, (c) => {
+    // An overflow means changes were dropped (too many at once): re-list everything.
+    if (c.kind === "overflow") setReloadAll((x) => x + 1);
+    else setChange({ ...c });
+  });
 
   const dir = selected ? (selected.type === "dir" ? selected.path : parentOf(selected.path)) : ROOT;
   const file = selected && selected.type !== "dir" ? selected.path : null;
@@ -113,6 +117,13 @@ function VmPage({ api, vmKey }) {
           <div class="vm-section-head">
             <h3>Files</h3>
             <button type="button" onClick=${() => setReloadAll((x) => x + 1)}>Refresh</button>
+            <span
+              class="vm-muted vm-watch"
+              data-watch=${watching}
+              title="changes in the sandbox refresh the tree while this says live"
+            >
+              ${watching === "on" ? "live" : "not live"}
+            </span>
           </div>
           <${FileTree}
             api=${api}
