@@ -103,6 +103,8 @@ function App({ api }) {
   const section = page ? page.replace(/^run$/, "runs").replace(/^actor$/, "actors").replace(/^vm$/, "vms") : "";
   const done = (value) => {
     setAsking(false);
+    if (value) api.setToken(value);
+    setTick((t) => t + 1); // the header's "token ✓"
     const resolve = tokenResolver && tokenResolver.resolve;
     if (resolve) resolve(value);
   };
@@ -110,7 +112,7 @@ function App({ api }) {
     <header class="top">
       <a class="brand" href="#/runs">agentvm</a>
       <nav>${NAV.map(([id, label]) => html`<a href=${"#/" + id} class=${section === id ? "active" : ""}>${label}</a>`)}</nav>
-      <button class="link" title="forget the token" onClick=${() => api.setToken("")}>${api.token ? "token ✓" : ""}</button>
+      <button class="link" title="forget the token" onClick=${() => (api.setToken(""), setTick((t) => t + 1))}>${api.token ? "token ✓" : ""}</button>
     </header>
     <main>
       ${!page ? html`<section><h1>Not found</h1><p>No page at <code>${location.hash}</code>. <a href="#/runs">Runs</a></p></section>` : null}

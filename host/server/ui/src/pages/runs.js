@@ -85,10 +85,10 @@ export default function RunsPage({ api }) {
               <td title=${new Date(r.created_at * 1000).toISOString()}>${fmtAge(r.created_at)}</td>
               <td>${fmtDuration(runDuration(r))}</td>
               <td class="error">${r.error ? errorText(r.error).slice(0, 160) : ""}</td>
-              <td class="row">
+              <td><div class="row">
                 ${r.status === "queued" || r.status === "running" ? html`<button class="danger" data-action="cancel" onClick=${() => act(r, "cancel")}>cancel</button>` : null}
                 ${r.status === "failed" || r.status === "cancelled" ? html`<button data-action="retry" onClick=${() => act(r, "retry")}>retry</button>` : null}
-              </td>
+              </div></td>
             </tr>`
           )}</tbody>
         </table>`
