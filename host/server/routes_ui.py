@@ -25,6 +25,7 @@ REQUIRED_VENDOR = ("preact.mjs", "hooks.mjs", "htm.mjs", "agentvm-client.mjs")
 
 router = APIRouter(include_in_schema=False)
 
+_STYLE_LINK = b'<link rel="stylesheet" href="src/style.css">'
 _IMPORT_MAP = re.compile(rb'<script type="importmap">(.*?)</script>', re.DOTALL)
 _TYPES = {
     ".js": "text/javascript",
@@ -84,6 +85,11 @@ async def ui_index() -> Response:
             headers=_headers(csp()),
         )
     page = (_root() / "index.html").read_bytes()
+    style = _cache.get(_root() / "src" / "style.css")
+    if style is not None and b"</style" not in style[1].lower():
+        # Inlined (CSP: style-src 'unsafe-inline'): a render-blocking stylesheet
+        # request no longer stands between the page and its first paint.
+        page = page.replace(_STYLE_LINK, b"<style>" + style[1] + b"</style>", 1)
     hashes = tuple(
         base64.b64encode(hashlib.sha256(m.group(1)).digest()).decode()
         for m in _IMPORT_MAP.finditer(page)

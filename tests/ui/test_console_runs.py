@@ -53,6 +53,8 @@ def test_console_files_are_served_with_a_strict_policy_and_the_api_keeps_its_tok
     assert "script-src 'self' 'sha256-" in csp and "'unsafe-inline'" not in csp.split(";")[1]
     assert "frame-ancestors 'none'" in csp and "connect-src 'self'" in csp
     assert index.headers["x-content-type-options"] == "nosniff"
+    # The stylesheet is inlined: no render-blocking request before the first paint.
+    assert "<style>" in index.text and 'href="src/style.css"' not in index.text
     app_js = httpx.get(f"{url}/ui/src/app.js")
     assert app_js.status_code == 200 and app_js.headers["content-type"].startswith(
         "text/javascript"
