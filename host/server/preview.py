@@ -13,10 +13,11 @@ carries a *capability* in its port segment: ``/vms/{key}/ports/8000.<cap>/``, wh
 ``cap`` is an HMAC of the vm key under a secret derived from ``AGENTVM_TOKEN`` (a
 random per-process secret without a token). Relative URLs in the page keep it, so
 the page's own sub-requests carry it too. It opens that vm's previews and nothing
-else: the API routes never accept it. The guard accepts cross-site requests to a
-capability path (only whoever was given the link has it), and, without one, a
-preview request whose ``Referer`` is the server's own origin (a page on another
-site cannot send that).
+else: the API routes never accept it. The guard accepts cross-site requests (the
+page's own, from its opaque origin) to a capability path only: whoever was given
+the link has it, and a page of another vm or site cannot make it up. A preview
+opened without a link (``/vms/{key}/ports/8000/`` with the bearer token) gets its
+top-level page, but its cross-site sub-requests are refused like any other.
 """
 
 from __future__ import annotations
@@ -43,13 +44,6 @@ PREVIEW_CSP = "sandbox allow-scripts allow-forms allow-popups allow-modals allow
 
 def is_preview_path(path: str) -> bool:
     return PREVIEW_PATH.match(path) is not None
-
-
-def referer(headers: Any) -> str | None:
-    for key, value in headers:
-        if key == b"referer":
-            return bytes(value).decode("latin-1")
-    return None
 
 
 def preview_secret(app: Any) -> bytes:

@@ -58,6 +58,9 @@ METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 MAX_HEAD = 64 * 1024
 # Largest WebSocket message relayed either way (a bigger one closes with 1009).
 MAX_WS_MESSAGE = 4 * 1024 * 1024
+# Answer headers a preview may not send: they act on the whole origin (the console's
+# storage, service workers), not just the preview.
+DROPPED_RESPONSE = frozenset({"clear-site-data", "service-worker-allowed"})
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -199,7 +202,7 @@ def _rewrite_location(value: str, port: int, prefix: str) -> str:
 def _response_headers(
     raw: list[tuple[bytes, bytes]], port: int, prefix: str, *, has_body: bool, link: bool
 ) -> list[tuple[bytes, bytes]]:
-    skip = HOP_BY_HOP | _connection_tokens(raw)
+    skip = HOP_BY_HOP | DROPPED_RESPONSE | _connection_tokens(raw)
     out: list[tuple[bytes, bytes]] = []
     for key, value in raw:
         name = key.lower().decode("latin-1")
@@ -378,7 +381,9 @@ async def preview_websocket(websocket: WebSocket, key: str, port: str, path: str
         stack.push_async_callback(stream.close)
         protocol = ClientProtocol(
             parse_uri(f"ws://localhost:{number}{target}"),
-            subprotocols=[s for s in scope.get("subprotocols", [])] or None,
+            # Never the console's token subprotocol (agentvm.bearer.<token>).
+            subprotocols=[s for s in scope.get("subprotocols", []) if not s.startswith("agentvm")]
+            or None,
             max_size=MAX_WS_MESSAGE,
         )
         handshake = protocol.connect()

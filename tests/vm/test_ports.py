@@ -58,7 +58,10 @@ class Handler(BaseHTTPRequestHandler):
         elif self.path == "/page":
             page = b"<script>fetch('/vms/pv/files/etc/passwd')</script>"
             self.reply(200, page, "text/html")
-        elif self.path == "/ws":
+        elif self.path == "/clear":
+            extra = [("Clear-Site-Data", '"storage"'), ("Service-Worker-Allowed", "/")]
+            self.reply(200, b"ok", "text/plain", extra)
+        elif self.path.startswith("/ws"):
             self.websocket()
         else:
             self.reply(404, b"no")
@@ -89,6 +92,10 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.flush()
         rf, wf = self.rfile, self.wfile
+        if self.path == "/ws-protocols":  # first message: the subprotocols we were offered
+            seen = self.headers.get("Sec-WebSocket-Protocol", "").encode()
+            wf.write(bytes([0x81, len(seen)]) + seen)
+            wf.flush()
         while True:
             head = rf.read(2)
             if len(head) < 2:
@@ -317,14 +324,25 @@ def test_a_preview_cannot_use_the_api(live: LiveServer) -> None:
             f"{live.url}/actors/vm/{KEY}/state", headers={"Cookie": f"token={TOKEN}"}
         )
         assert cookie.status_code == 401
-        # The preview's own sub-requests (cross-site from its opaque origin, with the
-        # server's origin as Referer) are served; another site's are refused.
-        sub = {"Sec-Fetch-Site": "cross-site", "Referer": own + f"vms/{KEY}/ports/8001/page"}
-        assert http.get(f"/vms/{KEY}/ports/8001/headers", headers=sub).status_code == 200
-        evil = {"Sec-Fetch-Site": "cross-site", "Referer": "http://evil.example/"}
-        assert http.get(f"/vms/{KEY}/ports/8001/headers", headers=evil).status_code == 403
-        evil_origin = {"Origin": "http://evil.example", "Referer": "http://evil.example/"}
-        assert http.post(f"/vms/{KEY}/ports/8001/echo", headers=evil_origin).status_code == 403
+        # Cross-site requests to a preview (the page's own, from its opaque origin) are
+        # served only through a link: a page of another vm or site cannot make one up.
+        link = http.get(f"/vms/{KEY}/ports").json()["preview_template"].format(port=8001)
+        sub = {"Sec-Fetch-Site": "cross-site", "Referer": own}
+        assert httpx.get(live.url + link + "headers", headers=sub).status_code == 200
+        assert http.get(f"/vms/{KEY}/ports/8001/headers", headers=sub).status_code == 403
+        evil = {"Origin": "http://evil.example", "Referer": "http://evil.example/"}
+        assert http.post(f"/vms/{KEY}/ports/8001/echo", headers=evil).status_code == 403
+        # Headers that would act on the whole origin (the console's storage, service
+        # workers) never leave the proxy.
+        cleared = http.get(f"/vms/{KEY}/ports/8001/clear")
+        assert cleared.status_code == 200
+        assert "clear-site-data" not in cleared.headers
+        assert "service-worker-allowed" not in cleared.headers
+        # The console's token subprotocol never reaches the sandbox.
+        ws_url = live.url.replace("http://", "ws://") + f"/vms/{KEY}/ports/8001/ws-protocols"
+        offered = ["echo", "agentvm", "agentvm.bearer.c2VjcmV0"]
+        with ws_connect(ws_url, additional_headers=auth, subprotocols=offered) as ws:  # type: ignore[arg-type]
+            assert ws.recv(timeout=30) == "echo"
 
 
 def test_cli_ports_and_open(live: LiveServer) -> None:
