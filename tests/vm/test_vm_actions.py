@@ -19,6 +19,7 @@ ACTIONS = {
     "wait_process", "kill_process", "list_processes", "read_file", "write_file",
     "read_files", "write_files", "readdir", "readdir_recursive", "stat", "exists",
     "mkdir", "move", "delete_file", "upload_dir", "download_dir", "put_blob",
+    "list_ports", "watch", "unwatch", "list_watches",
 }  # fmt: skip
 
 
