@@ -52,7 +52,10 @@ def console_assets() -> None:
     assert proc.returncode == 0, f"scripts/build-ui failed:\n{proc.stderr}"
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open its event loop
+# counts as running, so every asyncio test after it in the same run (tests/vm/...)
+# would fail with "cannot be called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
