@@ -271,6 +271,102 @@ class ActorAccessor:
         return await self._transport.list_actors(self.name)
 
 
+class WorkflowsAccessor(ActorAccessor):
+    """``client.workflows``: DAG workflows (the ``workflows`` actor, one per name).
+
+    Works over any transport: it only calls actions, sends to the ``run`` queue and
+    reads the run record (docs/workflows.md)."""
+
+    async def put(self, definition: Any) -> dict[str, Any]:
+        """Register a definition (a dict, JSON text or a ``WorkflowDefinition``) →
+        ``{"name", "version", "created"}``."""
+        from .dag import load_definition
+
+        data = _definition_dict(definition)
+        defn = load_definition(data)
+        out: dict[str, Any] = await self.get_or_create([defn.name]).put_definition(data)
+        return out
+
+    async def definition(self, name: str, version: int | None = None) -> dict[str, Any]:
+        args = [version] if version is not None else []
+        out: dict[str, Any] = await ActorAccessor.get(self, [name]).call("get_definition", *args)
+        return out
+
+    async def run(
+        self,
+        definition_or_name: Any,
+        params: dict[str, Any] | None = None,
+        *,
+        wait: bool = True,
+        timeout: float | None = None,
+        version: int | None = None,
+        vm_key: str | None = None,
+        repo: str | None = None,
+        keep_vm: str | None = None,
+    ) -> dict[str, Any]:
+        """Run a registered workflow (by name) or a definition given inline; returns
+        the run's view (``run_id``, ``status``, ``steps``...). ``wait``: until it has
+        finished (or ``timeout`` seconds passed)."""
+        from .dag import bind_params, load_definition
+
+        if isinstance(definition_or_name, str) and not definition_or_name.lstrip().startswith("{"):
+            handle = ActorAccessor.get(self, [definition_or_name])
+            args = [version] if version is not None else []
+            data = await handle.call("get_definition", *args)
+        else:
+            data = _definition_dict(definition_or_name)
+            handle = self.get_or_create([load_definition(data).name])
+        bind_params(load_definition(data), params or {})  # InvalidRequest naming params.<name>
+        body: dict[str, Any] = {"definition": data, "params": params or {}}
+        extra = {"vm_key": vm_key, "repo": repo, "keep_vm": keep_vm}
+        body.update({k: v for k, v in extra.items() if v is not None})
+        sent = await handle.send("run", body, wait=wait, timeout=timeout)
+        if sent.message_id is None:  # never: a send always names its message
+            raise RuntimeError("the run's send answered no message id")
+        return await self._view(handle, sent.message_id)
+
+    async def get(self, name: str, run_id: int) -> dict[str, Any]:  # type: ignore[override]
+        """The view of one run of workflow ``name``."""
+        return await self._view(ActorAccessor.get(self, [name]), run_id)
+
+    async def runs(self, name: str) -> list[RunInfo]:
+        return await ActorAccessor.get(self, [name]).runs()
+
+    async def cancel(self, name: str, run_id: int) -> dict[str, Any]:
+        handle = ActorAccessor.get(self, [name])
+        await handle.cancel_run(run_id)
+        return await self._view(handle, run_id)
+
+    async def retry(self, name: str, run_id: int) -> dict[str, Any]:
+        handle = ActorAccessor.get(self, [name])
+        await handle.retry_run(run_id)
+        return await self._view(handle, run_id)
+
+    @staticmethod
+    async def _view(handle: ActorHandle, run_id: int) -> dict[str, Any]:
+        from .dag.results import workflow_view
+
+        return workflow_view(await handle.run(run_id))
+
+
+def _definition_dict(definition: Any) -> dict[str, Any]:
+    if isinstance(definition, str | bytes):
+        import json
+
+        data = json.loads(definition)
+    elif hasattr(definition, "model_dump"):
+        data = definition.model_dump(mode="json", by_alias=True, exclude_defaults=False)
+    else:
+        data = definition
+    if not isinstance(data, dict):
+        from .errors import InvalidRequest
+
+        raise InvalidRequest(
+            "definition: a workflow definition is a JSON object", field="definition"
+        )
+    return data
+
+
 class Client:
     """Entry point: ``client.counter`` / ``client.actors.counter`` → accessor."""
 
@@ -293,6 +389,11 @@ class Client:
     ) -> list[RunInfo]:
         """Runs across actors, newest first (e.g. ``status="running"``)."""
         return await self._transport.list_runs(None, status=status, name=name)
+
+    @property
+    def workflows(self) -> WorkflowsAccessor:
+        """DAG workflows: ``await client.workflows.run(definition, params)``."""
+        return WorkflowsAccessor(self._transport, "workflows")
 
     def __getattr__(self, name: str) -> ActorAccessor:
         if name.startswith("_"):
