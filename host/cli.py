@@ -8,19 +8,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
-from rich.text import Text
-from rich.tree import Tree
-
-from orchestrator import AgentVMError, RemoteClient, WorkflowHistory
+from typer.core import TyperCommand, TyperGroup
 
 from .cli_common import (
     DEFAULT,
@@ -30,23 +24,113 @@ from .cli_common import (
     UrlOpt,
     console,
     fail,
+    http_json,
     out,
     parse_key,
     parse_value,
+    plain_table,
     print_json,
     run_client,
     spinner,
     write_bytes,
 )
-from .cli_runs import register as register_run_commands
-from .cli_vm import vm_app
-from .cli_workflow import workflow_app
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+if TYPE_CHECKING:
+    from rich.tree import Tree
+    from typer import _click as click
+
+    from orchestrator import RemoteClient, WorkflowHistory
+
+# Start-up time: ``agentvm --help`` and ``agentvm ps`` load only typer, the standard
+# library and this package's light modules. The commands whose modules import rich,
+# httpx or the orchestrator package are loaded when they run; ``--help`` lists them
+# by these one-line helps (tests/test_cli_imports.py checks they match the real ones).
+_RUN_COMMANDS = "host.cli_runs"
+LAZY_COMMANDS: dict[str, tuple[str, str]] = {
+    "runs": (
+        _RUN_COMMANDS,
+        "List the runs of an orchestrator (``agentvm runs automator main``) or of all.",
+    ),
+    "run": (_RUN_COMMANDS, "Show one run: its steps as a tree, then its result or error."),
+    "cancel": (
+        _RUN_COMMANDS,
+        "Cancel a queued or running run (the step in flight is interrupted).",
+    ),
+    "retry": (_RUN_COMMANDS, "Run a failed or cancelled run again from the step that failed."),
+    "watch": (
+        _RUN_COMMANDS,
+        "Follow a run live: its steps, and its agent's messages, tool calls and diffs.",
+    ),
+    "apply": (_RUN_COMMANDS, "Apply a run's fix to a local clone as commits (``git am --3way``)."),
+    "vm": ("host.cli_vm:vm_app", "Sandboxes (the vm actor): exec, files, shell."),
+    "workflow": ("host.cli_workflow:workflow_app", "DAG workflow definitions and runs."),
+}
+# The order of ``--help`` (eager commands are defined in this module).
+ORDER = (
+    "serve", "send", "call", "ps", "history",
+    "runs", "run", "cancel", "retry", "watch", "apply",
+    "images", "vm", "workflow",
+)  # fmt: skip
+
+
+def load_lazy(name: str) -> click.Command:
+    """The real command behind a lazy name (imports its module)."""
+    import importlib
+
+    spec, _ = LAZY_COMMANDS[name]
+    if spec == _RUN_COMMANDS:
+        from .cli_runs import register
+
+        holder = typer.Typer()
+        register(holder)
+        group = typer.main.get_command(holder)
+        assert isinstance(group, TyperGroup)
+        return group.commands[name]
+    module, _, attr = spec.partition(":")
+    command = typer.main.get_command(getattr(importlib.import_module(module), attr))
+    command.name = name
+    return command
+
+
+class _Stub(TyperCommand):
+    """Stands for a lazy command in the top-level help listing only."""
+
+
+class LazyGroup(TyperGroup):
+    """The top-level group: lazy commands are loaded when they are invoked."""
+
+    def __init__(self, **attrs: Any) -> None:
+        super().__init__(**attrs)
+        commands = dict(self.commands)
+        for name, (_, short) in LAZY_COMMANDS.items():
+            commands.setdefault(name, _Stub(name=name, help=short, callback=None))
+        first = {n: commands.pop(n) for n in ORDER if n in commands}
+        self.commands = {**first, **commands}
+
+    def _real(self, name: str) -> click.Command | None:
+        cmd = self.commands.get(name)
+        if isinstance(cmd, _Stub):
+            cmd = self.commands[name] = load_lazy(name)
+        return cmd
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        if args and args[0] in LAZY_COMMANDS:
+            self._real(args[0])
+        return super().resolve_command(ctx, args)
+
+
+# Plain click help (rich's help formatter alone costs ~250 ms of imports).
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    cls=LazyGroup,
+    rich_markup_mode=None,
+)
 images_app = typer.Typer(no_args_is_help=True, help="Sandbox images.")
 app.add_typer(images_app, name="images")
-app.add_typer(vm_app, name="vm")
-app.add_typer(workflow_app, name="workflow")
 
 
 def _registry(spec: str | None = None) -> Any:
@@ -77,7 +161,9 @@ def serve(
     ] = None,
 ) -> None:
     """Run the engine (recovering every pending workflow) and the HTTP API until Ctrl-C."""
-    from orchestrator import Engine, EngineConfig
+    import logging
+
+    from orchestrator import AgentVMError, Engine, EngineConfig
 
     from .server import InsecureBindError, ServerSettings, check_bind
     from .server import serve as serve_http
@@ -124,6 +210,8 @@ def serve(
             highlight=False,
             soft_wrap=True,
         )
+
+    import asyncio
 
     try:
         asyncio.run(serve_http(runtime, settings, on_ready=ready))
@@ -186,6 +274,8 @@ def send(
         console.print(f"[green]completed[/] (message {result.message_id})")
         print_json(result.response)
     elif result.status in ("failed", "cancelled"):
+        from rich.text import Text
+
         from .cli_runs import clean
 
         # A run queue's answer: the run ended without a result (see `agentvm run`).
@@ -250,35 +340,36 @@ def ps(
     as_json: JsonOpt = False,
 ) -> None:
     """List actors (and sandboxes: the ``vm`` actors)."""
-
-    async def go(client: RemoteClient) -> Any:
-        return await client.list_actors(name)
-
-    actors = run_client(url, token, go)
+    found = http_json(url, token, "GET", "/actors", params={"name": name} if name else None)
+    actors = found.get("actors") if isinstance(found, dict) else None
+    if not isinstance(actors, list):
+        raise fail(f"{url} answered GET /actors without a list of actors")
     if as_json:
-        print_json({"actors": [a.model_dump() for a in actors]})
+        print_json({"actors": actors})
         return
-    table = Table(title="actors", show_edge=False)
-    for col in ("name", "key", "awake", "workflow", "created", "actor_id"):
-        table.add_column(col)
-    for a in actors:
-        table.add_row(
-            a.name,
-            ",".join(a.key),
-            "yes" if a.awake else "asleep",
-            a.workflow_status or "-",
-            datetime.fromtimestamp(a.created_at, UTC).strftime("%Y-%m-%d %H:%M:%S"),
-            a.actor_id,
+    rows = [
+        (
+            a.get("name", ""),
+            ",".join(map(str, a.get("key") or [])),
+            "yes" if a.get("awake") else "asleep",
+            a.get("workflow_status") or "-",
+            _date(a.get("created_at")),
+            a.get("actor_id", ""),
         )
-    out.print(table)
-    vms = [a for a in actors if a.name == "vm"]
+        for a in actors
+        if isinstance(a, dict)
+    ]
+    text = plain_table(("name", "key", "awake", "workflow", "created", "actor_id"), rows, "actors")
+    vms = [(r[1], "running" if r[2] == "yes" else "stopped") for r in rows if r[0] == "vm"]
     if vms:
-        sandboxes = Table(title="sandboxes", show_edge=False)
-        sandboxes.add_column("key")
-        sandboxes.add_column("state")
-        for a in vms:
-            sandboxes.add_row(",".join(a.key), "running" if a.awake else "stopped")
-        out.print(sandboxes)
+        text += "\n" + plain_table(("key", "state"), vms, "sandboxes")
+    write_bytes(text.encode())
+
+
+def _date(ts: Any) -> str:
+    if not isinstance(ts, int | float):
+        return "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 # --- history -----------------------------------------------------------------------------
@@ -298,6 +389,9 @@ def render_history(history: Any) -> Tree:
     """The workflow history as a tree of name paths with statuses and timings.
 
     Names and errors are printed as plain text (they may come from sandbox code)."""
+    from rich.text import Text
+    from rich.tree import Tree
+
     from .cli_runs import clean, history_tree
 
     style = _STATUS_STYLE.get(history.workflow_status or "", "white")
@@ -318,6 +412,8 @@ def _local_history(actor: str, key: str, db: str) -> WorkflowHistory:
             if info is None:
                 raise typer.BadParameter(f"no actor {actor!r} with key {key!r}")
             return await inspector.history(info.actor_id)
+
+    import asyncio
 
     return asyncio.run(main())
 
@@ -346,9 +442,6 @@ def history(
         out.print_json(json.dumps(result.model_dump()))
     else:
         out.print(render_history(result))
-
-
-register_run_commands(app)
 
 
 def main() -> None:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shlex
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -22,7 +24,12 @@ from .cli_common import (
     TokenOpt,
     UrlOpt,
     check,
+    clean,
     console,
+    encode_key,
+    from_wire,
+    http_json,
+    http_request,
     out,
     parse_key,
     print_json,
@@ -55,11 +62,42 @@ def _show_exec(result: Any, as_json: bool) -> int:
     return int(result["exit_code"])
 
 
+# ``vm exec`` without ``--cwd`` runs here when it is a directory (the repository the
+# built-in orchestrators work on, orchestrator.builtin.REPO_DIR), else in the vm's own
+# default (/home/user): ``agentvm vm exec fix-7 -- git diff`` shows the fix's diff.
+EXEC_DEFAULT_CWD = "/home/user/repo"
+
+
+def _vm_action(url: str, token: str | None, key: str, action: str, *args: Any) -> Any:
+    """One action of the vm (get-or-create), over the standard-library client."""
+    path = f"/actors/{VM}/{encode_key(parse_key(key))}/actions/{action}"
+    return from_wire(http_json(url, token, "POST", path, body={"args": list(args)})["output"])
+
+
+def _default_cwd(url: str, token: str | None, key: str) -> str | None:
+    """``EXEC_DEFAULT_CWD`` if the vm has that directory; None: the vm's default."""
+    path = f"/actors/{VM}/{encode_key(parse_key(key))}/actions/stat"
+    status, raw = http_request(url, token, "POST", path, body={"args": [EXEC_DEFAULT_CWD]})
+    if status >= 400:  # no such directory (or a vm without ``stat``): the vm's default
+        return None
+    try:
+        output = json.loads(raw).get("output")
+    except (ValueError, AttributeError):
+        return None
+    return EXEC_DEFAULT_CWD if isinstance(output, dict) and output.get("type") == "dir" else None
+
+
 @vm_app.command("exec", context_settings={"allow_extra_args": False})
 def vm_exec(
     key: KeyArg,
     command: Annotated[list[str], typer.Argument(help="the command (after --)")],
-    cwd: Annotated[str | None, typer.Option(help="working directory in the sandbox")] = None,
+    cwd: Annotated[
+        str | None,
+        typer.Option(
+            help=f"working directory in the sandbox (default: {EXEC_DEFAULT_CWD} if it "
+            "exists, else /home/user)"
+        ),
+    ] = None,
     timeout: Annotated[float | None, typer.Option(help="seconds before it is killed")] = None,
     url: UrlOpt = DEFAULT,
     token: TokenOpt = None,
@@ -67,19 +105,45 @@ def vm_exec(
 ) -> None:
     """Run a command in a sandbox: ``agentvm vm exec fix-42 -- git status``.
 
-    One argument is a shell command line; several are joined with shell quoting."""
+    One argument is a shell command line; several are joined with shell quoting. It
+    runs in ``--cwd``, by default in /home/user/repo when the vm has it (else
+    /home/user)."""
     line = command[0] if len(command) == 1 else shlex.join(command)
     opts: dict[str, Any] = {}
-    if cwd:
-        opts["cwd"] = cwd
+    where = cwd or _default_cwd(url, token, key)
+    if where:
+        opts["cwd"] = where
     if timeout is not None:
         opts["timeout"] = timeout
+    with spinner(f"running in vm {key}..."):
+        result = _vm_action(url, token, key, "exec", line, *([opts] if opts else []))
+    raise typer.Exit(_show_exec(result, as_json))
 
-    async def go(client: RemoteClient) -> Any:
-        with spinner(f"running in vm {key}..."):
-            return await client[VM].get_or_create(parse_key(key)).exec(line, **opts)
 
-    raise typer.Exit(_show_exec(run_client(url, token, go), as_json))
+def _mode(entry: dict[str, Any]) -> str:
+    """``drwxr-xr-x`` from the entry's type and permission bits, as ``ls -l`` prints."""
+    kind = {"dir": "d", "symlink": "l", "file": "-"}.get(str(entry.get("type")), "?")
+    mode = entry.get("mode")
+    if not isinstance(mode, int):
+        return kind + "?" * 9
+    bits = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return kind + bits
+
+
+def _mtime(value: Any) -> str:
+    if not isinstance(value, int | float):
+        return "-"
+    return datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M")
+
+
+def ls_lines(entries: list[dict[str, Any]]) -> str:
+    """Entries as ``ls -l`` lines: mode, size, modification time (local), name."""
+    rows = [
+        (_mode(e), str(e.get("size", "")), _mtime(e.get("mtime")), clean(str(e.get("name", ""))))
+        for e in entries
+    ]
+    size_w = max(len(r[1]) for r in rows)
+    return "".join(f"{m} {s.rjust(size_w)} {t} {n}\n" for m, s, t, n in rows)
 
 
 @vm_app.command("ls")
@@ -90,27 +154,15 @@ def vm_ls(
     token: TokenOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """List a directory of a sandbox."""
-
-    async def go(_: RemoteClient) -> Any:
-        async with raw_client(url, token) as http:
-            return check(await http.get(_files_url(key, path, "ls"))).json()
-
-    listing = run_client(url, token, go)
-    entries = listing.get("entries")
+    """List a directory of a sandbox (``ls -l`` style; ``--json``: the vm's entries)."""
+    where = f"/vms/{encode_key(parse_key(key))}/ls/{quote(path.lstrip('/'), safe='/')}"
+    listing = http_json(url, token, "GET", where)
+    entries = listing.get("entries") if isinstance(listing, dict) else None
     if as_json:
         print_json(listing)
-    elif isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries):
-        table = Table(title=listing.get("path"), show_edge=False)
-        columns = list(dict.fromkeys(k for e in entries for k in e))
-        for c in columns:
-            table.add_column(c)
-        for e in entries:
-            table.add_row(*(str(e.get(c, "")) for c in columns))
-        out.print(table)
-    elif isinstance(entries, list):
-        for e in entries:
-            out.print(str(e), highlight=False)
+    elif isinstance(entries, list) and all(isinstance(e, dict) for e in entries):
+        if entries:
+            write_bytes(ls_lines(entries).encode())
     else:
         print_json(entries)
 
