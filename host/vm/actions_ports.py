@@ -4,8 +4,9 @@
 A watch runs in the host as a task reading the supervisor's ``watch`` channel and
 broadcasting each change as ``file_changed {watch_id, path, kind}`` (an ``overflow``
 change says changes were dropped: rescan). At most ``MAX_WATCHES`` per vm. A watch
-ends with ``unwatch``, when the vm sleeps or is destroyed (its sandbox link closes),
-or when its path goes away; a ``watch_ended {watch_id, reason}`` event says so.
+ends with ``unwatch``, when the vm sleeps or is destroyed (``stop_watches``), when
+the sandbox link is lost, or when its path goes away; a ``watch_ended {watch_id,
+reason}`` event says so.
 """
 
 from __future__ import annotations
@@ -48,6 +49,14 @@ class WatchOptions(Opts):
 
 def watches_of(v: VmVars) -> dict[str, asyncio.Task[None]]:
     return _watches.setdefault(v, {})
+
+
+async def stop_watches(c: ActorContext) -> None:
+    """End every watch of the vm (it goes to sleep: nobody listens any more)."""
+    tasks = list(watches_of(vm_vars(c)).values())
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class PortActions(VmActionsBase):

@@ -25,7 +25,7 @@ from .actions_checkpoints import CheckpointActions
 from .actions_exec import ProcessActions
 from .actions_files import FileActions
 from .actions_lifecycle import LifecycleActions
-from .actions_ports import PortActions
+from .actions_ports import PortActions, stop_watches
 from .actions_pty import TerminalActions
 from .blob_actions import BlobActions
 from .manager import SandboxManager
@@ -51,7 +51,12 @@ def vm_actor(
     )
     checkpoints = CheckpointActions(manager, sessions["close_session"])
 
+    async def on_sleep(c: Any) -> None:
+        await stop_watches(c)  # a sleeping vm has no subscribers to tell
+        await vm.on_sleep(c)
+
     async def on_destroy(c: Any) -> None:
+        await stop_watches(c)
         try:
             await vm.on_destroy(c)
         finally:  # the checkpoints go with the vm, also when its container was gone
@@ -74,7 +79,7 @@ def vm_actor(
             "watch_ended": event("{watch_id, reason}: a watch stopped"),
         },
         on_wake=vm.on_wake,
-        on_sleep=vm.on_sleep,
+        on_sleep=on_sleep,
         on_destroy=on_destroy,
         options={"sleep_timeout": vm.defaults.idle_timeout},
     )

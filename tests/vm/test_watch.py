@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from host.sandbox.ports import watch
+from host.vm import actions_ports
 from orchestrator.errors import AgentVMError, InvalidRequest
 from tests.server.live import LiveServer
 from tests.support import eventually
@@ -188,3 +189,15 @@ def test_watch_over_sse(live: LiveServer) -> None:
                 break
             assert time.monotonic() < deadline, res.text
             time.sleep(0.05)
+
+
+async def test_a_sleeping_vm_stops_its_watches(vm_host: Any) -> None:
+    """Nobody listens to a vm that went to sleep: its watches end with it."""
+    async with vm_host(idle_timeout=1) as h:
+        vm = h.client.vm.get_or_create(["watch-sleep"])
+        wid = (await vm.call("watch", "."))["watch_id"]
+        [task] = [t for w in actions_ports._watches.values() for i, t in w.items() if i == wid]
+        await eventually(lambda: asyncio.sleep(0, task.done()), timeout=60, what="watch ended")
+        # Stopped by the vm's on_sleep (cancelled), before its container was stopped.
+        assert task.cancelled()
+        assert await vm.call("list_watches") == []
