@@ -110,6 +110,10 @@ class PortStream:
         self.channel = channel
         self.port = port
         self.idle = idle
+        # Reads may wait without a deadline where the peer is a live client that can
+        # leave (a WebSocket: quiet for minutes is normal); the link's own liveness
+        # check still catches a frozen sandbox.
+        self.read_idle: float | None = idle
         self.eof = False
 
     async def read(self) -> bytes:
@@ -117,7 +121,7 @@ class PortStream:
         if self.eof:
             return b""
         try:
-            async with asyncio.timeout(self.idle):
+            async with asyncio.timeout(self.read_idle):
                 while True:
                     kind, a, b = await self.channel.next()
                     if kind == "data" and b:

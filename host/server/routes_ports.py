@@ -411,6 +411,7 @@ async def preview_websocket(websocket: WebSocket, key: str, port: str, path: str
             )
             return
         await websocket.accept(subprotocol=answer.headers.get("Sec-WebSocket-Protocol"))
+        stream.read_idle = None  # a quiet WebSocket is normal; the client can leave
         await _relay(websocket, protocol, stream, early)
 
 

@@ -29,7 +29,7 @@ KEY = "pv"
 # A tiny server inside the sandbox: echoes headers and bodies, redirects, sets a
 # cookie, and speaks WebSocket (stdlib only: the image has python3, nothing else).
 SERVER = r"""
-import base64, hashlib, json, struct, sys
+import base64, hashlib, json, struct, sys, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -111,6 +111,9 @@ class Handler(BaseHTTPRequestHandler):
                 wf.write(b"\x88\x02" + data[:2])
                 wf.flush()
                 return
+            if data.startswith(b"wait:"):  # answer only after a quiet spell
+                time.sleep(float(data[5:]))
+                data = b"detiaw"
             reply = data[::-1] if opcode == 1 else data
             size = len(reply)
             if size < 126:
@@ -288,6 +291,9 @@ def test_preview_proxy(live: LiveServer) -> None:
         with ws_connect(url) as ws:
             ws.send("link")
             assert ws.recv(timeout=30) == "knil"
+            # Quiet for longer than the idle deadline (5 s here): a WebSocket stays.
+            ws.send("wait:6")
+            assert ws.recv(timeout=60) == "waited"
 
 
 def test_a_preview_cannot_use_the_api(live: LiveServer) -> None:
