@@ -68,8 +68,8 @@ class ServerSettings(BaseSettings):
         60.0,
         gt=0,
         le=3600,
-        description="preview proxy: a request or WebSocket whose sandbox port sends and takes "
-        "nothing for this long is closed",
+        description="preview proxy: a request whose sandbox port sends or takes nothing for "
+        "this long is closed (a WebSocket may stay quiet; its writes have this deadline)",
     )
 
     @field_validator("allowed_hosts", "allowed_origins", mode="before")
