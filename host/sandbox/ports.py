@@ -246,6 +246,16 @@ async def watch(
             await channel.cancel()
 
 
+def _text(value: str) -> str:
+    """A file name that is not UTF-8 arrives with lone surrogates (the supervisor's
+    ``fsdecode``): shown with U+FFFD, so every JSON writer downstream can encode it."""
+    try:
+        raw = value.encode("utf-8", "surrogateescape")  # the name's own bytes
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass")
+    return raw.decode("utf-8", "replace")
+
+
 def _changes(raw: bytes) -> list[FileChange]:
     """A frame of changes; entries that are not well-formed are skipped (the sandbox
     wrote them)."""
@@ -264,7 +274,7 @@ def _changes(raw: bytes) -> list[FileChange]:
         reason = item.get("reason")
         out.append(
             FileChange(
-                path=path[:4096],
+                path=_text(path[:4096]),
                 kind=str(kind),
                 dropped=dropped if isinstance(dropped, int) else None,
                 reason=reason[:200] if isinstance(reason, str) else None,

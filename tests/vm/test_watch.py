@@ -181,6 +181,17 @@ def test_watch_over_sse(live: LiveServer) -> None:
                         break
             assert event == "file_changed" and data is not None
             assert data["kind"] in ("created", "modified") and data["watch_id"]
+            # A file name that is not UTF-8 (the sandbox chose it) does not break
+            # the stream: it arrives with a replacement character.
+            odd = ["python3", "-c", "open(b'/home/user/w/odd\\xff.txt', 'w').close()"]
+            made = http.post(f"/actors/vm/{KEY}/actions/exec", json={"args": [odd]})
+            assert made.json()["output"]["exit_code"] == 0, made.text
+            for line in lines:
+                if line.startswith("data: "):
+                    data = json.loads(line[6:])
+                    if data["path"].startswith("/home/user/w/odd"):
+                        break
+            assert data is not None and data["path"] == "/home/user/w/odd\ufffd.txt"
         # The client went away: the watch is stopped.
         deadline = time.monotonic() + 30
         while True:
