@@ -1,7 +1,8 @@
 // The built client against a live real host (Docker sandboxes):
 //   node clients/typescript/test/vm_smoke.mjs <url> <token|-> <vm-key>
 // exec, bytes through actions and the raw file routes, a file watch (SSE), a
-// listening port and its preview through the proxy, a typed 404; then destroys the vm.
+// listening port and its preview through the proxy, a typed 404, DAG workflows (no agent:
+// every step skipped); then destroys the vm.
 import assert from "node:assert/strict";
 import { ClientError, createClient } from "../dist/agentvm-client.mjs";
 
@@ -72,6 +73,50 @@ try {
   assert.equal(missing.status, 404);
   assert.equal(missing.code, "file_not_found");
   check("typed 404");
+
+  // DAG workflows: a definition whose steps are all skipped runs without an agent.
+  const name = `ts-${key}`;
+  const definition = {
+    name,
+    params: [{ name: "go", type: "boolean", default: false }],
+    steps: [
+      { id: "a", prompt: "a", when: { param: "go" } },
+      { id: "b", prompt: "b {{steps.a.text}}", depends_on: ["a"], when: { param: "go" } },
+    ],
+  };
+  assert.deepEqual(await client.workflows.validate(definition), { valid: true, error: null });
+  const invalid = await client.workflows.validate({ ...definition, steps: [{ id: "a" }] });
+  assert.equal(invalid.valid, false);
+  assert.ok(invalid.error.metadata.field.startsWith("steps"), JSON.stringify(invalid.error));
+  assert.deepEqual(await client.workflows.put(name, definition), { name, version: 1, created: true });
+  assert.equal((await client.workflows.put(name, definition)).created, false);
+  assert.ok((await client.workflows.list()).some((w) => w.name === name && w.latest === 1));
+  assert.equal((await client.workflows.get(name)).version, 1);
+  const run = await client.workflows.run(name, { wait: true, timeoutMs: 60000 });
+  assert.equal(run.status, "completed", JSON.stringify(run));
+  assert.deepEqual(run.order, ["a", "b"]);
+  assert.equal(run.steps.a.status, "skipped");
+  assert.equal((await client.workflows.getRun(name, run.run_id)).status, "completed");
+  assert.equal((await client.workflows.runs(name))[0].run_id, run.run_id);
+  const refused = await client.workflows.cancelRun(name, run.run_id).then(
+    () => assert.fail("a finished run cannot be cancelled"),
+    (err) => err,
+  );
+  assert.equal(refused.status, 409);
+  assert.equal(refused.code, "not_cancellable");
+  // A finished run's event stream ends by itself.
+  const ended = [];
+  for await (const e of await client.workflows.events(name, run.run_id)) ended.push(e.event);
+  assert.ok(Array.isArray(ended));
+  const badParam = await client.workflows.run(name, { params: { go: "yes" } }).then(
+    () => assert.fail("a param of the wrong type is refused"),
+    (err) => err,
+  );
+  assert.equal(badParam.status, 400);
+  assert.equal(badParam.field, "params.go");
+  const inline = await client.workflows.runInline({ ...definition, name: `${name}-inline` }, { wait: true });
+  assert.equal(inline.status, "completed");
+  check("workflows: validate, put, list, get, run, runs, events, cancel refused, bad param, inline");
 } finally {
   await vm.destroy().catch(() => undefined);
 }
