@@ -115,6 +115,19 @@ def _error(exc: BaseException) -> dict[str, Any]:
     return {"group": group, "code": code, "message": _cap(message, MAX_ERROR), "metadata": meta}
 
 
+# Errors of a prompt that say the vm or its session went away under it (a host
+# restart: the supervisor reconnecting), not that the agent failed.
+_VM_TROUBLE = {("session", "not_found"), ("session", "closed"), ("session", "agent_exited")}
+
+
+def _vm_trouble(exc: AgentVMError) -> bool:
+    cause = exc.metadata.get("cause")
+    if not isinstance(cause, dict):
+        return False
+    group, code = cause.get("group"), cause.get("code")
+    return group == "sandbox" or (group, code) in _VM_TROUBLE
+
+
 def _meta_of(result: dict[str, Any]) -> dict[str, Any]:
     """A completed step's entry in the run's meta."""
     meta = {
@@ -517,9 +530,11 @@ class DagRun:
                         self.client, key, task, stopping=lambda: self.ctx.engine_stopping
                     )
                 )
-            except (AgentTaskFailed, InvalidRequest):
+            except InvalidRequest:
                 raise
             except AgentVMError as exc:
+                if isinstance(exc, AgentTaskFailed) and not _vm_trouble(exc):
+                    raise  # the agent's turn or the check failed: the step's retries
                 if not left or self.ctx.engine_stopping:
                     raise
                 log.info("run %s: vm %s not usable (%s); trying again", self.run_id, key, exc)

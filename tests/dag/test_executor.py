@@ -442,10 +442,10 @@ async def test_kill_9_mid_dag_resumes_without_rerunning_completed_steps(
     async with _client(server) as client:
         view = await _until(client, "crash", run_id, _ended)
         keys = await _vm_keys(client)
+    assert view["status"] == "completed", view["steps"]["b"].get("error")
     # Both vms (a's own, used before the crash only, and the shared one) are gone.
     assert set(view["vms"].values()) == {f"wf-crash-{run_id}-a", f"wf-crash-{run_id}"}
     assert not set(view["vms"].values()) & keys
-    assert view["status"] == "completed", view["steps"]["b"].get("error")
     steps = view["steps"]
     assert steps["a"]["finished_at"] == before["steps"]["a"]["finished_at"]
     assert steps["c"]["text"] == "C"
