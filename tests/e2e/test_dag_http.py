@@ -6,9 +6,10 @@ Params checked at submit time; earlier steps' text in later prompts (asserted on
 what the model received); a diamond's middle steps side by side (the model holds
 both answers until both asked, and the recorded step times overlap); a failed
 step skips its dependents and the run ends ``partial``; ``kill -9`` mid-DAG and a
-restart re-run no completed step; a race of three agents won by the first whose
-tests pass, the others cancelled; checkpoint/restore/fork of a vm over HTTP; both
-examples in ``examples/dag``; and the CLI against the live server.
+restart re-run no completed step; cancel and retry over HTTP; a race of three
+agents won by the first whose tests pass, the others cancelled;
+checkpoint/restore/fork of a vm over HTTP; both examples in ``examples/dag``; and
+the CLI against the live server.
 """
 
 from __future__ import annotations
@@ -231,6 +232,50 @@ async def test_kill_9_mid_dag_does_not_rerun_completed_steps(host, fake_model) -
     assert one["started_at"] == before["steps"]["one"]["started_at"]
     assert one["finished_at"] == before["steps"]["one"]["finished_at"]
     assert "then one-done" in _prompts(fake_model, "k9-two")[-1]
+
+
+async def test_cancel_aborts_the_prompt_and_retry_keeps_completed_steps(host, fake_model) -> None:
+    """Cancel over HTTP while step two's prompt is in flight: the run ends
+    ``cancelled`` at once (the model never answered); a retry runs step two again
+    and not step one."""
+    definition = {
+        "name": "abortable",
+        "steps": [
+            {"id": "one", "prompt": "ab-one: first", "mode": "single_shot"},
+            {"id": "two", "prompt": "ab-two: then {{steps.one.text}}", "depends_on": ["one"]},
+        ],
+    }
+    never = fake_model.gate()
+    fake_model.script(Turn.text("one-done"), marker="ab-one")
+    fake_model.script(Turn.text("held", wait_for=never), marker="ab-two")
+    fake_model.script(*[Turn.text("two-done")] * 3, marker="ab-two")
+    server = host()
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as http:
+        assert (await http.put("/workflows/abortable", json=definition)).status_code == 200
+        resp = await http.post("/workflows/abortable/runs", json={})
+        assert resp.status_code == 202, resp.text
+        rid = resp.json()["run_id"]
+        await eventually(
+            lambda: asyncio.sleep(0, _prompts(fake_model, "ab-two")),
+            timeout=240,
+            interval=0.2,
+            what="step two prompting",
+        )
+        cancelled = await http.post(f"/workflows/abortable/runs/{rid}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
+        view = await _until(http, "abortable", rid, lambda v: v["status"] in FINISHED, "end")
+        assert view["status"] == "cancelled", view
+        assert view["steps"]["one"]["status"] == "completed"
+        assert view["steps"]["two"]["status"] != "completed"
+        again = await http.post(f"/workflows/abortable/runs/{rid}/cancel")
+        assert again.status_code == 409 and again.json()["error"]["code"] == "not_cancellable"
+
+        retried = await http.post(f"/workflows/abortable/runs/{rid}/retry")
+        assert retried.status_code == 200, retried.text
+        view = await _until(http, "abortable", rid, lambda v: v["status"] in FINISHED, "retry")
+    assert view["status"] == "completed", view
+    assert view["steps"]["two"]["text"] == "two-done"
+    assert len(_prompts(fake_model, "ab-one")) == 1  # step one was not run again
 
 
 async def test_race_example_first_passing_agent_wins(host, fake_model, calc_repo) -> None:
