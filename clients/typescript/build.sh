@@ -10,7 +10,7 @@ if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
     echo "clients/typescript: node and npm are needed (apt-get install nodejs npm)" >&2
     exit 1
 fi
-CACHE="${AGENTVM_NPM_CACHE:-$HOME/.cache/agentvm/npm}"
+CACHE="${npm_config_cache:-$HOME/.cache/agentvm/npm}"
 mkdir -p "$CACHE"
 
 # One build at a time (setup and a test may both call this).
