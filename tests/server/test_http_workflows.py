@@ -15,7 +15,8 @@ from typing import Any
 import httpx
 import pytest
 
-from orchestrator import InvalidRequest, create_client
+from orchestrator import Engine, InvalidRequest, create_client, setup
+from orchestrator.builtin import workflows
 from tests.server.live import LiveServer, agentvm, start_server
 from tests.support.docker import docker_client, remove_host
 
@@ -265,3 +266,19 @@ def test_cli_put_ls_show_run(server: LiveServer, tmp_path: Path) -> None:
     assert res.returncode == 1 and b"params.go" in res.stderr
     res = agentvm("workflow", "show", "nope-" + name, *url)
     assert res.returncode == 1 and b"workflow/not_found" in res.stderr
+
+
+async def test_the_python_client_in_process(tmp_path: Path) -> None:
+    """``client.workflows`` over the in-process transport: the same calls."""
+    async with Engine(setup(use={"workflows": workflows()}), db=tmp_path / "e.db") as engine:
+        client = engine.client()
+        assert (await client.workflows.put(SKIPPED))["created"] is True
+        view = await client.workflows.run("all-skipped", {"go": False}, timeout=60)
+        assert view["status"] == "completed" and view["version"] == 1
+        assert view["steps"]["b"]["reason"] == "condition"
+        assert (await client.workflows.get("all-skipped", view["run_id"]))["order"] == ["a", "b"]
+        queued = await client.workflows.run(json.dumps(SKIPPED), wait=False)
+        assert queued["status"] in ("queued", "running", "completed")
+        with pytest.raises(InvalidRequest) as bad:
+            await client.workflows.run({**SKIPPED, "steps": []})
+        assert bad.value.metadata["field"] == "steps"
