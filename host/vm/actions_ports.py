@@ -120,7 +120,8 @@ class PortActions(VmActionsBase):
         watches[watch_id] = task
         try:
             waiting: set[asyncio.Future[Any]] = {task, started}
-            await asyncio.wait(waiting, timeout=START_TIMEOUT)
+            # FIRST_COMPLETED: the task runs as long as the watch does.
+            await asyncio.wait(waiting, timeout=START_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         except asyncio.CancelledError:
             task.cancel()
             raise

@@ -244,9 +244,15 @@ def _exists(path: str) -> bool:
     return os.path.lexists(path)
 
 
-async def _poll(root: str, recursive: bool, changes: Changes, interval: float) -> None:
-    """The fallback: compare bounded snapshots every ``interval`` seconds."""
-    before, _ = await asyncio.to_thread(_snapshot, root, recursive, MAX_POLL_ENTRIES)
+async def _poll(
+    root: str,
+    recursive: bool,
+    changes: Changes,
+    interval: float,
+    before: dict[str, tuple[int, int]],
+) -> None:
+    """The fallback: compare bounded snapshots every ``interval`` seconds (from
+    ``before``, taken before ``started`` is sent: a change right after it counts)."""
     while True:
         await asyncio.sleep(interval)
         after, cut = await asyncio.to_thread(_snapshot, root, recursive, MAX_POLL_ENTRIES)
@@ -334,7 +340,8 @@ async def op_watch(link: Link, ch: Channel, args: dict[str, Any], payload: bytes
                 if mode == "inotify":
                     raise
         if notify is None:
-            source = asyncio.create_task(_poll(root, recursive, changes, interval))
+            before, _ = await asyncio.to_thread(_snapshot, root, recursive, MAX_POLL_ENTRIES)
+            source = asyncio.create_task(_poll(root, recursive, changes, interval, before))
         await ch.send_event("started", mode="inotify" if notify is not None else "poll", path=root)
         waiting: set[asyncio.Task[None]] = {sender} | ({source} if source else set())
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
