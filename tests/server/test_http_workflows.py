@@ -140,6 +140,24 @@ def test_not_found_and_bad_requests(http: httpx.Client, name: str) -> None:
 _JSON = {"content-type": "application/json"}
 
 
+def test_a_browser_on_another_site_cannot_register_or_start_runs(
+    http: httpx.Client, name: str
+) -> None:
+    """A page elsewhere can make the operator's browser send requests to the local
+    host: a form post (text/plain, no preflight) or a fetch with its Origin. Neither
+    registers a definition nor starts a run."""
+    body = json.dumps(_definition(name))
+    plain = {"content-type": "text/plain"}
+    assert http.put(f"/workflows/{name}", content=body, headers=plain).status_code == 415
+    evil = {**_JSON, "origin": "https://evil.example"}
+    assert http.put(f"/workflows/{name}", content=body, headers=evil).status_code == 403
+    run = json.dumps({"definition": SKIPPED})
+    assert http.post("/workflows/runs", content=run, headers=plain).status_code == 415
+    assert http.post("/workflows/runs", content=run, headers=evil).status_code == 403
+    assert _error(http.get(f"/workflows/{name}"), 404)["code"] == "not_found"
+    assert name not in [w["name"] for w in http.get("/workflows").json()]
+
+
 def test_params_are_checked_at_submit_time(http: httpx.Client, name: str) -> None:
     http.put(f"/workflows/{name}", json=_definition(name)).raise_for_status()
     cases = [
