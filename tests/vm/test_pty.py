@@ -342,6 +342,64 @@ async def test_websocket_route_with_token_and_reattach(pty_server: LiveServer) -
         assert error["error"]["metadata"]["field"] == "cols"
 
 
+def _socket_buffers() -> int:
+    """The most a TCP connection's two kernel buffers may hold on this machine."""
+    names = ("tcp_rmem", "tcp_wmem")
+    return sum(int(Path(f"/proc/sys/net/ipv4/{n}").read_text().split()[2]) for n in names)
+
+
+async def test_websocket_client_that_stops_reading_blocks_the_flood(
+    pty_server: LiveServer,
+) -> None:
+    """A client that does not read: the server's socket writes wait, the host's
+    channel fills and the sandbox's ``yes`` blocks (output stops growing) instead of
+    the host buffering it. Input still gets through: Ctrl-C ends the flood."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    url = _ws_url(pty_server, "pty-wsflood")
+    async with (
+        connect(
+            url,
+            additional_headers=auth,
+            open_timeout=120,
+            max_queue=1,
+            ping_interval=None,
+            compression=None,  # bytes on the wire = terminal bytes (`yes` compresses 1000:1)
+        ) as ws,
+        httpx.AsyncClient(base_url=pty_server.url, headers=auth, timeout=60) as http,
+    ):
+        hello = json.loads(await asyncio.wait_for(ws.recv(), 120))
+        assert hello["type"] == "attached"
+        await ws.send(b"yes flood-flood-flood\r")
+
+        async def info() -> dict[str, Any]:
+            res = await http.post("/actors/vm/pty-wsflood/actions/list_terminals", json={})
+            assert res.status_code == 200, res.text
+            (t,) = res.json()["output"]
+            return dict(t)
+
+        seen = {"last": -1}
+
+        def stuck(t: dict[str, Any]) -> bool:
+            same, seen["last"] = t["output_bytes"] == seen["last"], t["output_bytes"]
+            return same and t["blocked"] and t["attached"]
+
+        blocked = await eventually(info, stuck, timeout=120, interval=0.2, what="yes blocked")
+        # What `yes` got to write: the channel window, the server's write buffer, the
+        # kernel's socket buffers (both ends) and the client's queued frames; nothing
+        # grows with the flood.
+        assert WINDOW <= blocked["output_bytes"] < WINDOW + _socket_buffers() + 8 * 2**20
+
+        await ws.send(b"\x03")
+        await ws.send(b"echo done-$((2+9))\r")
+        tail = bytearray()
+        while b"done-11" not in tail:
+            frame = await asyncio.wait_for(ws.recv(), 60)
+            if isinstance(frame, bytes):
+                tail = (tail + frame)[-4096:]
+
+
 def _read_until(
     fd: int, needle: bytes, seen: bytearray, timeout: float = 120, start: int = 0
 ) -> None:
@@ -361,29 +419,46 @@ def _read_until(
             seen += chunk
 
 
-def test_cli_shell_in_raw_mode(pty_server: LiveServer) -> None:
-    """``agentvm vm shell`` on a real terminal (the test is the terminal: pty.fork)."""
-    import fcntl
+def _cli(env: dict[str, str], *args: str) -> tuple[int, int]:
+    """``agentvm vm shell ...`` with a pty as its terminal (the test is the terminal)."""
     import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child
+        os.chdir(ROOT)
+        argv = [sys.executable, "-m", "host.cli", "vm", "shell", *args]
+        os.execve(sys.executable, argv, env)
+    return pid, fd
+
+
+def test_cli_shell_in_raw_mode(pty_server: LiveServer) -> None:
+    """``agentvm vm shell``: raw mode, resize, Ctrl-C, re-attach with ``--terminal``,
+    the remote exit code, and the local terminal restored."""
+    import fcntl
+    import signal
     import struct
     import termios
 
+    import httpx
+
     env = {**os.environ, "AGENTVM_URL": pty_server.url, "AGENTVM_TOKEN": TOKEN, "TERM": "xterm"}
-    pid, fd = pty.fork()
-    if pid == 0:  # the child: the CLI with the pty as its terminal
-        os.chdir(ROOT)
-        os.execve(sys.executable, [sys.executable, "-m", "host.cli", "vm", "shell", "pty-cli"], env)
+    pids: list[int] = []
+    fds: list[int] = []
     try:
+        pid, fd = _cli(env, "pty-cli")
+        pids.append(pid)
+        fds.append(fd)
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 31, 111, 0, 0))
         seen = bytearray()
         _read_until(fd, b"$ ", seen)  # the remote prompt: the CLI is in raw mode
+        assert not termios.tcgetattr(fd)[3] & termios.ICANON
         os.write(fd, b"echo cli-$((9*9)); stty size\r")
         _read_until(fd, b"cli-81", seen)
         _read_until(fd, b"31 111", seen)
-        # Our window changes: the CLI gets SIGWINCH and resizes the remote terminal.
-        # (The kernel sends the CLI SIGWINCH, as for a terminal emulator's resize.)
+        # Our window changes: the kernel sends the CLI SIGWINCH (as for a terminal
+        # emulator's resize) and it resizes the remote terminal. The resize and the
+        # next keys travel separately: ask until the size shows.
         fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 25, 77, 0, 0))
-        # The resize and the next keys travel separately: ask until the size shows.
         deadline = time.monotonic() + 60
         while b"25 77" not in seen:
             assert time.monotonic() < deadline, bytes(seen[-800:])
@@ -397,12 +472,32 @@ def test_cli_shell_in_raw_mode(pty_server: LiveServer) -> None:
         _read_until(fd, b"^C", seen)  # the remote line discipline echoes it
         os.write(fd, b"echo alive-$((8+8))\r")
         _read_until(fd, b"alive-16", seen)
-        os.write(fd, b"exit\r")
+
+        # The connection drops (the CLI dies): the terminal keeps running.
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        pids.remove(pid)
+        with httpx.Client(
+            base_url=pty_server.url, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=60
+        ) as http:
+            res = http.post("/actors/vm/pty-cli/actions/list_terminals", json={"args": []})
+            assert res.status_code == 200, res.text
+            (terminal,) = res.json()["output"]
+        assert terminal["running"]
+
+        pid, fd = _cli(env, "pty-cli", "--terminal", terminal["id"])
+        pids.append(pid)
+        fds.append(fd)
+        again = bytearray()
+        _read_until(fd, b"alive-16", again)  # the scroll-back, replayed
+        os.write(fd, b"exit 4\r")
         _, status = os.waitpid(pid, 0)
-        pid = 0
-        assert os.waitstatus_to_exitcode(status) == 0
+        pids.remove(pid)
+        assert os.waitstatus_to_exitcode(status) == 4  # the remote shell's exit code
+        assert termios.tcgetattr(fd)[3] & termios.ICANON  # the terminal was restored
     finally:
-        if pid:
-            os.kill(pid, 9)
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
-        os.close(fd)
+        for fd in fds:
+            os.close(fd)

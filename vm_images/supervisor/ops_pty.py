@@ -46,6 +46,16 @@ async def _take_input(ch: Channel, term: Terminal) -> None:
                 term.resize(*_parse_resize(data))
 
 
+async def _replay(ch: Channel, term: Terminal, me: Listener) -> None:
+    """Send the scroll-back (the pump waits meanwhile, so this ends)."""
+    pos = term.base
+    while pos < term.total and term.claim is me:
+        pos = max(pos, term.base)
+        data = bytes(term.ring[pos - term.base :])
+        pos += len(data)
+        await ch.send_data(OUT, data)
+
+
 def make_handlers(table: TerminalTable) -> dict[str, Handler]:
     async def op_open(link: Link, ch: Channel, args: dict[str, Any], payload: bytes) -> Reply:
         term = table.open(args)
@@ -68,6 +78,7 @@ def make_handlers(table: TerminalTable) -> dict[str, Handler]:
         # Claimed before the replay (the older listener stops getting output); the
         # pump sends to us once the replay caught up.
         term.claim, term.listener, term.detached_at = me, None, None
+        term.replay_started()  # the pump waits until we are live (or gave up)
         try:
             size = check_size(args, required=False)
             if size is not None and term.exit_code is None:
@@ -75,18 +86,26 @@ def make_handlers(table: TerminalTable) -> dict[str, Handler]:
             await ch.send_event(
                 "attached", id=term.id, pid=term.pid, cols=term.cols, rows=term.rows
             )
-            pos = term.base
-            while pos < term.total and term.claim is me:
-                pos = max(pos, term.base)  # a flood during the replay pushed the ring on
-                data = bytes(term.ring[pos - term.base :])
-                pos += len(data)
-                await ch.send_data(OUT, data)
+            # A newer attach stops the replay even while it waits for credit.
+            replay = asyncio.ensure_future(_replay(ch, term, me))
+            kicked = asyncio.ensure_future(me.kicked.wait())
+            try:
+                await asyncio.wait({replay, kicked}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for fut in (replay, kicked):
+                    fut.cancel()
+            finished = replay.done() and not replay.cancelled()
+            failure = replay.exception() if finished else None
+            if failure is not None:
+                raise failure
+            if term.claim is not me or not finished:
+                return {"id": term.id, "detached": True, "reason": "replaced"}, b""
+            term.listener = me  # no await since the last check: nothing slips through
         except BaseException:
             term.detach(me)
             raise
-        if term.claim is not me:
-            return {"id": term.id, "detached": True, "reason": "replaced"}, b""
-        term.listener = me  # no await since the last check: nothing slips through
+        finally:
+            term.replay_ended()
         waits: dict[str, asyncio.Future[Any]] = {
             "input": asyncio.ensure_future(_take_input(ch, term)),
             "kicked": asyncio.ensure_future(me.kicked.wait()),

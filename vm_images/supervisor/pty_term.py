@@ -141,6 +141,11 @@ class Terminal:
         self.listener: Listener | None = None
         self.detached_at: float | None = time.monotonic()
         self.blocked = False  # the pump waits for the host to take output
+        # Attaches replaying the scroll-back: the pump waits meanwhile, so a flood
+        # cannot outrun a replay (which would then never catch up and go live).
+        self.replays = 0
+        self.no_replay = asyncio.Event()
+        self.no_replay.set()
         self.write_lock = asyncio.Lock()
         self.pump: asyncio.Task[None] | None = None
         self.closing = False
@@ -201,6 +206,15 @@ class Terminal:
                     raise OpError("EPIPE", f"terminal {self.id} is closed") from exc
                 view = view[n:]
 
+    def replay_started(self) -> None:
+        self.replays += 1
+        self.no_replay.clear()
+
+    def replay_ended(self) -> None:
+        self.replays -= 1
+        if self.replays == 0:
+            self.no_replay.set()
+
     def _record(self, data: bytes) -> None:
         self.ring += data
         self.total += len(data)
@@ -211,6 +225,12 @@ class Terminal:
     async def run_pump(self) -> None:
         """Read the pty into the ring and to the listener until the pty hangs up."""
         while True:
+            if not self.no_replay.is_set():
+                self.blocked = True
+                try:
+                    await self.no_replay.wait()
+                finally:
+                    self.blocked = False
             try:
                 data = os.read(self.master, READ_CHUNK)
             except BlockingIOError:
