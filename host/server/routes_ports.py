@@ -145,12 +145,10 @@ def preview_link(app: Any, key: str, port: int) -> str:
 
 
 def _target(path: str, query: bytes) -> str:
-    target = "/" + path
-    if query:
-        target += "?" + query.decode("latin-1")
-    if any(ch in target for ch in "\r\n\x00 "):
-        raise InvalidRequest("the preview path contains a forbidden character", field="path")
-    return target
+    """The request target for the sandbox: the raw path and query as received, with
+    any byte that is not printable ASCII percent-encoded (h11 sends ASCII only)."""
+    raw = ("/" + path).encode("latin-1", "replace") + (b"?" + query if query else b"")
+    return "".join(chr(b) if 0x20 < b < 0x7F else f"%{b:02X}" for b in raw)
 
 
 def _connection_tokens(headers: list[tuple[bytes, bytes]]) -> set[str]:
@@ -259,7 +257,10 @@ class _Upstream:
         self.conn = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
 
     async def send(self, event: Any) -> None:
-        data = self.conn.send(event)
+        try:
+            data = self.conn.send(event)
+        except (h11.LocalProtocolError, UnicodeError) as exc:  # a header h11 will not send
+            raise InvalidRequest(f"the request cannot be forwarded as HTTP/1.1: {exc}") from None
         if data:
             await self.stream.write(data)
 
@@ -318,7 +319,8 @@ async def preview(request: Request, key: str, port: PortParam, path: str) -> Res
         elif chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         headers.append(("Connection", "close"))
-        await upstream.send(h11.Request(method=request.method, target=target, headers=headers))
+        raw_headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        await upstream.send(h11.Request(method=request.method, target=target, headers=raw_headers))
         async for chunk in request.stream():
             if chunk:
                 await upstream.send(h11.Data(data=chunk))

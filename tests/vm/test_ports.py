@@ -226,6 +226,14 @@ def test_preview_proxy(live: LiveServer) -> None:
         assert names["host"] == "localhost:8001"
         assert names["x-forwarded-prefix"] == f"/vms/{KEY}/ports/8001"
         assert names["x-forwarded-host"] == live.url.split("://")[1]
+        # Bytes beyond ASCII in the path, query and a header value go through intact.
+        odd = http.get(
+            f"/vms/{KEY}/ports/8001/headers/%C3%A9?q=caf%C3%A9&r=%00",
+            headers={"X-Latin": "caf\xe9".encode("latin-1")},
+        )
+        assert odd.status_code == 200, odd.text
+        assert odd.json()["path"] == "/headers/%C3%A9?q=caf%C3%A9&r=%00"
+        assert odd.json()["headers"]["x-latin"] == "caf\xe9"
 
         # Request bodies stream in and answers stream out (past the 4 MiB window).
         body = os.urandom(6 * 1024 * 1024)
