@@ -88,7 +88,32 @@ export default function Vm({ params, api }) {
       <div class="vm-error">not a vm key: ${String(params.key)}</div>
     </section>`;
   }
-  return html`<${VmPage} api=${api} vmKey=${params.key} />`;
+  return html`<${Gate} api=${api} vmKey=${params.key} />`;
+}
+
+/** One call first: it asks for the token if the server wants one, and tells a
+ * missing vm; the sections' calls, the watch stream and the terminal's socket then
+ * start with the token in hand (each asking on its own would race the dialog). */
+function Gate({ api, vmKey }) {
+  const [state, setState] = useState({ ready: false });
+  useEffect(() => {
+    let live = true;
+    api
+      .get(`/actors/vm/${vmKey}`)
+      .then(() => live && setState({ ready: true }))
+      .catch((err) => live && setState({ error: String(err.message || err) }));
+    return () => {
+      live = false;
+    };
+  }, [api, vmKey]);
+  if (state.error) {
+    return html`<section class="vm-page">
+      <h2><a href="#/vms">VMs</a> / ${displayKey(vmKey)}</h2>
+      <div class="vm-error">${state.error}</div>
+    </section>`;
+  }
+  if (!state.ready) return html`<div class="vm-note">loading…</div>`;
+  return html`<${VmPage} api=${api} vmKey=${vmKey} />`;
 }
 
 function VmPage({ api, vmKey }) {
