@@ -16,6 +16,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from vm_images.supervisor.protocol import CHUNK
+
 from .client import SandboxClient
 from .connection import Channel, LinkClosed
 from .errors import SupervisorError
@@ -103,7 +105,9 @@ async def resize_terminal(client: SandboxClient, terminal: str, cols: int, rows:
 
 
 async def write_terminal(client: SandboxClient, terminal: str, data: bytes) -> None:
-    await _call(client, "pty_input", {"id": terminal}, data)
+    """Keystrokes without an attachment (one call per 256 KiB, each with a deadline)."""
+    for start in range(0, max(len(data), 1), CHUNK):
+        await _call(client, "pty_input", {"id": terminal}, data[start : start + CHUNK])
 
 
 class TerminalStream:
