@@ -273,3 +273,23 @@ def test_sessions_and_processes_show_the_sandbox_s_text_as_text(
     row.locator("td", has_text="exit").wait_for()  # refreshed after the kill
     assert page.locator(".vm-page img").count() == 0
     assert dialogs == []
+
+
+def test_a_crafted_vm_key_in_the_address_reaches_no_other_route(
+    console_server: LiveServer, page: Any
+) -> None:
+    """The key comes from the address, which anyone can link to: a key that would
+    climb out of /vms/<key>/... (a slash, a dot segment) is refused before any call
+    is built from it; a vm that does not exist says so and creates nothing."""
+    base = console_server.url
+    requests: list[str] = []
+    page.on("request", lambda r: requests.append(r.url))
+    for crafted in ("..", "x%2F..%2F..%2Factors%2Fcounter%2Fk", "a%3Fb", "a%23b"):
+        page.goto(f"{base}/ui/#/vms/{crafted}")
+        page.locator(".vm-error", has_text="not a vm key").wait_for()
+    assert not [u for u in requests if "/actors" in u or "/vms/" in u], requests
+    page.goto(f"{base}/ui/#/vms/nobody-here")
+    give_token(page)
+    page.locator(".vm-error").wait_for()
+    listed = httpx.get(f"{base}/actors", params={"name": "vm"}, headers=AUTH, timeout=30)
+    assert listed.status_code == 200 and listed.json()["actors"] == []
