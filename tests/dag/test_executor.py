@@ -215,6 +215,16 @@ FAILS: dict[str, Any] = {
             "continue_on_failure": True,
         },
         {"id": "z", "prompt": "[f z] after y", "vm": "side", "depends_on": ["y"]},
+        {"id": "p", "prompt": "[f p] v1", "vm": "late", "checkpoint": True},
+        {"id": "q", "prompt": "[f q] v2", "vm": "late", "depends_on": ["p"]},
+        {
+            "id": "r",
+            "prompt": "[f r] flaky",
+            "vm": "late",
+            "depends_on": ["q"],
+            "retries": 1,
+            "check": "grep -q v2 f.txt",
+        },
     ],
 }
 
@@ -224,7 +234,8 @@ async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint
     fake_model: FakeAnthropic,  # noqa: F811
 ) -> None:
     """b dirties the workspace and its check fails: c is skipped and the run ends
-    ``partial``; x fails once and its retry passes; y fails but continues, so z runs.
+    ``partial``; x fails once and its retry passes; y fails but continues, so z runs;
+    r's retry finds q completed on its vm after p's checkpoint, so there is no restore.
     Retrying the run keeps the completed steps, restores b's vm to a's checkpoint
     before b runs again (its check now passes), and runs c."""
     server = host()
@@ -237,6 +248,13 @@ async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint
     fake_model.script(FAILING, Turn.text("X"), marker="[f x]")
     fake_model.script(FAILING, marker="[f y]")
     fake_model.script(Turn.text("Z"), marker="[f z]")
+    fake_model.script(
+        Turn.tool("bash", {"command": "echo v1 > f.txt"}), Turn.text("P"), marker="[f p]"
+    )
+    fake_model.script(
+        Turn.tool("bash", {"command": "echo v2 > f.txt"}), Turn.text("Q"), marker="[f q]"
+    )
+    fake_model.script(FAILING, Turn.text("R"), marker="[f r]")
     async with _client(server) as client:
         wf = client.workflows.get_or_create(["fails"])
         sent = await wf.send("run", {"definition": FAILS}, wait=True, timeout=WAIT_S)
@@ -257,7 +275,14 @@ async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint
             "x": "completed",
             "y": "failed",
             "z": "completed",
+            "p": "completed",
+            "q": "completed",
+            "r": "completed",
         }, steps
+        # r ran again after a failed attempt, but q completed on its vm after p's
+        # checkpoint: no restore (q's v2 stays, r's check sees it).
+        assert steps["r"]["attempts"] == 2 and "restored_from" not in steps["r"], steps["r"]
+        assert steps["r"]["check"]["exit_code"] == 0
         assert steps["c"]["reason"] == "dependency_failed" and steps["c"]["dependency"] == "b"
         assert steps["b"]["check"]["exit_code"] == 1, steps["b"]
         assert steps["b"]["error"]["metadata"]["check_exit_code"] == 1
@@ -276,14 +301,14 @@ async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint
         assert view["status"] == "completed", view
         left = await _vm_keys(client)
     after = view["steps"]
-    assert {k: v["status"] for k, v in after.items()} == dict.fromkeys("abcxyz", "completed")
+    assert {k: v["status"] for k, v in after.items()} == dict.fromkeys("abcxyzpqr", "completed")
     assert after["b"]["restored_from"] == f"wf-{run_id}-a"
     assert after["b"]["check"]["exit_code"] == 0
     assert "restored_from" not in after["y"]  # its vm has no checkpoint
-    for sid in ("a", "x", "z"):  # kept: the same records
+    for sid in ("a", "x", "z", "p", "q", "r"):  # kept: the same records
         assert after[sid]["finished_at"] == steps[sid]["finished_at"], sid
-    counts = {s: len(_first_prompts(fake_model, f"[f {s}]")) for s in "abcxyz"}
-    assert counts == {"a": 1, "b": 2, "c": 1, "x": 2, "y": 2, "z": 1}, counts
+    counts = {s: len(_first_prompts(fake_model, f"[f {s}]")) for s in "abcxyzpqr"}
+    assert counts == {"a": 1, "b": 2, "c": 1, "x": 2, "y": 2, "z": 1, "p": 1, "q": 1, "r": 2}
     assert "after B2" in _first_prompts(fake_model, "[f c]")[0]
     assert not set(view["vms"].values()) & left  # destroyed once the run completed
 
