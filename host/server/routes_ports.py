@@ -107,6 +107,14 @@ PortParam = Annotated[
 ]
 
 
+class TooManyPreviews(AgentVMError):
+    """A vm has as many preview connections open as the server allows."""
+
+    group = "sandbox"
+    code = "too_many_previews"
+    http_status = 429
+
+
 class NoSandbox(AgentVMError):
     """The server's vm actor runs without a sandbox manager (a test registry)."""
 
@@ -231,7 +239,30 @@ async def _sandbox(request_app: Any, key: str) -> tuple[contextlib.AsyncExitStac
     manager = manager_of(engine)
     if manager is None:
         raise NoSandbox(f"vm {key!r} has no sandbox on this server (its vm actor has none)")
+    # Each connection may hold a channel window (4 MiB) on the host: a bounded number.
+    counts: dict[tuple[str, ...], int] | None = getattr(
+        request_app.state, "preview_connections", None
+    )
+    if counts is None:
+        counts = request_app.state.preview_connections = {}
+    limit: int = request_app.state.settings.preview_max_connections
+    if counts.get(actor_key, 0) >= limit:
+        raise TooManyPreviews(
+            f"vm {key!r} has {limit} preview connections open already "
+            "(AGENTVM_PREVIEW_MAX_CONNECTIONS)",
+            limit=limit,
+        )
+    counts[actor_key] = counts.get(actor_key, 0) + 1
+
+    def release() -> None:
+        left = counts.get(actor_key, 1) - 1
+        if left > 0:
+            counts[actor_key] = left
+        else:
+            counts.pop(actor_key, None)
+
     stack = contextlib.AsyncExitStack()
+    stack.callback(release)
     try:
         sandbox = await stack.enter_async_context(manager.sandbox_for(engine, list(actor_key)))
     except BaseException:

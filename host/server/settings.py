@@ -64,6 +64,12 @@ class ServerSettings(BaseSettings):
     preview_connect_timeout_s: float = Field(
         5.0, gt=0, le=60, description="preview proxy: deadline to connect to a sandbox port"
     )
+    preview_max_connections: int = Field(
+        64,
+        ge=1,
+        description="preview proxy: HTTP requests and WebSockets open at once per vm "
+        "(each may hold a 4 MiB channel window on the host; 429 beyond)",
+    )
     preview_idle_timeout_s: float = Field(
         60.0,
         gt=0,

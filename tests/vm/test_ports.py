@@ -4,6 +4,7 @@ the sandbox, requests through ``/vms/{key}/ports/{port}/...`` with the token."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -166,6 +167,7 @@ def live(image: str, tmp_path: Path) -> Iterator[LiveServer]:
         "AGENTVM_WARM_POOL": "0",
         # A sandbox port that never answers is given up after this (a 504).
         "AGENTVM_PREVIEW_IDLE_TIMEOUT_S": "5",
+        "AGENTVM_PREVIEW_MAX_CONNECTIONS": "4",
     }
     server = start_server(tmp_path / "host.db", token=TOKEN, env=env, registry=None, deadline_s=120)
     yield server
@@ -396,3 +398,18 @@ def test_a_hostile_sandbox_server_is_bounded(live: LiveServer) -> None:
         assert silent.json()["error"]["code"] == "port_timeout"
         # The server is still fine for everything else.
         assert http.get(f"/vms/{KEY}/ports").status_code == 200
+        # A page opening connection after connection gets a 429 past the limit (4).
+        url = live.url.replace("http://", "ws://") + f"/vms/{KEY}/ports/8001/ws"
+        _act(http, "write_file", "srv.py", SERVER)
+        _act(http, "spawn", ["python3", "/home/user/srv.py", "8001"])
+        _wait_ports(http, {8001})
+        with contextlib.ExitStack() as held:
+            for _ in range(4):
+                held.enter_context(ws_connect(url, additional_headers=auth))
+            busy = http.get(f"/vms/{KEY}/ports/8001/headers")
+            assert busy.status_code == 429, busy.text
+            assert busy.json()["error"]["code"] == "too_many_previews"
+        deadline = time.monotonic() + 30
+        while http.get(f"/vms/{KEY}/ports/8001/headers").status_code != 200:
+            assert time.monotonic() < deadline, "connections were not given back"
+            time.sleep(0.05)
