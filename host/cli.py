@@ -444,7 +444,40 @@ def history(
         out.print(render_history(result))
 
 
+def _plain_values() -> None:
+    """typer (0.29) converts every argument's value with a pydantic ``TypeAdapter``;
+    importing pydantic for that is half of ``agentvm ps``'s start-up. A ``str`` or
+    ``bool`` parameter needs no conversion (click already hands over a str or a bool),
+    so those skip it; any other value or type goes through typer's own conversion.
+    A typer without these internals is left alone (tests/test_cli_imports.py notices)."""
+    try:
+        from dataclasses import dataclass
+
+        from typer import _coercion, core
+
+        build = core.build_runtime_param
+        RuntimeParam, TypeDescriptor = _coercion.RuntimeParam, _coercion.TypeDescriptor
+    except (ImportError, AttributeError):
+        return
+
+    @dataclass(frozen=True)
+    class Plain(RuntimeParam):  # type: ignore[misc,valid-type]
+        def _coerce_value(self, value: Any, param: Any, ctx: Any) -> Any:
+            if type(value) is self.annotation:
+                return value
+            full = build(TypeDescriptor(self.annotation, self.parameter_info, None))
+            return full._coerce_value(value, param=param, ctx=ctx)
+
+    def build_runtime_param(descriptor: Any) -> Any:
+        if descriptor.annotation in (str, bool) and descriptor.file_annotation is None:
+            return Plain(parameter_info=descriptor.parameter_info, annotation=descriptor.annotation)
+        return build(descriptor)
+
+    core.build_runtime_param = build_runtime_param
+
+
 def main() -> None:
+    _plain_values()
     app()
 
 
