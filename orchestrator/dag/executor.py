@@ -36,6 +36,7 @@ from orchestrator.workflow import WorkflowContext
 from .agent import AgentTask, AgentTaskFailed, run_agent
 from .definition import StepDef, WorkflowDefinition
 from .interpolate import render
+from .results import WorkflowFailed, WorkflowNotFound, cap, meta_of, step_error
 from .validate import evaluate
 
 log = logging.getLogger("agentvm.dag")
@@ -45,37 +46,16 @@ REPO_DIR = "/home/user/repo"
 # What the run's events and meta carry of a step's text (the full text is in the
 # step's recorded result).
 EVENT_TEXT = 16 * 1024
-PREVIEW = 2 * 1024
 # The most of a vm file a ``{{steps.<id>.files.<path>}}`` reference puts in a prompt.
 MAX_FILE = 32 * 1024
 # Deadlines of the calls into vms the executor makes itself.
 FILE_TIMEOUT = 60.0
 RESTORE_TIMEOUT = 900.0
 CLEANUP_TIMEOUT = 120.0
-# The most of an error message (and of its metadata, as JSON) a step result keeps.
-MAX_ERROR = 8 * 1024
 # Extra tries of a step whose vm could not be reached (not counted as its retries).
 INFRA_TRIES = 2
 
 KeepVm = Literal["on_failure", "always", "never"]
-
-
-class WorkflowFailed(AgentVMError):
-    """A run ended ``partial`` (some steps failed, some completed) or ``failed``."""
-
-    group = "workflow"
-    code = "failed"
-    http_status = 500
-
-    def __init__(self, message: str, *, status: str, failed: list[str]) -> None:
-        super().__init__(message, status=status, failed=failed)
-        self.code = status
-
-
-class WorkflowNotFound(AgentVMError):
-    group = "workflow"
-    code = "not_found"
-    http_status = 404
 
 
 @dataclass
@@ -92,29 +72,6 @@ class RunOptions:
     vm_input: Any = None
 
 
-def _cap(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit]
-
-
-def _error(exc: BaseException) -> dict[str, Any]:
-    """A step's error as stored in its result, the meta and events: bounded."""
-    if isinstance(exc, AgentVMError):
-        meta: Any = {k: v for k, v in exc.metadata.items() if k != "traceback"}
-        try:
-            text = json.dumps(meta, default=repr)
-        except (TypeError, ValueError):
-            text = repr(meta)
-        if len(text) > MAX_ERROR:
-            meta = {"truncated": text[:MAX_ERROR]}
-        else:
-            meta = json.loads(text)
-        message = exc.message
-        group, code = exc.group, exc.code
-    else:
-        group, code, message, meta = "run", type(exc).__name__, str(exc), {}
-    return {"group": group, "code": code, "message": _cap(message, MAX_ERROR), "metadata": meta}
-
-
 # Errors of a prompt that say the vm or its session went away under it (a host
 # restart: the supervisor reconnecting), not that the agent failed.
 _VM_TROUBLE = {("session", "not_found"), ("session", "closed"), ("session", "agent_exited")}
@@ -126,23 +83,6 @@ def _vm_trouble(exc: AgentVMError) -> bool:
         return False
     group, code = cause.get("group"), cause.get("code")
     return group == "sandbox" or (group, code) in _VM_TROUBLE
-
-
-def _meta_of(result: dict[str, Any]) -> dict[str, Any]:
-    """A completed step's entry in the run's meta."""
-    meta = {
-        "status": "completed",
-        "attempts": result.get("attempts"),
-        "started_at": result.get("started_at"),
-        "finished_at": result.get("finished_at"),
-        "duration_ms": result.get("duration_ms"),
-        "text_preview": _cap(str(result.get("text") or ""), PREVIEW),
-        "vm": result.get("vm"),
-    }
-    for k in ("checkpoint", "winner", "restored_from"):
-        if k in result:
-            meta[k] = result[k]
-    return meta
 
 
 def checkpoint_name(run_id: int, sid: str, suffix: str = "") -> str:
@@ -206,7 +146,7 @@ class DagRun:
             rec = _recorded(self.ctx, f"step-{s.id}")
             if rec is not None and rec.status == "completed" and rec.output:
                 result = self.results[s.id] = json.loads(rec.output)
-                self.meta_steps[s.id] = _meta_of(result)
+                self.meta_steps[s.id] = meta_of(result)
             cp = _recorded(self.ctx, f"checkpoint-{s.id}")
             if cp is not None and cp.status == "completed" and cp.output:
                 entry = json.loads(cp.output)
@@ -434,11 +374,11 @@ class DagRun:
             self._emit(
                 "step_completed",
                 step=sid,
-                text=_cap(str(result.get("text") or ""), EVENT_TEXT),
+                text=cap(str(result.get("text") or ""), EVENT_TEXT),
                 duration_ms=result.get("duration_ms"),
                 usage=result.get("usage"),
             )
-        await self._step_meta(sid, **_meta_of(result))
+        await self._step_meta(sid, **meta_of(result))
         return result
 
     async def _failed(
@@ -450,14 +390,14 @@ class DagRun:
         started: float | None,
         replayed: bool,
     ) -> dict[str, Any]:
-        err = _error(exc)
+        err = step_error(exc)
         if isinstance(exc, StepExhaustedError):
             attempts = int(exc.metadata.get("attempts") or attempts)
             # The last attempt's own error (the agent's turn, the check) when it ran in
             # this process; else what the history kept of it.
             cause = exc.__cause__
             if isinstance(cause, AgentVMError):
-                err = _error(cause)
+                err = step_error(cause)
             else:
                 err = _recorded_error(self.ctx, f"step-{s.id}") or err
         meta = err.get("metadata") or {}

@@ -1,6 +1,7 @@
-"""The view of a workflow run, built from its run record (``RunDetail``: record, meta
-and history) — what ``GET /workflows/{name}/runs/{run_id}`` and
-``client.workflows.get`` answer.
+"""The shapes of a workflow run's results: its errors, a step's error and meta entry,
+and the view of a run, built from its run record (``RunDetail``: record, meta and
+history) — what ``GET /workflows/{name}/runs/{run_id}`` and ``client.workflows.get``
+answer.
 
 Full step results come from the recorded ``step-<id>`` outputs; the run's meta
 (updated as steps start and end) fills in the steps that have no result yet.
@@ -8,10 +9,16 @@ Full step results come from the recorded ``step-<id>`` outputs; the run's meta
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from orchestrator.errors import AgentVMError
 from orchestrator.records import RunDetail
 
+# What the run's meta keeps of a step's text (the full text is its recorded result).
+PREVIEW = 2 * 1024
+# The most of an error message (and of its metadata, as JSON) a step result keeps.
+MAX_ERROR = 8 * 1024
 _STEP_PREFIX = "step-"
 _CHECKPOINT_PREFIX = "checkpoint-"
 
@@ -21,6 +28,64 @@ def _status(detail: RunDetail) -> str:
         if detail.error.get("group") == "workflow" and detail.error.get("code") == "partial":
             return "partial"
     return detail.status
+
+
+class WorkflowFailed(AgentVMError):
+    """A run ended ``partial`` (some steps failed, some completed) or ``failed``."""
+
+    group = "workflow"
+    code = "failed"
+    http_status = 500
+
+    def __init__(self, message: str, *, status: str, failed: list[str]) -> None:
+        super().__init__(message, status=status, failed=failed)
+        self.code = status
+
+
+class WorkflowNotFound(AgentVMError):
+    group = "workflow"
+    code = "not_found"
+    http_status = 404
+
+
+def cap(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit]
+
+
+def step_error(exc: BaseException) -> dict[str, Any]:
+    """A step's error as stored in its result, the meta and events: bounded."""
+    if isinstance(exc, AgentVMError):
+        meta: Any = {k: v for k, v in exc.metadata.items() if k != "traceback"}
+        try:
+            text = json.dumps(meta, default=repr)
+        except (TypeError, ValueError):
+            text = repr(meta)
+        if len(text) > MAX_ERROR:
+            meta = {"truncated": text[:MAX_ERROR]}
+        else:
+            meta = json.loads(text)
+        message = exc.message
+        group, code = exc.group, exc.code
+    else:
+        group, code, message, meta = "run", type(exc).__name__, str(exc), {}
+    return {"group": group, "code": code, "message": cap(message, MAX_ERROR), "metadata": meta}
+
+
+def meta_of(result: dict[str, Any]) -> dict[str, Any]:
+    """A completed step's entry in the run's meta."""
+    meta = {
+        "status": "completed",
+        "attempts": result.get("attempts"),
+        "started_at": result.get("started_at"),
+        "finished_at": result.get("finished_at"),
+        "duration_ms": result.get("duration_ms"),
+        "text_preview": cap(str(result.get("text") or ""), PREVIEW),
+        "vm": result.get("vm"),
+    }
+    for k in ("checkpoint", "winner", "restored_from"):
+        if k in result:
+            meta[k] = result[k]
+    return meta
 
 
 def _obj(value: Any) -> dict[str, Any]:
@@ -87,4 +152,11 @@ def workflow_view(detail: RunDetail) -> dict[str, Any]:
     }
 
 
-__all__ = ["workflow_view"]
+__all__ = [
+    "WorkflowFailed",
+    "WorkflowNotFound",
+    "cap",
+    "meta_of",
+    "step_error",
+    "workflow_view",
+]
