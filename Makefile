@@ -1,6 +1,6 @@
 # Shortcuts; the README's two commands are scripts/run and scripts/test (bash only,
 # so a machine without make works too).
-.PHONY: run test test-slow bench-quick
+.PHONY: run test test-slow bench-quick bench-smoke
 
 run:
 	./scripts/run
@@ -18,4 +18,10 @@ bench-quick:
 		&& "$$UV" run python bench/sessions.py --quick \
 		&& "$$UV" run python bench/http_api.py --quick \
 		&& "$$UV" run python bench/runs.py --quick \
-		&& "$$UV" run python bench/checkpoints.py --quick
+		&& "$$UV" run python bench/checkpoints.py --quick \
+		&& "$$UV" run python bench/cli.py --quick
+
+# Every benchmark with tiny counts (seconds each): do they all still run?
+# (tests/bench/test_smoke.py; the default test run leaves out the two slow ones.)
+bench-smoke:
+	UV="$$(./scripts/setup)" && "$$UV" run --group bench pytest -q -ra tests/bench -m "slow or not slow"

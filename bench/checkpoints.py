@@ -1,7 +1,7 @@
 """Workspace checkpoint, restore and fork of a vm, side by side with ``docker commit``
 + ``docker run`` of a container holding the same files, in one run.
 
-    uv run python bench/checkpoints.py [--quick]
+    uv run python bench/checkpoints.py [--quick|--smoke]
 
 The workspace: 5,000 files of 20 KB each (100 MB; ``--quick``: 1,000, 20 MB), random
 hex text (so it compresses about 2:1, like source trees and build outputs).
@@ -134,14 +134,16 @@ async def docker_side(image: str, files: int) -> dict[str, float]:
         client.close()
 
 
-async def main(quick: bool, pool: int) -> dict[str, Any]:
+async def main(quick: bool, pool: int, smoke: bool = False) -> dict[str, Any]:
     files = 1000 if quick else 5000
+    if smoke:  # does it still run (the test suite): a tiny workspace
+        files = 20
     image = await asyncio.to_thread(ensure_image, ["common"])
     figures = await ours(image, files, pool)
     figures.update(await docker_side(image, files))
     docker_total = figures["docker_commit_s"] + figures["docker_run_from_commit_s"]
     result: dict[str, Any] = {
-        "files": files, "workspace_mb": files * 20480 / 1e6, "warm_pool": pool
+        "files": files, "workspace_mb": files * 20480 / 1e6, "warm_pool": pool, "smoke": smoke
     }  # fmt: skip
     result.update({k: secs(v) for k, v in figures.items()})
     result["fork_ratio"] = round(docker_total / figures["fork_s"], 2)
@@ -151,8 +153,9 @@ async def main(quick: bool, pool: int) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="checkpoint/fork benchmark")
     parser.add_argument("--quick", action="store_true", help="a 20 MB workspace")
+    parser.add_argument("--smoke", action="store_true", help="20 files: does it still run")
     parser.add_argument(
         "--pool", type=int, default=2, help="warm containers (the host's default: 2; 0: cold)"
     )
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(main(args.quick, args.pool))))
+    print(json.dumps(asyncio.run(main(args.quick, args.pool, args.smoke))))

@@ -1,6 +1,6 @@
 """agentvm's durable engine side by side with DBOS Transact, in one run on one machine.
 
-    uv run --group bench python bench/engine.py [--quick] [--synchronous NORMAL|FULL]
+    uv run --group bench python bench/engine.py [--quick|--smoke] [--synchronous NORMAL|FULL]
 
 Three figures, each measured for both systems (see issue 2, section 6):
 
@@ -571,6 +571,7 @@ def main() -> None:
         return
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smaller counts; under a minute")
+    p.add_argument("--smoke", action="store_true", help="tiny counts: does it still run")
     p.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"], type=str.upper)
     p.add_argument("--skip-dbos-recovery", action="store_true")
     args = p.parse_args()
@@ -582,9 +583,12 @@ def main() -> None:
     k_rec = 1000
     k_dbos_rec = 300 if quick else 1000
     repeat = 1 if quick else 3
+    if args.smoke:  # both sides, DBOS included (the test runs it with --group bench)
+        n_steps, n_msgs, n_dbos_msgs, k_rec, k_dbos_rec, repeat = 20, 50, 20, 20, 20, 1
     res: dict[str, Any] = {
         "synchronous": sync,
         "quick": quick,
+        "smoke": args.smoke,
         "steps": n_steps,
         "recovery_workflows": k_rec,
     }

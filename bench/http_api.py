@@ -1,6 +1,6 @@
 """agentvm's HTTP API side by side with a bare FastAPI echo route, in one server run.
 
-    uv run python bench/http_api.py [--quick]
+    uv run python bench/http_api.py [--quick|--smoke]
 
 One ``agentvm serve`` subprocess (a fresh SQLite file, ``AGENTVM_BENCH_ROUTES=1``)
 serves both:
@@ -107,7 +107,7 @@ async def _timed(http: Any, path: str, body: Any, n: int, out: list[float]) -> N
             raise RuntimeError(f"{path}: {resp.status_code} {resp.text}")
 
 
-async def measure(url: str, n: int, sends: int) -> dict[str, Any]:
+async def measure(url: str, n: int, sends: int, warm: int = 300) -> dict[str, Any]:
     import httpx
 
     from orchestrator import create_client
@@ -118,9 +118,9 @@ async def measure(url: str, n: int, sends: int) -> dict[str, Any]:
     bare: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         await http.post("/actors/bench/main")
-        warm: list[float] = []
-        await _timed(http, action_path, BODY, 300, warm)
-        await _timed(http, bare_path, BODY, 300, warm)
+        warmed: list[float] = []
+        await _timed(http, action_path, BODY, warm, warmed)
+        await _timed(http, bare_path, BODY, warm, warmed)
         blocks = 20
         for _ in range(blocks):
             await _timed(http, bare_path, BODY, n // blocks, bare)
@@ -152,7 +152,7 @@ async def measure(url: str, n: int, sends: int) -> dict[str, Any]:
     async with create_client(url) as client:
         handle = client.bench.get_or_create("main")
         value = BODY["args"][0]
-        for _ in range(200):
+        for _ in range(min(200, warm)):
             await handle.echo(value)
         for _ in range(n // 2):
             t = time.perf_counter()
@@ -178,12 +178,17 @@ async def measure(url: str, n: int, sends: int) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer requests (under a minute)")
+    parser.add_argument(
+        "--smoke", action="store_true", help="a few requests: does it still run (the test suite)"
+    )
     args = parser.parse_args()
-    n, sends = (2_000, 1_000) if args.quick else (10_000, 5_000)
+    n, sends, warm = (2_000, 1_000, 300) if args.quick else (10_000, 5_000, 300)
+    if args.smoke:
+        n, sends, warm = 40, 20, 5
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = _start_server(os.path.join(tmp, "bench.db"))
         try:
-            result = asyncio.run(measure(url, n, sends))
+            result = asyncio.run(measure(url, n, sends, warm))
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -192,6 +197,7 @@ def main() -> None:
                 proc.kill()
     result.update(
         quick=args.quick,
+        smoke=args.smoke,
         python=platform.python_version(),
         cpus=os.cpu_count(),
         target_overhead_p50_ms=1.0,

@@ -1,6 +1,6 @@
 """fixBug runs side by side vs one after another.
 
-    uv run python bench/runs.py [--quick] [--runs N] [--latency L]
+    uv run python bench/runs.py [--quick|--smoke] [--runs N] [--latency L]
 
 One real host (``host_runtime``: SQLite engine, Docker sandboxes with the coding
 agent, warm pool of N containers, the LLM gateway) in this process; the fake
@@ -292,13 +292,18 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="fixBug runs: concurrent vs serial")
     parser.add_argument("--quick", action="store_true", help="4 runs, shorter latency")
+    parser.add_argument(
+        "--smoke", action="store_true", help="1 run, 50 ms model calls: does it still run"
+    )
     parser.add_argument("--runs", type=int, default=None, help="N (default 8; --quick: 4)")
     parser.add_argument("--latency", type=float, default=None, help="seconds per model call")
     args = parser.parse_args()
-    n = args.runs or (4 if args.quick else 8)
-    latency = args.latency if args.latency is not None else (1.0 if args.quick else 2.0)
+    n = args.runs or (1 if args.smoke else 4 if args.quick else 8)
+    default_latency = 0.05 if args.smoke else 1.0 if args.quick else 2.0
+    latency = args.latency if args.latency is not None else default_latency
     started = time.perf_counter()
     figures = asyncio.run(main(n, latency))
     figures["quick"] = args.quick
+    figures["smoke"] = args.smoke
     figures["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(figures))

@@ -1,6 +1,6 @@
 """agentvm's sandbox calls side by side with the raw Docker SDK, in one run.
 
-    uv run python bench/sandbox.py [--quick]
+    uv run python bench/sandbox.py [--quick|--smoke]
 
 Both sides use the same running, hardened sandbox container:
 
@@ -166,10 +166,12 @@ def total_memory_mib() -> float:
     return 0.0
 
 
-async def main(quick: bool) -> dict[str, Any]:
+async def main(quick: bool, smoke: bool = False) -> dict[str, Any]:
     n_exec = 40 if quick else 200
     n_docker = 20 if quick else 100
     n_acquire = 5 if quick else 15
+    if smoke:  # does it still run (the test suite): a few samples of each
+        n_exec, n_docker, n_acquire = 3, 2, 1
     image = await asyncio.to_thread(ensure_image, ["common"])
     backend = await DockerBackend.connect(HOST_ID)
     try:
@@ -218,6 +220,7 @@ async def main(quick: bool) -> dict[str, Any]:
         await backend.close()
     return {
         "quick": quick,
+        "smoke": smoke,
         "ours_exec_p50_ms": ms(ours_exec),
         "docker_exec_run_p50_ms": ms(docker_exec),
         "exec_ratio": round(docker_exec / ours_exec, 1),
@@ -239,5 +242,7 @@ async def main(quick: bool) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="sandbox benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer samples, under a minute")
-    figures = asyncio.run(main(parser.parse_args().quick))
+    parser.add_argument("--smoke", action="store_true", help="a few samples: does it still run")
+    args = parser.parse_args()
+    figures = asyncio.run(main(args.quick, args.smoke))
     print(json.dumps(figures))

@@ -1,7 +1,7 @@
 """Agent sessions through the vm actor, for every agent type, against the fake model
 called directly.
 
-    uv run python bench/sessions.py [--quick] [--agents coding-agent,pi,...]
+    uv run python bench/sessions.py [--quick|--smoke] [--agents coding-agent,pi,...]
 
 One run, one real engine (SQLite, in-process), the host's LLM gateway in front of
 the fake Anthropic server (tests/support/fake_anthropic.py, in a child process so
@@ -296,11 +296,15 @@ async def time_ready(
 
 
 class Bench:
-    def __init__(self, engine: Engine, manager: SandboxManager, fake: Fake, quick: bool):
+    def __init__(
+        self, engine: Engine, manager: SandboxManager, fake: Fake, quick: bool, smoke: bool = False
+    ):
         self.engine, self.manager, self.fake = engine, manager, fake
         self.n_turns = 20 if quick else 100
         self.n_ready = 6 if quick else 25
         self.n_cold = 2 if quick else 6
+        if smoke:  # does it still run (the test suite): a few samples of each
+            self.n_turns, self.n_ready, self.n_cold = 3, 2, 1
         self.direct = httpx.AsyncClient(timeout=60)
 
     def vm(self, key: list[str], bundles: list[str]) -> Any:
@@ -458,10 +462,16 @@ def selected_agents(raw: str | None) -> dict[str, list[str]]:
     return {a: ["common", *[b for b in known[a].bundles if b != "common"]] for a in names}
 
 
-async def main(quick: bool, agents_arg: str | None) -> dict[str, Any]:
-    agents = selected_agents(agents_arg)
+async def main(quick: bool, agents_arg: str | None, smoke: bool = False) -> dict[str, Any]:
+    # --smoke: the coding agent alone (its image is the one the tests build).
+    agents = selected_agents(agents_arg or ("coding-agent" if smoke else None))
     # The machine may be shared (other test runs): its load is part of the figures.
-    figures: dict[str, Any] = {"quick": quick, "agents": list(agents), "loadavg_start": load()}
+    figures: dict[str, Any] = {
+        "quick": quick,
+        "smoke": smoke,
+        "agents": list(agents),
+        "loadavg_start": load(),
+    }
     skipped: dict[str, str] = {}
     images: dict[str, str] = {}
     for agent, bundles in agents.items():
@@ -478,7 +488,7 @@ async def main(quick: bool, agents_arg: str | None) -> dict[str, Any]:
         engine = Engine(setup(use={"vm": vm_actor(manager)}), db=str(Path(tmp.name) / "b.db"))
         await engine.start()
         manager.attach(engine)
-        bench = Bench(engine, manager, fake, quick)
+        bench = Bench(engine, manager, fake, quick, smoke)
         try:
             for agent, bundles in agents.items():
                 if agent in skipped:
@@ -533,9 +543,10 @@ async def main(quick: bool, agents_arg: str | None) -> dict[str, Any]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="session benchmark, per agent type")
     parser.add_argument("--quick", action="store_true", help="fewer samples")
+    parser.add_argument("--smoke", action="store_true", help="a few samples: does it still run")
     parser.add_argument("--agents", help="comma-separated agent types (default: all registered)")
     args = parser.parse_args()
     started = time.perf_counter()
-    result = asyncio.run(main(args.quick, args.agents))
+    result = asyncio.run(main(args.quick, args.agents, args.smoke))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))
