@@ -45,6 +45,8 @@ ACTOR = "workflows"
 QUEUE = "run"
 RUN_ID = Path(description="the run id: the message_id of the run's send", ge=1)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,63}$")
+# Published in OpenAPI, so clients (and the schema fuzzer) know a name's shape.
+WF_NAME = Path(description="the workflow's name", pattern=_NAME.pattern)
 FINISHED = {"completed", "partial", "failed", "cancelled"}
 # Run records (not views) listed at most per request: a long-lived workflow has many.
 MAX_LIST = 1000
@@ -250,7 +252,7 @@ async def list_workflows(request: Request) -> Response:
     summary="Register a definition (a new version unless identical to the latest)",
     openapi_extra=_DEFINITION_BODY,
 )
-async def put_workflow(request: Request, name: str) -> Response:
+async def put_workflow(request: Request, name: str = WF_NAME) -> Response:
     _name(name)
     data = await _json_object(request, "a workflow definition")
     if "name" in data and data["name"] != name:
@@ -267,7 +269,7 @@ async def put_workflow(request: Request, name: str) -> Response:
 @router.get("/workflows/{name}", summary="A registered definition (latest or ?version=)")
 async def get_workflow(
     request: Request,
-    name: str,
+    name: str = WF_NAME,
     version: int | None = Query(None, ge=1, description="this version (default: latest)"),
 ) -> Response:
     actor_id = await _actor(request, name)
@@ -276,7 +278,7 @@ async def get_workflow(
 
 
 @router.get("/workflows/{name}/versions", summary="A workflow's stored versions")
-async def workflow_versions(request: Request, name: str) -> Response:
+async def workflow_versions(request: Request, name: str = WF_NAME) -> Response:
     actor_id = await _actor(request, name)
     return json_response(await engine_of(request).call(actor_id, "versions", []))
 
@@ -300,7 +302,9 @@ async def run_inline(request: Request, body: InlineRunRequest) -> Response:
     summary="Run a registered workflow (202 while it runs; 200 with wait once finished)",
     status_code=202,
 )
-async def run_workflow(request: Request, name: str, body: RunRequest | None = None) -> Response:
+async def run_workflow(
+    request: Request, name: str = WF_NAME, body: RunRequest | None = None
+) -> Response:
     req = body or RunRequest()
     actor_id = await _actor(request, name)
     args = [req.version] if req.version is not None else []
@@ -311,7 +315,7 @@ async def run_workflow(request: Request, name: str, body: RunRequest | None = No
 @router.get("/workflows/{name}/runs", summary="A workflow's runs, newest first")
 async def list_workflow_runs(
     request: Request,
-    name: str,
+    name: str = WF_NAME,
     limit: int = Query(100, ge=1, le=MAX_LIST, description="at most this many"),
 ) -> Response:
     actor_id = await _actor(request, name)
@@ -340,7 +344,7 @@ async def list_workflow_runs(
 
 
 @router.get("/workflows/{name}/runs/{run_id}", summary="A run: status and every step's result")
-async def get_workflow_run(request: Request, name: str, run_id: int = RUN_ID) -> Response:
+async def get_workflow_run(request: Request, name: str = WF_NAME, run_id: int = RUN_ID) -> Response:
     actor_id = await _actor(request, name)
     return json_response(await _view(request, actor_id, run_id))
 
@@ -349,7 +353,9 @@ async def get_workflow_run(request: Request, name: str, run_id: int = RUN_ID) ->
     "/workflows/{name}/runs/{run_id}/cancel",
     summary="Abort a run: in-flight prompts are cancelled, nothing new starts",
 )
-async def cancel_workflow_run(request: Request, name: str, run_id: int = RUN_ID) -> Response:
+async def cancel_workflow_run(
+    request: Request, name: str = WF_NAME, run_id: int = RUN_ID
+) -> Response:
     actor_id = await _actor(request, name)
     await engine_of(request).cancel_run(actor_id, run_id)
     return json_response(await _view(request, actor_id, run_id))
@@ -359,7 +365,9 @@ async def cancel_workflow_run(request: Request, name: str, run_id: int = RUN_ID)
     "/workflows/{name}/runs/{run_id}/retry",
     summary="Run a failed run again: completed steps are kept, failed ones run again",
 )
-async def retry_workflow_run(request: Request, name: str, run_id: int = RUN_ID) -> Response:
+async def retry_workflow_run(
+    request: Request, name: str = WF_NAME, run_id: int = RUN_ID
+) -> Response:
     actor_id = await _actor(request, name)
     await engine_of(request).retry_run(actor_id, run_id)
     return json_response(await _view(request, actor_id, run_id))
@@ -404,7 +412,9 @@ class _RunEvents:
     status_code=200,
     responses={200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}}},
 )
-async def run_events(request: Request, name: str, run_id: int = RUN_ID) -> EventStreamResponse:
+async def run_events(
+    request: Request, name: str = WF_NAME, run_id: int = RUN_ID
+) -> EventStreamResponse:
     engine = engine_of(request)
     settings = settings_of(request)
     actor_id = await _actor(request, name)

@@ -47,6 +47,14 @@ def _fuzz(api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode
     ran = 0
     for result in api_schema.get_all_operations():
         operation = result.ok()
+        # A workflow definition's JSON Schema cannot say that its dependencies are
+        # acyclic, its references known or its name the path's: a schema-valid
+        # definition (or params) may still get a 400 naming the field.
+        semantic = (
+            operation.path.startswith("/workflows/")
+            and operation.method.upper() in ("PUT", "POST")
+            and not operation.path.endswith("/validate")
+        )
 
         @given(
             case=operation.as_strategy(generation_mode=mode),
@@ -75,7 +83,8 @@ def _fuzz(api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode
                 if value is not None and field in params:
                     params[field] = value
                     aimed = True
-            excluded = [positive_data_acceptance] if aimed else []
+            # check() runs within this iteration: the loop variable is current.
+            excluded = [positive_data_acceptance] if aimed or semantic else []  # noqa: B023
             case.call_and_validate(timeout=30, excluded_checks=excluded)
 
         try:

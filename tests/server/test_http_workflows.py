@@ -125,7 +125,7 @@ def test_not_found_and_bad_requests(http: httpx.Client, name: str) -> None:
     err = _error(http.put(f"/workflows/{name}", json=_definition("other")), 400)
     assert err["metadata"]["field"] == "name"
     err = _error(http.put("/workflows/no.dots", json=_definition("no.dots")), 400)
-    assert err["metadata"]["field"] == "name"
+    assert err["metadata"]["field"] == "path.name"
     broken = _definition(name, steps=[{"id": "a", "prompt": "x", "depends_on": ["zz"]}])
     err = _error(http.put(f"/workflows/{name}", json=broken), 400)
     assert err["metadata"]["field"] == "steps.0.depends_on.0"

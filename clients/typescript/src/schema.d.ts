@@ -3006,6 +3006,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -3046,6 +3047,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -3090,6 +3092,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -3175,6 +3178,7 @@ export interface operations {
             };
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -3215,6 +3219,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
             };
             cookie?: never;
@@ -3259,6 +3264,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
                 /** @description the run id: the message_id of the run's send */
                 run_id: number;
@@ -3301,6 +3307,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
                 /** @description the run id: the message_id of the run's send */
                 run_id: number;
@@ -3343,6 +3350,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
                 /** @description the run id: the message_id of the run's send */
                 run_id: number;
@@ -3385,6 +3393,7 @@ export interface operations {
             query?: never;
             header?: never;
             path: {
+                /** @description the workflow's name */
                 name: string;
                 /** @description the run id: the message_id of the run's send */
                 run_id: number;
