@@ -74,22 +74,22 @@ ORDER = (
 
 
 def load_lazy(name: str) -> click.Command:
-    """The real command behind a lazy name (imports its module)."""
+    """The real command behind a lazy name (imports its module), built as it was when
+    registered on the top-level app (no completion options of its own)."""
     import importlib
 
     spec, _ = LAZY_COMMANDS[name]
+    holder = typer.Typer(add_completion=False)
     if spec == _RUN_COMMANDS:
         from .cli_runs import register
 
-        holder = typer.Typer()
         register(holder)
-        group = typer.main.get_command(holder)
-        assert isinstance(group, TyperGroup)
-        return group.commands[name]
-    module, _, attr = spec.partition(":")
-    command = typer.main.get_command(getattr(importlib.import_module(module), attr))
-    command.name = name
-    return command
+    else:
+        module, _, attr = spec.partition(":")
+        holder.add_typer(getattr(importlib.import_module(module), attr), name=name)
+    group = typer.main.get_command(holder)
+    assert isinstance(group, TyperGroup)
+    return group.commands[name]
 
 
 class _Stub(TyperCommand):

@@ -133,6 +133,8 @@ def test_lazy_commands_are_listed_with_their_own_help() -> None:
     for name, (_, short) in cli.LAZY_COMMANDS.items():
         real = cli.load_lazy(name)
         assert real.get_short_help_str(limit=500) == short, name
+        # Built as a part of the app, not as an app of its own (no completion options).
+        assert not [p.name for p in real.params if "completion" in (p.name or "")], name
 
 
 def test_the_light_helpers_agree_with_the_orchestrator() -> None:
