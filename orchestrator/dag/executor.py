@@ -130,6 +130,9 @@ class DagRun:
         }
         # label → vm key: every vm the run uses (the meta's ``vms``).
         self.vms: dict[str, str] = {}
+        # Every vm key the run has used, also those a race winner replaced since:
+        # all of them are released at the end.
+        self.used: set[str] = set()
         # A race step's winner replaces its vm for the steps that start after it.
         self.replaced: dict[str, str] = {}
         self.checkpoints: dict[str, list[dict[str, Any]]] = {}
@@ -178,6 +181,7 @@ class DagRun:
         return self.client.vm.get_or_create(key, input=self.opts.vm_input)
 
     async def _use_vm(self, label: str, key: str) -> None:
+        self.used.add(key)
         if self.vms.get(label) != key:
             self.vms[label] = key
             await self._meta()
@@ -557,7 +561,7 @@ class DagRun:
         keep = self.opts.keep_vm == "always" or (
             self.opts.keep_vm == "on_failure" and outcome != "completed"
         )
-        keys = {k for k in self.vms.values() if k != self.opts.vm_key}
+        keys = {k for k in self.used | set(self.vms.values()) if k != self.opts.vm_key}
         for key in sorted(keys):
             await release_vm(self.ctx, key, keep=keep, keep_hours=self.opts.keep_hours)
 

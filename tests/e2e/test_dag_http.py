@@ -309,7 +309,11 @@ async def test_race_example_first_passing_agent_wins(host, fake_model, calc_repo
 
         async def left() -> list[str]:
             actors = (await http.get("/actors", params={"name": "vm"})).json()["actors"]
-            return [a["key"][0] for a in actors if a["key"][0] in used]
+            prefix = f"wf-{definition['name']}-{view['run_id']}"
+            # Also the run's first shared vm, which the winner's vm replaced.
+            return [
+                a["key"][0] for a in actors if a["key"][0] in used or a["key"][0].startswith(prefix)
+            ]
 
         # The run completed: none of its vms is left (losers went when the race ended).
         vms = await eventually(left, lambda v: v == [], timeout=60, interval=0.5, what="no vms")
