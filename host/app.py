@@ -37,6 +37,14 @@ class HostSettings(BaseSettings):
         "path, so a restart on the same database re-adopts its sandboxes",
     )
     warm_pool: int = Field(2, ge=0, description="started containers kept ready per image")
+    cold_pool: int = Field(
+        4,
+        ge=0,
+        le=64,
+        description="created, not started containers kept per image behind the warm pool "
+        "(no memory; a vm with no warm container only starts one); only with "
+        "AGENTVM_WARM_POOL > 0, so AGENTVM_WARM_POOL=0 still means no pooled containers",
+    )
     vm_bundles: list[str] = Field(
         default_factory=lambda: ["common", "coding-agent"],
         description="software bundles of a vm unless its create input says otherwise",
@@ -260,6 +268,7 @@ async def host_runtime(
         manager = await SandboxManager.open(
             host_id=settings.host_id or default_host_id(config.db),
             pool_size=settings.warm_pool,
+            cold_pool=settings.cold_pool if settings.warm_pool else 0,
             defaults=VmOptions(
                 bundles=settings.vm_bundles,
                 idle_timeout=settings.vm_idle_timeout,

@@ -84,10 +84,14 @@ def hardened_config(
     token: str,
     labels: dict[str, str],
     disk: dict[str, str] | None = None,
+    cpu_shares: int | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments for ``containers.create``: every hardening measure in one place
-    (docs/security.md lists them and the tests that check each)."""
+    (docs/security.md lists them and the tests that check each). ``cpu_shares``
+    overrides the weight the spec implies (a pool's idle weight, else Docker's)."""
     limits = spec.limits
+    if cpu_shares is None:
+        cpu_shares = POOL_CPU_SHARES if spec.pool else CPU_SHARES
     return {
         "image": spec.image,
         "name": name,
@@ -104,7 +108,7 @@ def hardened_config(
         "mem_limit": f"{limits.memory_mb}m",
         "memswap_limit": f"{limits.memory_mb}m",  # no swap beyond the memory limit
         "nano_cpus": int(limits.cpus * 1e9),
-        "cpu_shares": POOL_CPU_SHARES if spec.pool else CPU_SHARES,
+        "cpu_shares": cpu_shares,
         "read_only": True,
         # Owned by the sandbox user: some kernels apply dockerd's umask to mode=1777.
         "tmpfs": {
@@ -222,7 +226,10 @@ class DockerBackend(SandboxBackend):
         start: bool = True,
         name: str | None = None,
         volume: str | None = None,
+        cpu_shares: int | None = None,
     ) -> Sandbox:
+        """A new container (started unless ``start=False``: then :meth:`start` it
+        later; everything decided at create time, volume and disk included, is done)."""
         name = name or self.new_name()
         # An existing ``volume`` (a vm recreated after its container vanished) is
         # mounted as it is and survives a failed create; a new one is ours to clean.
@@ -245,6 +252,7 @@ class DockerBackend(SandboxBackend):
                 token=token,
                 labels=labels,
                 disk=disk,
+                cpu_shares=cpu_shares,
             )
             container = await self._docker(self.client.containers.create, **config)
             sandbox = Sandbox(

@@ -37,6 +37,7 @@ from host.sandbox import (
 from host.sandbox.docker_backend import engine_address
 from vm_images.builder import ensure_image
 
+from .cold_pool import ColdPool
 from .options import VmOptions
 from .pool_agents import drop_pool_agents, start_pool_agents, wait_pool_agents
 
@@ -121,6 +122,7 @@ class SandboxManager:
         reap_interval: float | None,
         gateway: LLMGateway | None = None,
         egress: EgressProxy | None = None,
+        cold_pool: int = 0,
     ) -> None:
         self.backend = backend
         # Serves the LLM endpoint into every sandbox that goes live (None: no gateway).
@@ -137,6 +139,8 @@ class SandboxManager:
         for opts in pool_options:
             if pool_size > 0:
                 self._pools.setdefault(opts.container_key(), _Pool(opts, pool_size))
+        # Created, not started containers: the tier behind the warm pool (cold_pool.py).
+        self.cold = ColdPool(self, cold_pool, pool_options)
         # Container names handed to actors of this process (never reaped while known).
         self._claimed: dict[str, Sandbox] = {}
         # Container and volume names being created right now (the reaper skips them).
@@ -165,6 +169,7 @@ class SandboxManager:
         gateway: LLMGateway | None = None,
         egress: EgressProxy | None = None,
         disk_dir: Path | None = None,
+        cold_pool: int = 0,
     ) -> SandboxManager:
         """Connect to Docker (``DockerUnavailable`` naming the engine address if it is
         down) and start filling the warm pool (``pool_size`` containers for each of
@@ -184,7 +189,9 @@ class SandboxManager:
             reap_interval=reap_interval,
             gateway=gateway,
             egress=egress,
+            cold_pool=cold_pool,
         )
+        manager.cold.open()
         for pool in manager._pools.values():
             pool.wanted.set()
             pool.task = asyncio.create_task(manager._refill(pool), name="vm-pool-refill")
@@ -229,6 +236,7 @@ class SandboxManager:
         # in flight is waited for (bounded) and what it made is removed below.
         for pool in self._pools.values():
             await self._settle_inflight(pool)
+        await self.cold.close(remove=remove_pool)
         if self._removals:
             await asyncio.wait(list(self._removals), timeout=_CLOSE_DEADLINE)
         if remove_pool:
@@ -324,7 +332,7 @@ class SandboxManager:
         await wait_pool_agents(sb for pool in self._pools.values() for sb, _ in pool.ready)
 
     def pool_names(self) -> set[str]:
-        return {sb.name for pool in self._pools.values() for sb, _ in pool.ready}
+        return {sb.name for p in self._pools.values() for sb, _ in p.ready} | self.cold.names()
 
     async def _refill(self, pool: _Pool) -> None:
         """Keep ``pool.size`` started containers ready, one creation at a time."""
@@ -411,7 +419,7 @@ class SandboxManager:
         self, key: Sequence[str], options: VmOptions
     ) -> tuple[Sandbox, SandboxRecord]:
         """A started container for a new vm: from the warm pool when its options
-        match the pool's, else created now."""
+        match the pool's, else a created one of the cold tier started now, else new."""
         taken = self._take(options)
         if taken is not None:
             sandbox, image = taken
@@ -420,6 +428,8 @@ class SandboxManager:
             # it, in the background (an engine round trip; the vm needs no CPU yet).
             self.background(self._normal_cpu(sandbox))
             return sandbox, self._record(sandbox, image)
+        if (cold := await self.cold.acquire(options)) is not None:
+            return cold[0], self._record(*cold)  # created earlier, started now
         image = await self.image_for(options.bundles)
         sandbox = await self._create(self._spec(options, image, key, None))
         return sandbox, self._record(sandbox, image)
