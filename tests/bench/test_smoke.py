@@ -50,7 +50,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
     "sessions.py": ("turn_overhead_ms", "session_ready_ms", "session_ready_cold_ms"),
     "runs.py": ("speedup", "overhead_per_run_s", "concurrent_s", "serial_s"),
 }
-# Over a minute even in smoke mode (a whole fixBug run; agent sessions' cold starts).
+# The longest (a whole fixBug run; agent sessions' cold starts): 10-20 s each on an
+# idle 2-core machine, 45-50 s under load. ``make bench-smoke`` runs them too.
 SLOW = {"sessions.py", "runs.py"}
 NO_DOCKER = {"http_api.py", "engine.py"}
 
