@@ -140,14 +140,15 @@ class ColdPool:
         try:
             await manager.backend.start(sandbox)
             await manager._egress_up(sandbox, manager._spec(options, image, [], None).labels)
-        except (SandboxError, OSError) as exc:
-            # Removed behind our back, or it would not start: the caller creates one.
-            log.warning("cold pool container %s did not start: %s", sandbox.name, exc)
+        except BaseException as exc:
+            # Removed behind our back, would not start, or the call was cancelled:
+            # no vm records it, so remove it (in the background: close() waits).
             manager._claimed.pop(sandbox.name, None)
-            with contextlib.suppress(SandboxError):
-                await manager.backend.remove(sandbox)
-            await manager._egress_down(sandbox.name)
-            return None
+            manager._remove_later(sandbox)
+            if not isinstance(exc, (SandboxError, OSError)):
+                raise
+            log.warning("cold pool container %s did not start: %s", sandbox.name, exc)
+            return None  # the caller creates one
         return sandbox, image
 
     async def close(self, *, remove: bool = True) -> None:

@@ -111,6 +111,21 @@ async def test_a_vm_takes_a_created_container_and_the_tier_refills(
         assert _status(docker_client, spare) == "created"
 
 
+async def test_a_created_container_removed_behind_our_back_is_replaced(
+    make_engine: Callable[..., Any], docker_client: docker.DockerClient
+) -> None:
+    async with cold_host(make_engine, cold_pool=1) as (manager, engine):
+        (created,) = await eventually(
+            lambda: _cold_names(manager), lambda n: len(n) == 1, timeout=60, what="tier filled"
+        )
+        docker_client.containers.get(created).remove(force=True)
+        vm = engine.client().vm.get_or_create(["replaced"])
+        assert (await vm.exec("echo ok"))["stdout"] == "ok\n"
+        record = await _record(engine, ["replaced"])
+        assert record.name != created
+        assert _status(docker_client, record.name) == "running"
+
+
 async def test_a_warm_container_goes_first(
     make_engine: Callable[..., Any], docker_client: docker.DockerClient
 ) -> None:
