@@ -50,6 +50,10 @@ STDERR_TAIL = 16 * 1024
 # Request ids of the host's ACP connection start at generation * ID_SPAN, so answers
 # meant for a connection of an earlier host process never match a newer request.
 ID_SPAN = 1_000_000
+# Acknowledging the agent's stdout to the supervisor (see _ack_loop): how long acks
+# are coalesced (seconds), and the unacknowledged bytes that are acked at once.
+ACK_DELAY = 0.02
+ACK_EAGER_BYTES = 256 * 1024
 # Events stored because of agent output pass the rate limiter (limits.py); the
 # host's own (prompt, agent_exit, session_closed) only the store limit, and so do
 # permission requests: dropping one would leave the agent waiting for an answer
@@ -537,6 +541,13 @@ class Session:
             self._ack_task = asyncio.create_task(self._ack_loop())
 
     async def _ack_loop(self) -> None:
+        # Coalesced: one ack for the lines of ACK_DELAY (a turn's few lines), not one
+        # per line (each is a message that wakes the supervisor, on the turn's path);
+        # at once past ACK_EAGER_BYTES, long before the supervisor's retained buffer
+        # (8 MiB) fills. A later ack only means more replayed (and skipped) output
+        # after a host restart: stored events carry their offsets.
+        if self._ack_target() - self.acked < ACK_EAGER_BYTES:
+            await asyncio.sleep(ACK_DELAY)
         while (target := self._ack_target()) > self.acked:
             try:
                 await self.sandbox.ack_output(self.record.pid, target)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -332,3 +333,79 @@ async def test_embedded_context_and_max_tokens_stop(
     [req] = fake_anthropic.message_requests()
     texts = [b["text"] for b in req.messages[0]["content"]]
     assert texts[0] == "see notes" and "remember me" in texts[1]
+
+
+async def _splice_to(port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy one unix-socket connection to 127.0.0.1:port and back (a stand-in for the
+    host's gateway socket)."""
+    up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        while chunk := await src.read(65536):
+            dst.write(chunk)
+            await dst.drain()
+        dst.close()
+
+    await asyncio.gather(copy(reader, up_writer), copy(up_reader, writer))
+
+
+async def test_model_calls_go_straight_to_the_gateway_socket(
+    repo: Path, fake_anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    """With the loopback gateway URL (the supervisor's default) and the gateway socket
+    present, the agent calls the model over the socket: here nothing listens on the
+    loopback port at all, and the turn still reaches the model."""
+    port = int(fake_anthropic.url.rsplit(":", 1)[1])
+    with socket.socket() as s:  # a loopback port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        await _splice_to(port, reader, writer)
+
+    path = tmp_path / "gw.sock"
+    server = await asyncio.start_unix_server(handle, str(path))
+    env = agent_env(
+        f"http://127.0.0.1:{dead_port}",
+        AGENTVM_GATEWAY_PORT=str(dead_port),
+        AGENTVM_GATEWAY_SOCKET=str(path),
+    )
+    fake_anthropic.script(Turn.text("over the socket"), Turn.text("again"))
+    client = RecordingClient()
+    try:
+        async with local_agent(client, env, stderr_path=tmp_path / "agent.err") as conn:
+            session = await conn.new_session(cwd=str(repo))
+            for text in ("a", "b"):
+                result = await conn.prompt(
+                    session_id=session.session_id, prompt=[acp.text_block(text)]
+                )
+                assert result.stop_reason == "end_turn"
+    finally:
+        server.close()
+    assert len(fake_anthropic.requests) == 2
+    assert connections == 1  # one kept-alive connection for both turns
+
+
+async def test_a_dead_gateway_socket_falls_back_to_the_loopback_url(
+    repo: Path, fake_anthropic: FakeAnthropic, tmp_path: Path
+) -> None:
+    """The socket left behind by a host that died refuses connections: the agent's
+    retry goes through the loopback URL (the forwarder that waits for the host)."""
+    port = int(fake_anthropic.url.rsplit(":", 1)[1])
+    path = tmp_path / "stale.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays; connecting to it is refused
+    env = agent_env(
+        fake_anthropic.url, AGENTVM_GATEWAY_PORT=str(port), AGENTVM_GATEWAY_SOCKET=str(path)
+    )
+    fake_anthropic.script(Turn.text("through loopback"))
+    client = RecordingClient()
+    async with local_agent(client, env, stderr_path=tmp_path / "agent.err") as conn:
+        session = await conn.new_session(cwd=str(repo))
+        result = await conn.prompt(session_id=session.session_id, prompt=[acp.text_block("x")])
+    assert result.stop_reason == "end_turn"
+    assert len(fake_anthropic.requests) == 1

@@ -8,6 +8,7 @@ until the model ends its turn, the turn limit is reached or the client cancels.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import logging
 import os
@@ -51,6 +52,10 @@ _STOP_REASONS: dict[str | None, str] = {
 # many times, after these pauses; the loopback gateway forwarder waits for a host
 # that went away, so one retry normally reaches the restarted host.
 MODEL_RETRIES = 3
+# The host's LLM gateway, as mounted in every sandbox, and the port its loopback
+# forwarder listens on (vm_images/supervisor/protocol.py).
+GATEWAY_SOCKET = "/run/agentvm/gateway.sock"
+GATEWAY_PORT = 4141
 MODEL_RETRY_DELAYS = (1.0, 2.0, 4.0)
 
 _PERMISSION_OPTIONS = [
@@ -141,6 +146,7 @@ class CodingAgent:
         self._sessions: dict[str, Session] = {}
         self._model: anthropic.AsyncAnthropic | None = None
         self._sdk: asyncio.Future[Any] | None = None
+        self._via_loopback = False  # True: model calls go through 127.0.0.1 (see _anthropic)
 
     # -- plumbing --------------------------------------------------------------------
 
@@ -175,11 +181,31 @@ class CodingAgent:
     async def _anthropic(self) -> anthropic.AsyncAnthropic:
         if self._model is None:
             sdk = await asyncio.shield(self._preload_sdk())
+            base_url = self._env.get("ANTHROPIC_BASE_URL") or None
+            socket = None if self._via_loopback else _gateway_socket(base_url, self._env)
+            http_client = None
+            if socket is not None:
+                # Straight to the host's gateway socket (it accepts every process of
+                # this sandbox), not through the supervisor's loopback forwarder:
+                # two fewer process hops per chunk each way (docs/sessions.md).
+                httpx = importlib.import_module("httpx2")
+                http_client = sdk.DefaultAsyncHttpxClient(
+                    transport=httpx.AsyncHTTPTransport(uds=socket)
+                )
             self._model = sdk.AsyncAnthropic(
-                api_key=cfg.api_key(self._env),
-                base_url=self._env.get("ANTHROPIC_BASE_URL") or None,
+                api_key=cfg.api_key(self._env), base_url=base_url, http_client=http_client
             )
         return self._model
+
+    async def _use_loopback(self) -> None:
+        """After a connection error on the gateway socket (the host went away): the
+        loopback forwarder from now on, which waits for a restarted host."""
+        if not self._via_loopback:
+            self._via_loopback = True
+            model, self._model = self._model, None
+            if model is not None:
+                with contextlib.suppress(Exception):
+                    await model.close()
 
     def _session(self, session_id: str) -> Session:
         session = self._sessions.get(session_id)
@@ -351,6 +377,9 @@ class CodingAgent:
             except Exception as exc:
                 if attempt >= MODEL_RETRIES or not await self._retryable(exc):
                     raise
+                sdk = await asyncio.shield(self._preload_sdk())
+                if isinstance(exc, sdk.APIConnectionError):
+                    await self._use_loopback()
                 delay = MODEL_RETRY_DELAYS[min(attempt, len(MODEL_RETRY_DELAYS) - 1)]
                 log.warning(
                     "model call failed (%s: %s); retry %d in %.0f s",
@@ -509,6 +538,18 @@ class CodingAgent:
 
 
 # -- message helpers -----------------------------------------------------------------
+
+
+def _gateway_socket(base_url: str | None, env: dict[str, str]) -> str | None:
+    """The host's gateway socket when the model URL is the sandbox's loopback gateway
+    (``http://127.0.0.1:<AGENTVM_GATEWAY_PORT>``, the supervisor's default) and the
+    socket (``AGENTVM_GATEWAY_SOCKET``, default the mounted one) is there; else None
+    (a URL of the caller's choosing is used as given)."""
+    port = env.get("AGENTVM_GATEWAY_PORT") or str(GATEWAY_PORT)
+    if base_url is None or base_url.rstrip("/") != f"http://127.0.0.1:{port}":
+        return None
+    path = env.get("AGENTVM_GATEWAY_SOCKET") or GATEWAY_SOCKET
+    return path if os.path.exists(path) else None
 
 
 def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
