@@ -24,6 +24,7 @@ from support import eventually
 
 from host.sandbox import SandboxLimits
 from host.sandbox.backend import LABEL_KEY, LABEL_POOL
+from host.sandbox.docker_backend import CPU_SHARES
 from host.vm import SandboxManager, VmOptions, vm_actor
 from host.vm.manager import SandboxRecord
 from orchestrator import Engine, setup
@@ -81,6 +82,8 @@ async def test_a_vm_takes_a_created_container_and_the_tier_refills(
         assert container.status == "created"  # costs no memory: nothing runs in it
         assert container.labels[LABEL_POOL] == DEFAULTS.pool_id()
         assert container.labels[LABEL_KEY] == "[]"
+        # Not the warm pool's idle CPU weight: the vm that takes it starts at once.
+        assert container.attrs["HostConfig"]["CpuShares"] == CPU_SHARES
 
         vm = engine.client().vm.get_or_create(["cold"])
         assert (await vm.exec("echo started"))["stdout"] == "started\n"
