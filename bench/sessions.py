@@ -321,8 +321,6 @@ class HopTrace:
         self.rows: list[dict[str, int]] = []
 
     def install(self) -> None:
-        import h11
-
         from host.gateway import connection as gc
         from host.sessions import manager as sm
         from host.sessions import session as ss
@@ -353,12 +351,6 @@ class HopTrace:
             if b'"stopReason"' in data:
                 mark("answer")
 
-        def sent(event: Any) -> None:
-            if isinstance(event, h11.Response):
-                mark("gw_resp")
-            elif isinstance(event, h11.EndOfMessage) and "gw_resp" in turn.turn:
-                mark("gw_end")
-
         wrap(sm.SessionManager, "send_prompt", start, lambda *_: mark("mgr_out"))
         wrap(
             ss.Session,
@@ -368,7 +360,7 @@ class HopTrace:
         wrap(ss.Session, "_line", line)
         wrap(gc.HttpConnection, "_request", lambda *_: mark("gw_head"))
         wrap(gc.HttpConnection, "_forward", lambda *_: mark("gw_fwd"))
-        wrap(gc.HttpConnection, "_send", sent)
+        wrap(gc.HttpConnection, "_relay", lambda *_: mark("gw_resp"), lambda *_: mark("gw_end"))
 
     def table(self) -> dict[str, float]:
         rows = [r for r in self.rows if all(k in r for _, a, b in HOPS for k in (a, b))]

@@ -307,7 +307,8 @@ class HttpConnection:
         out_headers = [
             (k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_BY_HOP
         ]
-        await self._send(h11.Response(status_code=response.status_code, headers=out_headers))
+        out = _Coalesced(self)
+        await out.send(h11.Response(status_code=response.status_code, headers=out_headers))
         ctype = response.headers.get("content-type", "")
         sse = SSEUsage() if ctype.startswith("text/event-stream") else None
         collected = bytearray() if sse is None and "json" in ctype else None
@@ -317,9 +318,11 @@ class HttpConnection:
                     sse.feed(chunk)
                 elif collected is not None and len(collected) < MAX_JSON:
                     collected += chunk
-                await self._send(h11.Data(data=chunk))
-            await self._send(h11.EndOfMessage())
+                await out.send(h11.Data(data=chunk))
+            await out.send(h11.EndOfMessage())
+            await out.flush()
         finally:
+            out.close()
             # Record even a stream cut short: the tokens were spent.
             usage = sse.usage if sse is not None else None
             if collected is not None and response.status_code < 400:
@@ -337,6 +340,51 @@ class HttpConnection:
                         usage=usage,
                     )
                 )
+
+
+class _Coalesced:
+    """A response's bytes written when the relay would wait for upstream anyway (at the
+    end of the event loop's turn), not one socket write per event: the head goes with
+    the first chunk, and the chunks upstream delivered in one read go together (each
+    write wakes the agent's process: most of a short turn's cost on a busy machine).
+    Bounded like ``_send``: past ``READ_CHUNK`` unwritten bytes, or with the socket's
+    buffer full, it writes and waits (``write_timeout``) for the peer to read."""
+
+    def __init__(self, owner: HttpConnection) -> None:
+        self.owner = owner
+        self.pending = bytearray()
+        self.scheduled: asyncio.Handle | None = None
+
+    def _write(self) -> None:
+        self.scheduled = None
+        if self.pending:
+            self.owner.writer.write(bytes(self.pending))
+            self.pending.clear()
+
+    async def send(self, event: Any) -> None:
+        self.pending += self.owner.conn.send(event) or b""
+        if len(self.pending) >= READ_CHUNK:
+            await self.flush()
+        elif self.scheduled is None and self.pending:
+            self.scheduled = asyncio.get_running_loop().call_soon(self._write)
+        if self.owner.writer.transport.get_write_buffer_size() > READ_CHUNK:
+            await self.flush()
+
+    async def flush(self) -> None:
+        if self.scheduled is not None:
+            self.scheduled.cancel()
+        self._write()
+        try:
+            await asyncio.wait_for(self.owner.writer.drain(), self.owner.limits.write_timeout)
+        except TimeoutError:
+            raise PeerTimeout("the response was not read in time") from None
+
+    def close(self) -> None:
+        """The relay ended (or failed): what is pending goes out now (< READ_CHUNK), as
+        it would have before a failure when written event by event."""
+        if self.scheduled is not None:
+            self.scheduled.cancel()
+        self._write()
 
 
 def _partial(conn: h11.Connection) -> bool:
