@@ -33,6 +33,8 @@ class PrestartMixin:
 
     # Waits for a taken agent's session to end, to start the next (_refill_after).
     _refill_waits: set[asyncio.Task[None]] | None = None
+    # Pids of the agents adopted on wake (adopt_prestarted): not strays.
+    _adopted_pids: frozenset[int] = frozenset()
 
     if TYPE_CHECKING:
         sandbox: Sandbox
@@ -147,6 +149,86 @@ class PrestartMixin:
                 continue
             await self._abandon(session)
 
+    async def detach_prestarted(self) -> list[dict[str, Any]]:
+        """Before the vm sleeps: stop listening to the initialized pre-started agents,
+        which keep running for :meth:`adopt_prestarted` on the next wake (a new one
+        would cost ~1 CPU-second of imports); the ones still starting are killed.
+        Returns what to keep (JSON) until then."""
+        kept: list[dict[str, Any]] = []
+        ready = {t: task.result() for t, task in self._warm.items() if _ok(task)}
+        started: dict[int, float] = {}
+        if ready:  # the start times tell the same process from a reused pid on wake
+            with contextlib.suppress(SandboxError):
+                procs = await self.sandbox.list_processes()
+                started = {p.pid: p.started_at for p in procs if p.running}
+        for agent_type, (session, init) in ready.items():
+            if session.exited.is_set() or session.record.pid not in started:
+                continue
+            del self._warm[agent_type]
+            await session.detach()
+            kept.append(
+                {
+                    "agent_type": agent_type,
+                    "session_id": session.id,
+                    "pid": session.record.pid,
+                    "started_at": started[session.record.pid],
+                    "generation": session.record.generation,
+                    "offset": session.recv_offset,
+                    "init": init.model_dump(mode="json", by_alias=True, exclude_none=True),
+                }
+            )
+        await self._drop_prestarted()
+        return kept
+
+    async def adopt_prestarted(self, kept: Any) -> list[int]:
+        """On wake: listen again to the pre-started agents :meth:`detach_prestarted`
+        kept, if each is still the same running process (pid and start time, as the
+        supervisor recorded them). One process listing and one attach per agent
+        (bounded); a gone agent is replaced by :meth:`warm_up`. Returns the pids."""
+        from acp.schema import InitializeResponse
+
+        from .models import SessionRecord
+        from .session import Session
+
+        if not isinstance(kept, list) or not kept:
+            return []
+        running = {p.pid: p for p in await self.sandbox.list_processes() if p.running}
+        adopted: list[int] = []
+        for entry in kept[: len(self.prestart)]:
+            try:
+                agent_type, pid = str(entry["agent_type"]), int(entry["pid"])
+                proc = running.get(pid)
+                if (
+                    agent_type not in self.prestart
+                    or agent_type in self._warm
+                    or proc is None
+                    or proc.started_at != entry["started_at"]
+                ):
+                    continue
+                init = InitializeResponse.model_validate(entry["init"])
+                record = SessionRecord(
+                    session_id=str(entry["session_id"]),
+                    agent_type=agent_type,
+                    pid=pid,
+                    acp_session_id="",
+                    cwd=HOME,
+                    permission_policy="allow",
+                    generation=int(entry["generation"]) + 1,
+                )
+                handle = await self.sandbox.attach(pid, offset=int(entry["offset"]), replace=True)
+            except (KeyError, TypeError, ValueError, SandboxError) as exc:
+                log.info("not adopting a pre-started agent (%r): %s", entry, exc)
+                continue
+            session = Session(self, record)  # type: ignore[arg-type]
+            session.prestarted = True
+            session.start(handle)
+            self._warm[agent_type] = asyncio.create_task(
+                _ready(session, init), name=f"prestart-{agent_type}"
+            )
+            adopted.append(pid)
+        self._adopted_pids = frozenset(adopted)
+        return adopted
+
     async def kill_stale_prestarted(self) -> list[int]:
         """Kill agents pre-started by an earlier host process that ended without
         :meth:`close` (e.g. killed): running processes that are not sessions of this
@@ -155,6 +237,7 @@ class PrestartMixin:
         the command: such a process is an orphan of a lost ``create_session``.)"""
         known = {s.record.pid for s in self.sessions.values()}
         known |= {t.result()[0].record.pid for t in self._warm.values() if _ok(t)}
+        known |= self._adopted_pids
         commands = set()
         for agent_type in self.prestart:
             with contextlib.suppress(Exception):
@@ -175,6 +258,10 @@ class PrestartMixin:
                     await self.sandbox.kill_process(proc.pid)
                 killed.append(proc.pid)
         return killed
+
+
+async def _ready(session: Session, init: Any) -> tuple[Session, Any]:
+    return session, init
 
 
 def _ok(task: asyncio.Task[Any]) -> bool:

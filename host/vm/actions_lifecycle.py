@@ -22,7 +22,7 @@ from .actions_base import (
 )
 from .actions_exec import reattach
 from .options import parse_options
-from .sessions import detach_sessions, gateway_down, gateway_up, sessions_up
+from .sessions import detach_sessions, gateway_down, gateway_up, sessions_up, sleep_sessions
 
 log = logging.getLogger("agentvm.vm")
 
@@ -68,7 +68,7 @@ class LifecycleActions(VmActionsBase):
         v = vm_vars(c)
         for task in list(v.pumps.values()):
             task.cancel()  # the processes keep running in the sandbox
-        await detach_sessions(v.sessions)  # and so do the agents
+        await sleep_sessions(c, v.sessions)  # and so do the agents (pre-started kept)
         await gateway_down(c, self.manager.gateway, forget=False)
         record = current_record(c)
         if record is None:

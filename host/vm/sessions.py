@@ -9,6 +9,7 @@ session keeps the vm awake (its agent process runs in the container).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -43,6 +44,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentvm.vm.sessions")
 
 SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
+
+# How long keeping the pre-started agents over a sleep may take (one listing, detach).
+DETACH_TIMEOUT = 10.0
 
 
 def _settings() -> HostSettings:
@@ -211,8 +215,11 @@ async def sessions_up(
         await drop_pool_agents([sandbox])
         return
     sm = session_manager(c, s, sandbox)
+    kept = c.state.pop("prestarted", None)  # kept running over the sleep (sleep_sessions)
     if adopted:
-        try:  # strays of a host process that ended without stopping them
+        try:  # the pre-started agents kept over the sleep, then any strays
+            if kept:
+                await sm.adopt_prestarted(kept)
             await sm.kill_stale_prestarted()
         except SandboxError as exc:
             log.info("could not look for stale agents in vm %s: %s", list(c.key), exc)
@@ -568,6 +575,22 @@ async def reattach_sessions(c: ActorContext, s: SessionState, sandbox: Sandbox) 
             continue
         if summary.status not in ("exited", "closed"):
             s.holds[sid] = c.hold()
+
+
+async def sleep_sessions(c: ActorContext, s: SessionState) -> None:
+    """The vm goes to sleep: detach as :func:`detach_sessions` does, but keep the
+    pre-started agents running and remember them in the actor's state, for
+    ``sessions_up`` to adopt on wake instead of starting new ones."""
+    if s.manager is not None and s.manager.prestart:
+        try:
+            async with asyncio.timeout(DETACH_TIMEOUT):
+                kept = await s.manager.detach_prestarted()
+        except (TimeoutError, SandboxError) as exc:
+            log.info("could not keep the pre-started agents of vm %s: %s", list(c.key), exc)
+            kept = []
+        if kept:
+            c.state["prestarted"] = kept
+    await detach_sessions(s)
 
 
 async def detach_sessions(s: SessionState) -> None:
