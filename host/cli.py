@@ -167,6 +167,7 @@ def serve(
 
     from .server import InsecureBindError, ServerSettings, check_bind
     from .server import serve as serve_http
+    from .server.run import run_loop
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     settings = ServerSettings()
@@ -211,10 +212,8 @@ def serve(
             soft_wrap=True,
         )
 
-    import asyncio
-
     try:
-        asyncio.run(serve_http(runtime, settings, on_ready=ready))
+        run_loop(serve_http(runtime, settings, on_ready=ready))
     except AgentVMError as exc:  # e.g. the Docker engine is down
         raise fail(f"cannot start: {exc}", 1) from None
     console.print("stopped")

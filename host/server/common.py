@@ -108,9 +108,10 @@ def _query_names(dependant: Any) -> Iterator[str]:
         yield from _query_names(sub)
 
 
-def reject_unknown_query(request: HTTPConnection) -> None:
+async def reject_unknown_query(request: HTTPConnection) -> None:
     """A router dependency: an unknown query parameter (a typo such as ``?wiat=true``)
-    is a 400 naming it, not silently ignored."""
+    is a 400 naming it, not silently ignored. ``async`` on purpose: FastAPI runs a
+    plain ``def`` dependency in a worker thread, a thread hop on every request."""
     if not request.query_params:
         return
     route = request.scope.get("route")
