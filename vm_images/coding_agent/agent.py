@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import json
 import logging
 import os
 import threading
@@ -146,6 +147,7 @@ class CodingAgent:
         self._sessions: dict[str, Session] = {}
         self._model: anthropic.AsyncAnthropic | None = None
         self._sdk: asyncio.Future[Any] | None = None
+        self._stream_type: Any = None
         self._via_loopback = False  # True: model calls go through 127.0.0.1 (see _anthropic)
 
     # -- plumbing --------------------------------------------------------------------
@@ -196,6 +198,13 @@ class CodingAgent:
                 api_key=cfg.api_key(self._env), base_url=base_url, http_client=http_client
             )
         return self._model
+
+    def _stream_cls(self, sdk: Any) -> Any:
+        """``AsyncStream[RawMessageStreamEvent]``, built once (each subscript of the
+        generic makes a new class)."""
+        if self._stream_type is None:
+            self._stream_type = sdk.AsyncStream[sdk.types.RawMessageStreamEvent]
+        return self._stream_type
 
     async def _use_loopback(self) -> None:
         """After a connection error on the gateway socket (the host went away): the
@@ -414,14 +423,28 @@ class CodingAgent:
         headers = {cfg.SESSION_HEADER: config.session_header or session.id}
         # single_shot: no tools at all (the request has no `tools`).
         tools = {} if config.mode == "single_shot" else {"tools": session.tool_schemas}
-        async with client.messages.stream(
-            model=config.model,
-            max_tokens=config.max_tokens,
-            system=config.system(session.cwd),
-            messages=session.messages,  # type: ignore[arg-type]
-            extra_headers=headers,
-            **tools,  # type: ignore[arg-type]
-        ) as stream:
+        body = {
+            "max_tokens": config.max_tokens,
+            "messages": session.messages,
+            "model": config.model,
+            "system": config.system(session.cwd),
+            **tools,
+            "stream": True,
+        }
+        # What client.messages.stream(...) sends, encoded here: the SDK's request
+        # preparation deep-copies the whole transcript on every call (its copy_tree,
+        # ~1.5 ms at 100 messages on the turn's path, growing with the conversation);
+        # the transcript is plain JSON already.
+        sdk = await asyncio.shield(self._preload_sdk())
+        request = client.post(
+            "/v1/messages",
+            cast_to=sdk.types.Message,
+            content=json.dumps(body, separators=(",", ":")).encode(),
+            options={"headers": {**headers, "content-type": "application/json"}},
+            stream=True,
+            stream_cls=self._stream_cls(sdk),
+        )
+        async with sdk.lib.streaming.AsyncMessageStreamManager(request) as stream:
             async for event in stream:
                 if event.type == "text" and event.text:
                     await self._send(session, update_agent_message_text(event.text))
