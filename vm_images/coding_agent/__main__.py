@@ -31,7 +31,9 @@ def main() -> int:
         level=os.environ.get("AGENTVM_AGENT_LOG", "WARNING").upper(),
         format="coding-agent %(levelname)s %(name)s: %(message)s",
     )
-    from .agent import serve
+    # The standard-library front: the real agent (acp, anthropic) loads once a
+    # session is created (front.py), so a pre-started agent idles small.
+    from .front import serve
 
     try:
         asyncio.run(serve())
