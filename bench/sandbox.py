@@ -19,6 +19,12 @@ Both sides use the same running, hardened sandbox container:
 4. **idle memory** - the container cgroup's memory usage (``docker stats`` working set:
    usage minus inactive file cache) of an idle sandbox after start-up, and how many
    such sandboxes this machine's RAM would hold.
+5. **default vm** - ``default_vm_mib``: the working set of a vm with the host's
+   default settings (its default bundles: the coding agent is pre-started), created
+   through the vm actor; and 20 such vms: three rounds of an exec on each
+   (together) awake, then all put to sleep and woken together, and three rounds
+   again: ``awake_exec_p50_ms``, ``wake_exec_p50_ms`` (the rounds after the wake),
+   ``wake_ratio`` (target <= 1.5); ``waking_exec_p50_ms`` is the waking exec.
 
 The last line is one JSON object; ratios are "higher is better" for us:
 ``exec_ratio`` = docker p50 / ours, ``read_ratio`` likewise, ``acquire_warm_ratio``
@@ -39,9 +45,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from host.app import HostSettings
 from host.sandbox import DockerBackend, SandboxSpec
 from host.sandbox.docker_backend import hardened_config
-from host.vm import SandboxManager, vm_actor
+from host.vm import SandboxManager, VmOptions, vm_actor
+from host.vm.actions_base import VmVars
 from orchestrator import Engine, setup
 from vm_images.builder import ensure_image
 
@@ -163,6 +171,89 @@ async def idle_memory(backend: DockerBackend, image: str) -> dict[str, float]:
         await backend.remove(sandbox)
 
 
+async def default_vms(n_vms: int, rounds: int) -> dict[str, float]:
+    """``n_vms`` vms with the host's default settings (its default bundles, so the
+    coding agent is pre-started) through the vm actor on a real engine:
+    ``default_vm_mib``, one vm's container working set once settled (supervisor +
+    what is pre-started); then ``rounds`` of an exec on each vm (together) awake,
+    and after all were put to sleep (as their idle timeout would) and woken
+    together: p50 of every exec's round trip (engine client, in process)."""
+    tmp = tempfile.TemporaryDirectory(prefix="agentvm-bench-")
+    defaults = VmOptions(bundles=HostSettings().vm_bundles)
+    manager = await SandboxManager.open(
+        host_id=f"{HOST_ID}d", pool_size=0, reap_interval=None, defaults=defaults
+    )
+    engine = Engine(setup(use={"vm": vm_actor(manager)}), db=f"{tmp.name}/bench.db")
+    await engine.start()
+    try:
+        client = engine.client()
+        vms = [client.vm.get_or_create([f"default-{i}"]) for i in range(n_vms)]
+        for vm in vms:  # one at a time: n containers starting at once is not the point
+            await vm.exec(["true"])
+        ids = {a.actor_id for a in await engine.list_actors("vm")}
+
+        def vars_of(aid: str) -> VmVars:
+            v = engine.instances[aid].vars
+            assert isinstance(v, VmVars)
+            return v
+
+        for aid in ids:
+            sessions = vars_of(aid).sessions.manager
+            if sessions is not None:
+                await sessions.wait_prestarted()
+        sandbox = vars_of(sorted(ids)[0]).sandbox
+        assert sandbox is not None
+        last, usage = -1, {}
+        for _ in range(20):  # settled: two readings agree (bounded)
+            usage = await manager.backend.memory_usage(sandbox)
+            if usage["working_set"] == last:
+                break
+            last = usage["working_set"]
+            await asyncio.sleep(0.5)
+
+        async def timed(vm: Any) -> float:
+            start = time.perf_counter()
+            await vm.exec(["true"])
+            return time.perf_counter() - start
+
+        async def sleep_all() -> None:
+            for _ in range(1000):  # bounded: an actor busy right now sleeps next time
+                awake = [engine.instances[a] for a in ids if a in engine.instances]
+                if not awake:
+                    return
+                for inst in awake:
+                    engine.request_sleep(inst)
+                await asyncio.sleep(0.01)
+            raise RuntimeError("the vms did not fall asleep")
+
+        # Rounds of an exec on each vm (together), awake; then all put to sleep and
+        # woken together (the waking exec timed apart), and the same rounds again:
+        # work a wake redoes (e.g. starting agents) slows the rounds after it.
+        awake_s: list[float] = []
+        for _ in range(rounds):
+            awake_s += await asyncio.gather(*(timed(vm) for vm in vms))
+        await sleep_all()
+        waking_s = await asyncio.gather(*(timed(vm) for vm in vms))
+        wake_s: list[float] = []
+        for _ in range(rounds):
+            wake_s += await asyncio.gather(*(timed(vm) for vm in vms))
+        for vm in vms:
+            await vm.destroy()
+    finally:
+        await engine.stop()
+        await manager.close()
+        tmp.cleanup()
+    awake, wake = statistics.median(awake_s), statistics.median(wake_s)
+    return {
+        "default_vm_mib": round(usage["working_set"] / 2**20, 2),
+        "awake_exec_p50_ms": ms(awake),
+        "wake_exec_p50_ms": ms(wake),
+        "wake_exec_max_ms": ms(max(wake_s)),
+        "waking_exec_p50_ms": ms(statistics.median(waking_s)),
+        "wake_ratio": round(wake / awake, 2),
+    }
+
+
 def total_memory_mib() -> float:
     with open("/proc/meminfo") as fh:
         for line in fh:
@@ -223,6 +314,12 @@ async def main(quick: bool, smoke: bool = False) -> dict[str, Any]:
         idle = await idle_memory(backend, image)
         capacity = int(total_memory_mib() // max(idle["working_set"], 1))
         print(f"idle sandbox memory: {idle} MiB; ~{capacity} idle sandboxes fit in RAM")
+        default = await default_vms(2 if smoke else 20, 1 if smoke else 3)
+        print(
+            f"default vm (supervisor + pre-started agent): {default['default_vm_mib']} MiB; "
+            f"exec p50 awake {default['awake_exec_p50_ms']} ms, woken together "
+            f"{default['wake_exec_p50_ms']} ms (ratio {default['wake_ratio']})"
+        )
     finally:
         for info in await backend.list_sandboxes():
             await backend.remove(info.id)
@@ -248,6 +345,7 @@ async def main(quick: bool, smoke: bool = False) -> dict[str, Any]:
         "idle_sandbox_mib": idle["working_set"],
         "idle_sandbox_usage_mib": idle["usage"],
         "idle_sandboxes_in_ram": capacity,
+        **default,
     }
 
 

@@ -45,6 +45,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
         "ours_acquire_cold_p50_ms",
         "acquire_cold_ratio",
         "idle_sandbox_mib",
+        "default_vm_mib",
+        "wake_ratio",
     ),
     "checkpoints.py": ("checkpoint_s", "restore_s", "fork_s", "fork_ratio"),
     "sessions.py": ("turn_overhead_ms", "session_ready_ms", "session_ready_cold_ms"),
