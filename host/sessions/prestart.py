@@ -26,6 +26,8 @@ log = logging.getLogger("agentvm.sessions")
 HOME = "/home/user"
 # In the environment of pre-started agents (to find strays after a host crash).
 PRESTARTED_ENV = "AGENTVM_PRESTARTED"
+# How long listing the sandbox's processes may take when the vm sleeps or wakes.
+LIST_TIMEOUT = 10.0
 
 
 class PrestartMixin:
@@ -158,8 +160,9 @@ class PrestartMixin:
         ready = {t: task.result() for t, task in self._warm.items() if _ok(task)}
         started: dict[int, float] = {}
         if ready:  # the start times tell the same process from a reused pid on wake
-            with contextlib.suppress(SandboxError):
-                procs = await self.sandbox.list_processes()
+            with contextlib.suppress(SandboxError, TimeoutError):
+                async with asyncio.timeout(LIST_TIMEOUT):
+                    procs = await self.sandbox.list_processes()
                 started = {p.pid: p.started_at for p in procs if p.running}
         for agent_type, (session, init) in ready.items():
             if session.exited.is_set() or session.record.pid not in started:
@@ -192,7 +195,9 @@ class PrestartMixin:
 
         if not isinstance(kept, list) or not kept:
             return []
-        running = {p.pid: p for p in await self.sandbox.list_processes() if p.running}
+        async with asyncio.timeout(LIST_TIMEOUT):
+            procs = await self.sandbox.list_processes()
+        running = {p.pid: p for p in procs if p.running}
         adopted: list[int] = []
         for entry in kept[: len(self.prestart)]:
             try:

@@ -9,7 +9,6 @@ session keeps the vm awake (its agent process runs in the container).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
@@ -44,9 +43,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("agentvm.vm.sessions")
 
 SandboxOf = Callable[[ActorContext], Awaitable[Sandbox]]
-
-# How long keeping the pre-started agents over a sleep may take (one listing, detach).
-DETACH_TIMEOUT = 10.0
 
 
 def _settings() -> HostSettings:
@@ -221,7 +217,7 @@ async def sessions_up(
             if kept:
                 await sm.adopt_prestarted(kept)
             await sm.kill_stale_prestarted()
-        except SandboxError as exc:
+        except (SandboxError, TimeoutError) as exc:
             log.info("could not look for stale agents in vm %s: %s", list(c.key), exc)
     else:  # a warm-pool container comes with its agents started (pool_agents.py)
         await adopt_pool_agents(sm, sandbox)
@@ -582,12 +578,7 @@ async def sleep_sessions(c: ActorContext, s: SessionState) -> None:
     pre-started agents running and remember them in the actor's state, for
     ``sessions_up`` to adopt on wake instead of starting new ones."""
     if s.manager is not None and s.manager.prestart:
-        try:
-            async with asyncio.timeout(DETACH_TIMEOUT):
-                kept = await s.manager.detach_prestarted()
-        except (TimeoutError, SandboxError) as exc:
-            log.info("could not keep the pre-started agents of vm %s: %s", list(c.key), exc)
-            kept = []
+        kept = await s.manager.detach_prestarted()  # bounded
         if kept:
             c.state["prestarted"] = kept
     await detach_sessions(s)
