@@ -84,6 +84,7 @@ async def _serve_engine(
         lifespan="off",
         timeout_graceful_shutdown=5,
         ws="websockets-sansio",
+        http=_http_protocol(),
     )
     server = _Server(config)
     # uvicorn's public serve() installs its own signal handlers and re-raises the
@@ -106,6 +107,68 @@ async def _serve_engine(
         server.should_exit = True
         await _end_streams(engine)
         await task
+
+
+class _WriteCombining:
+    """A transport whose writes in one event-loop tick leave in one ``send``.
+
+    uvicorn writes a response's head and its body separately: two syscalls, and two
+    wake-ups of the client, per response. Joined at the end of the tick (at most one
+    loop iteration later, order kept), a small response is one. Everything else is
+    the real transport's."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._loop = asyncio.get_running_loop()
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _http_protocol() -> Any:
+    """uvicorn's httptools protocol on a write-combining transport (h11 without
+    httptools, as uvicorn would choose)."""
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:
+        return "auto"
+
+    class Protocol(HttpToolsProtocol):
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(_WriteCombining(transport))  # type: ignore[arg-type]
+
+    return Protocol
 
 
 class _Server(uvicorn.Server):
