@@ -9,7 +9,7 @@ is ready), sometimes while it starts up and recovers. Finally it creates the
 release file and lets the last incarnation run until everything is done.
 
 Then it reads the SQLite file (read-only) and the side-effects file and checks
-the guarantees of DESIGN.md ("Guarantees"):
+the engine's guarantees (docs/engine.md):
 
 * every workflow completed;
 * a completed step never runs again: for a step whose recorded output says it

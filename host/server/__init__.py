@@ -1,4 +1,4 @@
-"""The HTTP server: the DESIGN.md HTTP contract on FastAPI + uvicorn.
+"""The HTTP server: the HTTP contract of docs/http.md on FastAPI + uvicorn.
 
 ``create_app(engine, token=..., max_body=...)`` builds the application;
 ``run_server(registry, bind=..., port=...)`` (blocking) or ``await serve(engine,
