@@ -47,24 +47,18 @@ def _sse(name: str, payload: object) -> bytes:
     return f"event: {safe}\ndata: {_dumps(to_wire(payload))}\n\n".encode()
 
 
-class EventStreamResponse(Response):
-    """``text/event-stream`` of one subscription.
-
-    Unlike a plain ``StreamingResponse`` it always ends the subscription when the
-    client leaves (watching for ``http.disconnect`` even while no event comes), and
-    when the subscriber is dropped as too slow it sends a final ``event: error``
-    (written within ``write_timeout`` seconds, else the connection is closed)."""
+class SseResponse(Response):
+    """A ``text/event-stream`` response written by ``_pump`` until it returns or the
+    client leaves (``http.disconnect`` is watched even while nothing is written);
+    ``_closed`` then runs, whatever happened."""
 
     media_type = "text/event-stream"
 
-    def __init__(self, sub: Subscription, actor_id: str, write_timeout: float) -> None:
+    def __init__(self) -> None:
         # Not Response.__init__: that would declare a Content-Length of the empty body.
         self.status_code = 200
         self.background = None
         self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-        self.sub = sub
-        self.actor_id = actor_id
-        self.write_timeout = write_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -80,7 +74,31 @@ class EventStreamResponse(Response):
                     with contextlib.suppress(BaseException):
                         await task
         finally:
-            await self.sub.close()
+            await self._closed()
+
+    async def _pump(self, send: Send) -> None:
+        raise NotImplementedError
+
+    async def _closed(self) -> None:
+        pass
+
+
+class EventStreamResponse(SseResponse):
+    """``text/event-stream`` of one subscription.
+
+    Unlike a plain ``StreamingResponse`` it always ends the subscription when the
+    client leaves (watching for ``http.disconnect`` even while no event comes), and
+    when the subscriber is dropped as too slow it sends a final ``event: error``
+    (written within ``write_timeout`` seconds, else the connection is closed)."""
+
+    def __init__(self, sub: Subscription, actor_id: str, write_timeout: float) -> None:
+        super().__init__()
+        self.sub = sub
+        self.actor_id = actor_id
+        self.write_timeout = write_timeout
+
+    async def _closed(self) -> None:
+        await self.sub.close()
 
     async def _pump(self, send: Send) -> None:
         async def chunk(data: bytes, more: bool = True) -> None:

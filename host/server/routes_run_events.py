@@ -15,19 +15,19 @@ their body, so a form (the console's "start a run") can be drawn from it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from typing import Any, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from starlette.responses import Response
-from starlette.types import Receive, Scope, Send
+from starlette.types import Send
 
 from orchestrator import Engine
 from orchestrator.errors import AgentVMError
 
 from .common import ERRORS, engine_of, json_response, reject_unknown_query
+from .routes_events import SseResponse
 
 router = APIRouter(tags=["runs"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
 
@@ -57,35 +57,17 @@ def _fingerprint(run: dict[str, Any]) -> tuple[Any, ...]:
     return (run["status"], run["started_at"], run["finished_at"], _dumps(run["meta"]))
 
 
-class RunEventStream(Response):
+class RunEventStream(SseResponse):
     """``text/event-stream`` of run changes; ends its poller when the client leaves."""
 
-    media_type = "text/event-stream"
-
     def __init__(self, engine: Engine, status: str | None, name: str | None) -> None:
-        # Not Response.__init__: that would declare a Content-Length of the empty body.
-        self.status_code = 200
-        self.background = None
-        self.init_headers({"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__()
         self.engine = engine
         self.status = status
         self.name = name
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-            pump = asyncio.create_task(self._pump(send))
-            watch = asyncio.create_task(_until_disconnect(receive))
-            try:
-                await asyncio.wait([pump, watch], return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for task in (pump, watch):
-                    task.cancel()
-                for task in (pump, watch):
-                    with contextlib.suppress(BaseException):
-                        await task
-        finally:
-            _slots.open -= 1
+    async def _closed(self) -> None:
+        _slots.open -= 1
 
     async def _runs(self) -> list[dict[str, Any]]:
         runs = await self.engine.list_runs(None, status=self.status, name=self.name)
@@ -120,11 +102,6 @@ class RunEventStream(Response):
 
 def _event(payload: dict[str, Any]) -> bytes:
     return b"event: runs\ndata: " + _dumps(payload).encode() + b"\n\n"
-
-
-async def _until_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
 
 
 RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
