@@ -1,6 +1,7 @@
 """agentvm's durable engine side by side with DBOS Transact, in one run on one machine.
 
     uv run --group bench python bench/engine.py [--quick|--smoke] [--synchronous NORMAL|FULL]
+        [--store all|sqlite|postgresql] [--pg-url postgresql://...]
 
 Three figures, each measured for both systems (see issue 2, section 6):
 
@@ -36,6 +37,19 @@ runs ``PRAGMA journal_mode=WAL`` and ``PRAGMA synchronous=<same as ours>`` on ev
 new SQLite DBAPI connection (DBOS's own listener still sets its IMMEDIATE isolation,
 busy_timeout and foreign_keys). The settings are read back from a DBOS pool
 connection and reported in the JSON (``dbos_pragmas``).
+
+**PostgreSQL** (``--store postgresql``; the default ``--store all`` adds it after the
+SQLite figures when a server can be started - else ``pg_note`` says why): the per-step
+overhead and the queue drain again, agentvm (``Engine(db="postgresql://...")``, its
+asyncpg store) vs DBOS on PostgreSQL (its native backend, psycopg), on one server
+(bench/_pg.py: ``--pg-url`` or a throwaway server from the machine's binaries), a fresh
+database each, the server's settings as they are (``synchronous_commit=on``, fsync on;
+reported as ``pg_settings`` and read back from DBOS's pool as ``pg_dbos_settings``):
+``pg_step_overhead_us``, ``pg_dbos_step_overhead_us`` (DBOS's faster path),
+``pg_step_overhead_ratio`` (target >= 5), ``pg_queue_throughput``,
+``pg_dbos_queue_throughput`` (DBOS drains at most 1,000 messages there),
+``pg_queue_throughput_ratio`` (target >= 10). Recovery is measured on SQLite only.
+``--smoke`` includes the PostgreSQL part (a few seconds).
 
 ``--quick`` (under a minute): 1,000 steps x1 run, 1,000 agentvm / 300 DBOS queue
 messages, 1,000 agentvm / 300 DBOS recovered workflows. The full run repeats the
@@ -281,11 +295,35 @@ class _DbosDefs:
 
 
 def dbos_config(db: str) -> Any:
-    return {"name": DBOS_APP, "system_database_url": f"sqlite:///{db}", "log_level": "WARNING"}
+    if not db.startswith("postgresql://"):
+        return {"name": DBOS_APP, "system_database_url": f"sqlite:///{db}", "log_level": "WARNING"}
+    # On PostgreSQL a workflow handle's get_result() waits on the notification listener,
+    # which polls every second by default: 1 ms, so the drain's clock stops when the last
+    # result is durable, not up to a second later.
+    return {
+        "name": DBOS_APP,
+        "system_database_url": db,
+        "log_level": "WARNING",
+        "notification_listener_polling_interval_sec": 0.001,
+    }
+
+
+def _check_dbos_pragmas(dbos: Any, sync: str, res: dict[str, Any]) -> None:
+    with dbos._sys_db.engine.connect() as c:
+        jm = c.exec_driver_sql("PRAGMA journal_mode").scalar()
+        sy = c.exec_driver_sql("PRAGMA synchronous").scalar()
+    res["dbos_pragmas"] = {
+        "journal_mode": jm,
+        "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sy, sy),
+    }
+    log(f"DBOS system database pragmas: {res['dbos_pragmas']}")
+    assert jm == "wal" and res["dbos_pragmas"]["synchronous"] == sync, res["dbos_pragmas"]
 
 
 async def dbos_in_process(db: str, sync: str, n: int, m: int, repeat: int) -> dict[str, Any]:
-    install_sqlite_pragmas(sync)
+    on_pg = db.startswith("postgresql://")
+    if not on_pg:
+        install_sqlite_pragmas(sync)
     defs = _DbosDefs()
     DBOS = defs.DBOS
     from dbos import SetWorkflowID
@@ -294,15 +332,15 @@ async def dbos_in_process(db: str, sync: str, n: int, m: int, repeat: int) -> di
     DBOS.launch()
     res: dict[str, Any] = {}
     try:
-        with dbos._sys_db.engine.connect() as c:
-            jm = c.exec_driver_sql("PRAGMA journal_mode").scalar()
-            sy = c.exec_driver_sql("PRAGMA synchronous").scalar()
-        res["dbos_pragmas"] = {
-            "journal_mode": jm,
-            "synchronous": {0: "OFF", 1: "NORMAL", 2: "FULL", 3: "EXTRA"}.get(sy, sy),
-        }
-        log(f"DBOS system database pragmas: {res['dbos_pragmas']}")
-        assert jm == "wal" and res["dbos_pragmas"]["synchronous"] == sync, res["dbos_pragmas"]
+        if on_pg:  # PostgreSQL: the server's settings, read back from DBOS's own pool
+            with dbos._sys_db.engine.connect() as c:
+                res["dbos_pg_settings"] = {
+                    k: c.exec_driver_sql(f"SHOW {k}").scalar()
+                    for k in ("synchronous_commit", "fsync")
+                }
+            log(f"DBOS system database settings: {res['dbos_pg_settings']}")
+        else:
+            _check_dbos_pragmas(dbos, sync, res)
 
         # 1. per-step overhead
         for label, run in (
@@ -562,6 +600,35 @@ class EarlyCompletion(RuntimeError):
     pass
 
 
+def postgres_figures(
+    pg_url: str | None, n_steps: int, n_msgs: int, n_dbos_msgs: int, repeat: int
+) -> dict[str, Any]:
+    """agentvm vs DBOS on one PostgreSQL server (bench/_pg.py); a note if there is none."""
+    from bench import _pg
+
+    with _pg.pg_server(pg_url) as (server, note):
+        if server is None:
+            log(f"PostgreSQL figures skipped: {note}")
+            return {"pg_note": note}
+        res = _pg.compare(
+            server,
+            agentvm_steps=agentvm_steps,
+            agentvm_queue=agentvm_queue,
+            dbos_in_process=dbos_in_process,
+            n_steps=n_steps,
+            n_msgs=n_msgs,
+            n_dbos_msgs=n_dbos_msgs,
+            repeat=repeat,
+            log=log,
+        )
+    if "pg_step_overhead_ratio" in res:
+        res["targets_pg"] = {
+            "pg_step_overhead_ratio>=5": res["pg_step_overhead_ratio"] >= 5,
+            "pg_queue_throughput_ratio>=10": res["pg_queue_throughput_ratio"] >= 10,
+        }
+    return res
+
+
 # --- main ---------------------------------------------------------------------------------
 
 
@@ -574,6 +641,14 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true", help="tiny counts: does it still run")
     p.add_argument("--synchronous", default="NORMAL", choices=["NORMAL", "FULL"], type=str.upper)
     p.add_argument("--skip-dbos-recovery", action="store_true")
+    p.add_argument(
+        "--store",
+        default="all",
+        choices=["all", "sqlite", "postgresql"],
+        help="which store to measure both systems on (all: SQLite, then PostgreSQL if a "
+        "server can be started)",
+    )
+    p.add_argument("--pg-url", help="an existing PostgreSQL server (else one is started)")
     args = p.parse_args()
     sync = args.synchronous
     quick = args.quick
@@ -593,65 +668,75 @@ def main() -> None:
         "recovery_workflows": k_rec,
     }
     t_all = time.time()
-    with tempfile.TemporaryDirectory(prefix="agentvm-bench-") as tmp:
-        log(f"per-step overhead: agentvm, {n_steps} no-op steps x{repeat} (synchronous={sync})")
-        vals = asyncio.run(agentvm_steps(os.path.join(tmp, "av-steps.db"), sync, n_steps, repeat))
-        res["agentvm_step_us"] = statistics.median(vals)
-        log(f"queue drain: agentvm, {n_msgs} messages, one consumer")
-        res["agentvm_queue_msgs_per_s"], res["agentvm_send_per_s"] = asyncio.run(
-            agentvm_queue(os.path.join(tmp, "av-queue.db"), sync, n_msgs)
-        )
-        res["agentvm_queue_msgs"] = n_msgs
-        log(f"DBOS: per-step overhead ({n_steps} steps) and queue drain ({n_dbos_msgs} messages)")
-        res.update(
-            asyncio.run(
-                dbos_in_process(
-                    os.path.join(tmp, "dbos.sqlite"), sync, n_steps, n_dbos_msgs, repeat
+    if args.store in ("all", "sqlite"):
+        with tempfile.TemporaryDirectory(prefix="agentvm-bench-") as tmp:
+            log(f"per-step overhead: agentvm, {n_steps} no-op steps x{repeat} (synchronous={sync})")
+            vals = asyncio.run(
+                agentvm_steps(os.path.join(tmp, "av-steps.db"), sync, n_steps, repeat)
+            )
+            res["agentvm_step_us"] = statistics.median(vals)
+            log(f"queue drain: agentvm, {n_msgs} messages, one consumer")
+            res["agentvm_queue_msgs_per_s"], res["agentvm_send_per_s"] = asyncio.run(
+                agentvm_queue(os.path.join(tmp, "av-queue.db"), sync, n_msgs)
+            )
+            res["agentvm_queue_msgs"] = n_msgs
+            log(
+                f"DBOS: per-step overhead ({n_steps} steps) and queue drain "
+                f"({n_dbos_msgs} messages)"
+            )
+            res.update(
+                asyncio.run(
+                    dbos_in_process(
+                        os.path.join(tmp, "dbos.sqlite"), sync, n_steps, n_dbos_msgs, repeat
+                    )
                 )
             )
-        )
-        res["dbos_queue_msgs"] = n_dbos_msgs
-        res["dbos_step_us"] = min(res["dbos_step_us_async"], res["dbos_step_us_sync"])
-        res["step_overhead_ratio"] = res["dbos_step_us"] / res["agentvm_step_us"]
-        res["step_overhead_ratio_vs_dbos_async"] = (
-            res["dbos_step_us_async"] / res["agentvm_step_us"]
-        )
-        res["queue_throughput_ratio"] = (
-            res["agentvm_queue_msgs_per_s"] / res["dbos_queue_msgs_per_s"]
-        )
+            res["dbos_queue_msgs"] = n_dbos_msgs
+            res["dbos_step_us"] = min(res["dbos_step_us_async"], res["dbos_step_us_sync"])
+            res["step_overhead_ratio"] = res["dbos_step_us"] / res["agentvm_step_us"]
+            res["step_overhead_ratio_vs_dbos_async"] = (
+                res["dbos_step_us_async"] / res["agentvm_step_us"]
+            )
+            res["queue_throughput_ratio"] = (
+                res["agentvm_queue_msgs_per_s"] / res["dbos_queue_msgs_per_s"]
+            )
 
-        log(f"recovery: agentvm, {k_rec} pending workflows, kill -9, restart")
-        res.update(recovery_with_retry("agentvm", tmp, k_rec, 2.0, sync))
-        res["dbos_recovery_workflows"] = k_dbos_rec
-        if args.skip_dbos_recovery:
-            res["dbos_recovery_s"] = None
-        else:
-            log(f"recovery: DBOS, {k_dbos_rec} pending workflows, kill -9, restart")
-            try:
-                # DBOS starts workflows at ~130/s here, so the shared sleep must outlast that.
-                res.update(
-                    recovery_with_retry("dbos", tmp, k_dbos_rec, 2.0 + 0.011 * k_dbos_rec, sync)
-                )
-            except Exception as exc:
-                log(f"DBOS recovery failed: {exc}")
+            log(f"recovery: agentvm, {k_rec} pending workflows, kill -9, restart")
+            res.update(recovery_with_retry("agentvm", tmp, k_rec, 2.0, sync))
+            res["dbos_recovery_workflows"] = k_dbos_rec
+            if args.skip_dbos_recovery:
                 res["dbos_recovery_s"] = None
-                res["dbos_recovery_error"] = str(exc)
-        res["recovery_1000_s"] = res["agentvm_recovery_s"]
-        if res.get("dbos_recovery_s"):
-            # Per workflow, since the counts may differ (--quick).
-            res["recovery_per_workflow_ratio"] = (res["dbos_recovery_s"] / k_dbos_rec) / (
-                res["agentvm_recovery_s"] / k_rec
-            )
-    res["targets"] = {
-        "step_overhead_ratio>=8": res["step_overhead_ratio"] >= 8,
-        "queue_throughput_ratio>=20": res["queue_throughput_ratio"] >= 20,
-        "recovery_1000_s<=1": res["recovery_1000_s"] <= 1.0,
-        # issue 13's targets (synchronous=NORMAL)
-        "agentvm_step_us<=50": res["agentvm_step_us"] <= 50,
-        "step_overhead_ratio>=25": res["step_overhead_ratio"] >= 25,
-        "queue_throughput_ratio>=50": res["queue_throughput_ratio"] >= 50,
-        "recovery_1000_s<=0.5": res["recovery_1000_s"] <= 0.5,
-    }
+            else:
+                log(f"recovery: DBOS, {k_dbos_rec} pending workflows, kill -9, restart")
+                try:
+                    # DBOS starts workflows at ~130/s here, so the shared sleep must outlast that.
+                    res.update(
+                        recovery_with_retry("dbos", tmp, k_dbos_rec, 2.0 + 0.011 * k_dbos_rec, sync)
+                    )
+                except Exception as exc:
+                    log(f"DBOS recovery failed: {exc}")
+                    res["dbos_recovery_s"] = None
+                    res["dbos_recovery_error"] = str(exc)
+            res["recovery_1000_s"] = res["agentvm_recovery_s"]
+            if res.get("dbos_recovery_s"):
+                # Per workflow, since the counts may differ (--quick).
+                res["recovery_per_workflow_ratio"] = (res["dbos_recovery_s"] / k_dbos_rec) / (
+                    res["agentvm_recovery_s"] / k_rec
+                )
+        res["targets"] = {
+            "step_overhead_ratio>=8": res["step_overhead_ratio"] >= 8,
+            "queue_throughput_ratio>=20": res["queue_throughput_ratio"] >= 20,
+            "recovery_1000_s<=1": res["recovery_1000_s"] <= 1.0,
+            # issue 13's targets (synchronous=NORMAL)
+            "agentvm_step_us<=50": res["agentvm_step_us"] <= 50,
+            "step_overhead_ratio>=25": res["step_overhead_ratio"] >= 25,
+            "queue_throughput_ratio>=50": res["queue_throughput_ratio"] >= 50,
+            "recovery_1000_s<=0.5": res["recovery_1000_s"] <= 0.5,
+        }
+    if args.store in ("all", "postgresql"):
+        # DBOS drains ~40 msgs/s on PostgreSQL here (fsync per commit): at most 1,000.
+        n_pg_dbos = min(n_dbos_msgs, 1000)
+        res.update(postgres_figures(args.pg_url, n_steps, n_msgs, n_pg_dbos, repeat))
     res["wall_s"] = time.time() - t_all
     log(f"done in {res['wall_s']:.1f}s")
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}))

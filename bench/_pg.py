@@ -1,0 +1,159 @@
+"""PostgreSQL for the benchmarks: one server, fresh databases, the settings both sides use.
+
+The server comes from ``--pg-url`` (an existing server; the benches create and drop
+their own databases on it) or is started from the machine's binaries by
+``tests.support.postgres.start_server()`` (``initdb`` + ``pg_ctl`` in a temporary
+directory, a free port; the same helper the tests use). When neither works the
+caller gets ``None`` and a note for its JSON line, never a crash.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+# The server settings that decide what a commit costs; reported next to the figures.
+SETTINGS = ("server_version", "synchronous_commit", "fsync", "wal_sync_method", "shared_buffers")
+
+
+@dataclass
+class PgServer:
+    """A PostgreSQL server the bench may create databases on."""
+
+    admin_url: str
+    started_here: bool
+    created: list[str] = field(default_factory=list)
+
+    def database(self, prefix: str) -> str:
+        """Create a fresh, empty database and return its URL."""
+        name = f"{prefix}_{time.time_ns()}"
+        with _connect(self.admin_url) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        self.created.append(name)
+        return _with_dbname(self.admin_url, name)
+
+
+def _with_dbname(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = re.sub(r"(//[^/]*)(/[^/]*)?$", rf"\1/{name}", base)
+    return f"{base}?{query}" if query else base
+
+
+@contextlib.contextmanager
+def _connect(url: str) -> Iterator[Any]:
+    import psycopg
+
+    conn = psycopg.connect(url, autocommit=True, connect_timeout=10)
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def server_settings(url: str) -> dict[str, str]:
+    """The settings in :data:`SETTINGS` as the server reports them."""
+    with _connect(url) as conn:
+        return {name: str(conn.execute(f"SHOW {name}").fetchone()[0]) for name in SETTINGS}
+
+
+@contextlib.contextmanager
+def pg_server(url: str | None) -> Iterator[tuple[PgServer | None, str | None]]:
+    """Yield ``(server, None)``, or ``(None, note)`` saying why there is no server."""
+    stop: Any = None
+    try:
+        if url:
+            server = PgServer(admin_url=url, started_here=False)
+            server_settings(url)  # reachable?
+        else:
+            try:
+                from tests.support.postgres import start_server
+            except ImportError as exc:
+                yield None, f"no PostgreSQL helper (tests.support.postgres): {exc}"
+                return
+            try:
+                started = start_server()
+            except Exception as exc:  # no binaries, no permission, ...
+                yield None, f"could not start PostgreSQL: {type(exc).__name__}: {exc}"
+                return
+            stop = started.stop
+            server = PgServer(admin_url=started.url("postgres"), started_here=True)
+    except Exception as exc:
+        yield None, f"PostgreSQL at --pg-url unreachable: {type(exc).__name__}: {exc}"
+        return
+    try:
+        yield server, None
+    finally:
+        if stop is not None:
+            stop()
+        else:  # someone else's server: leave it as we found it
+            with contextlib.suppress(Exception), _connect(server.admin_url) as conn:
+                for name in server.created:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def agentvm_has_postgres() -> str | None:
+    """None when agentvm can run on PostgreSQL here, else why not."""
+    import orchestrator.storage as storage
+
+    if not hasattr(storage, "open_store"):
+        return "agentvm has no PostgreSQL store in this checkout (orchestrator.storage.open_store)"
+    return None
+
+
+def compare(
+    server: PgServer,
+    *,
+    agentvm_steps: Any,
+    agentvm_queue: Any,
+    dbos_in_process: Any,
+    n_steps: int,
+    n_msgs: int,
+    n_dbos_msgs: int,
+    repeat: int,
+    log: Any,
+) -> dict[str, Any]:
+    """agentvm and DBOS on one server, fresh databases each: the ``pg_*`` figures.
+
+    The callables are ``bench/engine.py``'s SQLite-side measurements, given a database
+    URL instead of a file (agentvm's ``Engine(db=...)`` and DBOS's
+    ``system_database_url`` both take one), so both stores are timed by the same code.
+    """
+    import asyncio
+    import statistics
+
+    res: dict[str, Any] = {"pg_settings": server_settings(server.admin_url)}
+    log(f"PostgreSQL settings (both sides): {res['pg_settings']}")
+    why = agentvm_has_postgres()
+    if why is None:
+        log(f"PostgreSQL: agentvm, {n_steps} no-op steps x{repeat}")
+        vals = asyncio.run(agentvm_steps(server.database("av_steps"), "NORMAL", n_steps, repeat))
+        res["pg_step_overhead_us"] = statistics.median(vals)
+        log(f"PostgreSQL: agentvm queue drain, {n_msgs} messages, one consumer")
+        rate, send = asyncio.run(agentvm_queue(server.database("av_queue"), "NORMAL", n_msgs))
+        res["pg_queue_throughput"], res["pg_send_per_s"] = rate, send
+        res["pg_queue_msgs"] = n_msgs
+    else:
+        res["pg_note"] = why
+        log(f"PostgreSQL: agentvm side skipped: {why}")
+    log(f"PostgreSQL: DBOS, {n_steps} steps x{repeat} and {n_dbos_msgs} queued messages")
+    dbos = asyncio.run(
+        dbos_in_process(server.database("dbos"), "NORMAL", n_steps, n_dbos_msgs, repeat)
+    )
+    res["pg_dbos_settings"] = dbos.get("dbos_pg_settings")
+    res["pg_dbos_step_overhead_us_async"] = dbos["dbos_step_us_async"]
+    res["pg_dbos_step_overhead_us_sync"] = dbos["dbos_step_us_sync"]
+    # The faster of DBOS's two paths, as on SQLite: the ratio never flatters us.
+    res["pg_dbos_step_overhead_us"] = min(dbos["dbos_step_us_async"], dbos["dbos_step_us_sync"])
+    res["pg_dbos_queue_throughput"] = dbos["dbos_queue_msgs_per_s"]
+    res["pg_dbos_enqueue_per_s"] = dbos["dbos_enqueue_per_s"]
+    res["pg_dbos_queue_msgs"] = n_dbos_msgs
+    if "pg_step_overhead_us" in res:
+        res["pg_step_overhead_ratio"] = res["pg_dbos_step_overhead_us"] / res["pg_step_overhead_us"]
+        res["pg_queue_throughput_ratio"] = (
+            res["pg_queue_throughput"] / res["pg_dbos_queue_throughput"]
+        )
+    return res
