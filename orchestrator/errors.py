@@ -234,3 +234,28 @@ class WorkflowNotRecoverable(AgentVMError):
     group = "workflow"
     code = "not_recoverable"
     http_status = 409
+
+
+# --- cluster (several hosts on one PostgreSQL) ----------------------------------------
+
+
+class ClusterError(AgentVMError):
+    group = "cluster"
+    code = "error"
+    http_status = 503
+
+
+class LeaseLost(ClusterError):
+    """This host no longer holds the actor's lease (another host took it over): the
+    store refused the write, and nothing of it was applied."""
+
+    code = "lease_lost"
+    http_status = 409
+
+
+class NotOwner(ClusterError):
+    """Another live host owns the actor; the request belongs there (``owner_url``).
+    Metadata: ``actor_id``, ``owner_host_id``, ``owner_url``."""
+
+    code = "not_owner"
+    http_status = 421

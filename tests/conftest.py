@@ -13,7 +13,7 @@ os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 from orchestrator import Engine, Registry
 
 # Shared fixtures from the test support code (e.g. `fake_anthropic`).
-pytest_plugins = ["tests.support.fake_anthropic"]
+pytest_plugins = ["tests.support.fake_anthropic", "tests.support.postgres"]
 
 
 @pytest.fixture

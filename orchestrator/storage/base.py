@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -158,6 +159,9 @@ class ActorSnapshot:
 class Store(ABC):
     """Durable storage for actors, workflow history, queues and schedules."""
 
+    # True for a store shared by several hosts (leases, fencing: PostgresStore).
+    supports_leases: bool = False
+
     @abstractmethod
     async def open(self) -> None: ...
 
@@ -172,6 +176,11 @@ class Store(ABC):
     def submit_nowait(self, ops: list[Op]) -> None:
         """Like :meth:`submit` for callers that only need ordering, not the ack."""
         self.submit(ops)
+
+    def submit_await(self, ops: list[Op]) -> Awaitable[None]:
+        """Like :meth:`submit` for a caller that awaits the ack at once (a workflow
+        step); a store may answer with something cheaper than a future."""
+        return self.submit(ops)
 
     @abstractmethod
     async def flush(self) -> None:

@@ -1,0 +1,815 @@
+"""The shared store: PostgreSQL through asyncpg, for several hosts on one database.
+
+Why asyncpg: its binary protocol and automatic prepared statements make it the
+fastest Python driver, and the per-step commit cost is what a durable workflow pays.
+
+Writes: every submission made while the previous commit is in flight (at least every
+submission of one event-loop tick) is committed together (group commit), in
+submission order, in **one round trip**: the batch is sent as one JSON document to
+the ``agentvm_apply`` function (see :mod:`.postgres_schema`), which applies it in the
+statement's own transaction. If the batch fails, each submission is retried alone so
+a bad one fails alone, as in the SQLite store. Reads wait for the writes submitted
+before them, so they see every earlier write, and then run on the connection pool.
+
+Ids (message, schedule, history seq) are handed out synchronously from blocks of
+1000 reserved with ``nextval`` (hi-lo), two blocks ahead, so they are unique across
+hosts and increasing per host.
+
+Leases and fencing (several hosts): see :meth:`acquire_lease` and :meth:`fence`; the
+times in ``hosts`` and ``leases`` are the database's clock, never a host's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ActorAlreadyExists, LeaseLost, StorageFull
+from . import base
+from .base import (
+    ActorRecord,
+    ActorSnapshot,
+    HistoryRecord,
+    LogRecord,
+    MessageRecord,
+    Op,
+    RunRecord,
+    ScheduleRecord,
+    Store,
+)
+from .postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
+from .sqlite import _ACTOR_COLS, _HISTORY_COLS, _RUN_COLS, _actor, _history, _message, _run
+
+if TYPE_CHECKING:
+    import asyncpg
+
+log = logging.getLogger("agentvm.storage")
+
+BLOCK = 1000  # ids per nextval: the sequences' INCREMENT BY
+_NOW = "extract(epoch from clock_timestamp())::double precision"
+_NOT_RUN_PATH = "NOT (path >= '~run/' AND path < '~run0')"
+_SEQUENCES = {"message_id": "message_ids", "schedule_id": "schedule_ids", "seq": "history_seqs"}
+
+# Which field of an op names its actor (for fencing): an index, or "record".
+_ACTOR_AT_1 = {
+    base.SET_STATE,
+    base.SET_SLEEP,
+    base.SET_WORKFLOW,
+    base.DELETE_ACTOR,
+    base.PUT_HISTORY,
+    base.DELETE_HISTORY_TREE,
+    base.CLEAR_HISTORY,
+    base.PRUNE_RUN_HISTORY,
+}
+_ACTOR_IN_RECORD = {
+    base.PUT_ACTOR,
+    base.PUT_MESSAGE,
+    base.PUT_SCHEDULE,
+    base.APPEND_LOG,
+    base.REPLACE_LOG,
+    base.PUT_RUN,
+}
+
+
+@dataclass(slots=True)
+class HostRecord:
+    host_id: str
+    url: str
+    engine_id: str
+    started_at: float
+    heartbeat_at: float
+    load: dict[str, Any]
+    stopped: bool
+    alive: bool
+    leases: int
+
+
+@dataclass(slots=True)
+class LeaseResult:
+    acquired: bool
+    token: int | None
+    owner_host_id: str
+    owner_url: str | None
+
+
+@dataclass(slots=True)
+class LeaseInfo:
+    actor_id: str
+    host_id: str
+    token: int
+    expires_at: float
+    url: str | None
+    alive: bool  # the lease has not expired and its host has not stopped
+
+
+def _encode(op: Op) -> list[Any]:
+    """One op as a JSON array for ``agentvm_apply`` (field order as the function reads)."""
+    code = op[0]
+    if code == base.PUT_HISTORY:
+        h: HistoryRecord = op[2]
+        return [
+            code,
+            op[1],
+            h.path,
+            h.kind,
+            h.status,
+            h.attempts,
+            h.started_at,
+            h.finished_at,
+            h.output,
+            h.error,
+            h.meta,
+            h.seq,
+        ]
+    if code == base.PUT_MESSAGE:
+        m: MessageRecord = op[1]
+        return [code, m.message_id, m.actor_id, m.queue, m.body, m.created_at]
+    if code == base.PUT_RUN:
+        r: RunRecord = op[1]
+        return [
+            code,
+            r.run_id,
+            r.actor_id,
+            r.queue,
+            r.status,
+            r.input,
+            r.created_at,
+            r.started_at,
+            r.finished_at,
+            r.result,
+            r.error,
+            r.meta,
+        ]
+    if code == base.PUT_ACTOR:
+        a: ActorRecord = op[1]
+        return [
+            code,
+            a.actor_id,
+            a.name,
+            json.dumps(list(a.key), separators=(",", ":")),
+            a.state,
+            a.input,
+            a.created_at,
+            bool(a.sleeping),
+            a.alarm_at,
+            a.workflow_status,
+            a.workflow_output,
+            a.workflow_error,
+        ]
+    if code == base.PUT_SCHEDULE:
+        s: ScheduleRecord = op[1]
+        return [code, s.schedule_id, s.actor_id, s.fire_at, s.action, s.args, s.created_at]
+    if code in (base.APPEND_LOG, base.REPLACE_LOG):
+        lg: LogRecord = op[1]
+        return [code, lg.actor_id, lg.stream, lg.seq, lg.payload, lg.created_at]
+    if code == base.SET_SLEEP:
+        return [code, op[1], bool(op[2]), op[3]]
+    return list(op)
+
+
+def _actor_of(op: Op) -> str | None:
+    code = op[0]
+    if code in _ACTOR_AT_1:
+        return str(op[1])
+    if code in _ACTOR_IN_RECORD:
+        return str(op[1].actor_id)
+    return None
+
+
+def _typed(exc: BaseException) -> BaseException:
+    """Database errors a caller can act on, as the engine's typed errors."""
+    state = getattr(exc, "sqlstate", None)
+    if state == "53100":
+        return StorageFull(f"the database's disk is full; nothing was written ({exc})")
+    if state == "23505" and getattr(exc, "table_name", None) == "actors":
+        return ActorAlreadyExists(f"the actor already exists; nothing was written ({exc})")
+    return exc
+
+
+class _Ids:
+    """Hi-lo ids from one sequence: blocks of ``BLOCK``, kept two blocks ahead."""
+
+    def __init__(self, store: PostgresStore, sequence: str) -> None:
+        self.store = store
+        self.sequence = sequence
+        self.next = 0
+        self.end = 0  # exclusive
+        self.spare: deque[int] = deque()
+        self.refilling = False
+
+    def take(self) -> int:
+        if self.next >= self.end:
+            if not self.spare:
+                # The refill has not landed (thousands of ids in one tick): fetch one
+                # block synchronously rather than ever hand out an unreserved id.
+                self.spare.append(self.store._nextval_blocking(self.sequence))
+            start = self.spare.popleft()
+            self.next, self.end = start, start + BLOCK
+        if len(self.spare) < 2 and not self.refilling:
+            self.refilling = True
+            self.store._spawn(self._refill())
+        value = self.next
+        self.next += 1
+        return value
+
+    async def _refill(self) -> None:
+        try:
+            while len(self.spare) < 2:
+                self.spare.append(await self.store._nextval(self.sequence))
+        finally:
+            self.refilling = False
+
+    async def above(self, value: int) -> None:
+        """Make the next id greater than ``value`` (an id another host handed out):
+        any block reserved from now on is above every block reserved before."""
+        if self.next > value:
+            return
+        while self.spare and self.spare[0] + BLOCK - 1 <= value:
+            self.spare.popleft()
+        if not self.spare:
+            self.spare.append(await self.store._nextval(self.sequence))
+        self.end = 0  # move to the first spare block on the next take()
+
+
+_Write = tuple[list[Op], "asyncio.Future[None] | None"]
+
+
+class PostgresStore(Store):
+    """A :class:`Store` on PostgreSQL; see the module docstring."""
+
+    supports_leases = True
+
+    def __init__(self, url: str, *, pool_size: int = 10) -> None:
+        if pool_size < 1:
+            raise ValueError(f"pool_size must be at least 1, not {pool_size}")
+        self.url = url
+        self.pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+        self._conn: asyncpg.Connection | None = None  # the writer's own connection
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._pending: list[_Write] = []
+        self._scheduled = False
+        self._writer: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ids = {name: _Ids(self, seq) for name, seq in _SEQUENCES.items()}
+        self._fences: dict[str, int] = {}
+        self._closed = False
+
+    # -- lifecycle
+
+    async def open(self) -> None:
+        import asyncpg
+
+        self._loop = asyncio.get_running_loop()
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=1, max_size=self.pool_size, command_timeout=60
+        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            await self._migrate(conn)
+        self._conn = await asyncpg.connect(self.url, command_timeout=60)
+        for ids in self._ids.values():
+            for _ in range(2):
+                ids.spare.append(await self._nextval(ids.sequence))
+
+    async def _migrate(self, conn: asyncpg.Connection) -> None:
+        # Several hosts may start at once: one applies each migration, the others wait.
+        await conn.execute("SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK)
+        await conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_migrations "
+            "(version int PRIMARY KEY, applied_at double precision NOT NULL)"
+        )
+        have = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM schema_migrations")
+        if have > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"the database was written by a newer agentvm (schema {have} > {SCHEMA_VERSION})"
+            )
+        for version, sql in MIGRATIONS:
+            if version <= have:
+                continue
+            await conn.execute(sql)
+            await conn.execute(
+                f"INSERT INTO schema_migrations (version, applied_at) VALUES ($1, {_NOW})",
+                version,
+            )
+            log.info("applied PostgreSQL schema migration %d", version)
+
+    async def close(self) -> None:
+        if self._closed or self._pool is None:
+            return
+        try:
+            await self.flush()
+        finally:
+            self._closed = True
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self._conn is not None:
+                await self._conn.close()
+            await self._pool.close()
+
+    def _spawn(self, coro: Any) -> None:
+        assert self._loop is not None, "store is not open"
+        task = self._loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- ids
+
+    async def _nextval(self, sequence: str) -> int:
+        assert self._pool is not None, "store is not open"
+        return int(await self._pool.fetchval(f"SELECT nextval('{sequence}')"))
+
+    def _nextval_blocking(self, sequence: str) -> int:
+        # Rare (see _Ids.take): a short-lived connection on a thread, waited for here.
+        import asyncpg
+
+        out: list[int] = []
+        error: list[BaseException] = []
+
+        async def fetch() -> None:
+            conn = await asyncpg.connect(self.url)
+            try:
+                out.append(int(await conn.fetchval(f"SELECT nextval('{sequence}')")))
+            finally:
+                await conn.close()
+
+        def run() -> None:
+            try:
+                asyncio.run(fetch())
+            except BaseException as exc:
+                error.append(exc)
+
+        thread = threading.Thread(target=run, name="pg-ids", daemon=True)
+        thread.start()
+        thread.join()
+        if error:
+            raise error[0]
+        return out[0]
+
+    def next_message_id(self) -> int:
+        return self._ids["message_id"].take()
+
+    def next_schedule_id(self) -> int:
+        return self._ids["schedule_id"].take()
+
+    def next_seq(self) -> int:
+        return self._ids["seq"].take()
+
+    # -- writes
+
+    def submit(self, ops: list[Op]) -> asyncio.Future[None]:
+        loop = self._loop
+        assert loop is not None, "store is not open"
+        fut: asyncio.Future[None] = loop.create_future()
+        self._pending.append((ops, fut))
+        self._kick()
+        return fut
+
+    def submit_nowait(self, ops: list[Op]) -> None:
+        assert self._loop is not None, "store is not open"
+        self._pending.append((ops, None))
+        self._kick()
+
+    def _kick(self) -> None:
+        # Start the writer at the end of this tick, so the tick's submissions group.
+        if self._writer is None and not self._scheduled:
+            self._scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._start_writer)
+
+    def _start_writer(self) -> None:
+        self._scheduled = False
+        if self._writer is None and self._pending:
+            assert self._loop is not None
+            self._writer = self._loop.create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                await self._commit(batch)
+        finally:
+            self._writer = None
+            if self._pending:  # cancelled mid-way: do not strand later submissions
+                self._kick()
+
+    async def flush(self) -> None:
+        await self.submit([])
+
+    def _payload(self, batch: list[_Write]) -> str:
+        fences = self._fences
+        subs = []
+        for ops, _ in batch:
+            fenced: list[list[Any]] = []
+            if fences:
+                seen: set[str] = set()
+                for op in ops:
+                    aid = _actor_of(op)
+                    if aid is not None and aid in fences and aid not in seen:
+                        seen.add(aid)
+                        fenced.append([aid, fences[aid]])
+            subs.append({"f": fenced, "o": [_encode(op) for op in ops]})
+        return json.dumps(subs, separators=(",", ":"))
+
+    async def _writer_conn(self) -> asyncpg.Connection:
+        import asyncpg
+
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncpg.connect(self.url, command_timeout=60)
+        return self._conn
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        import asyncpg
+
+        if all(not ops for ops, _ in batch):
+            _resolve(batch, [])
+            return
+        try:
+            conn = await self._writer_conn()
+            lost = await conn.fetchval("SELECT agentvm_apply($1::jsonb)", self._payload(batch))
+        except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+            # The connection broke: whether the batch committed is unknown to us.
+            for _, fut in batch:
+                if fut is not None and not fut.done():
+                    fut.set_exception(exc)
+            return
+        except asyncpg.PostgresError:
+            # One submission is bad: commit each alone, so it fails alone.
+            for one in batch:
+                try:
+                    lost = await conn.fetchval(
+                        "SELECT agentvm_apply($1::jsonb)", self._payload([one])
+                    )
+                except Exception as exc:
+                    fut = one[1]
+                    if fut is not None and not fut.done():
+                        fut.set_exception(_typed(exc))
+                    else:
+                        log.warning("a store write failed: %s", exc)
+                    continue
+                _resolve([one], lost)
+            return
+        _resolve(batch, lost)
+
+    # -- fencing
+
+    def fence(self, actor_id: str, token: int) -> None:
+        """Writes for ``actor_id`` commit only while its lease row has ``token``."""
+        self._fences[actor_id] = token
+
+    def unfence(self, actor_id: str) -> None:
+        self._fences.pop(actor_id, None)
+
+    # -- reads
+
+    async def _barrier(self) -> None:
+        # A read sees every write submitted before it.
+        if self._pending or self._writer is not None:
+            await self.flush()
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        await self._barrier()
+        assert self._pool is not None, "store is not open"
+        return list(await self._pool.fetch(sql, *args))
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        await self._barrier()
+        assert self._pool is not None, "store is not open"
+        return await self._pool.fetchrow(sql, *args)
+
+    async def find_actor(self, name: str, key: tuple[str, ...]) -> ActorRecord | None:
+        key_json = json.dumps(list(key), separators=(",", ":"))
+        row = await self._fetchrow(
+            f"SELECT {_ACTOR_COLS} FROM actors WHERE name = $1 AND key = $2", name, key_json
+        )
+        return _actor(row) if row else None
+
+    async def get_actor(self, actor_id: str) -> ActorRecord | None:
+        row = await self._fetchrow(
+            f"SELECT {_ACTOR_COLS} FROM actors WHERE actor_id = $1", actor_id
+        )
+        return _actor(row) if row else None
+
+    async def list_actors(self, name: str | None = None) -> list[ActorRecord]:
+        if name is None:
+            rows = await self._fetch(f"SELECT {_ACTOR_COLS} FROM actors ORDER BY created_at")
+        else:
+            rows = await self._fetch(
+                f"SELECT {_ACTOR_COLS} FROM actors WHERE name = $1 ORDER BY created_at", name
+            )
+        return [_actor(r) for r in rows]
+
+    async def load_snapshots(self, actor_ids: list[str]) -> dict[str, ActorSnapshot]:
+        await self._barrier()
+        assert self._pool is not None, "store is not open"
+        out: dict[str, ActorSnapshot] = {}
+        async with self._pool.acquire() as c, c.transaction(isolation="repeatable_read"):
+            for row in await c.fetch(
+                f"SELECT {_ACTOR_COLS} FROM actors WHERE actor_id = ANY($1::text[])", actor_ids
+            ):
+                out[row[0]] = ActorSnapshot(_actor(row))
+            for row in await c.fetch(
+                f"SELECT actor_id, {_HISTORY_COLS} FROM workflow_history "
+                f"WHERE actor_id = ANY($1::text[]) AND {_NOT_RUN_PATH} ORDER BY seq",
+                actor_ids,
+            ):
+                snap = out.get(row[0])
+                if snap is not None:
+                    snap.history.append(_history(tuple(row)[1:]))
+            # Unfinished runs and their histories (finished ones are not replayed).
+            runs: dict[int, RunRecord] = {}
+            for row in await c.fetch(
+                f"SELECT {_RUN_COLS} FROM runs r JOIN actors a USING (actor_id) "
+                "WHERE r.actor_id = ANY($1::text[]) AND r.status IN ('queued','running') "
+                "ORDER BY r.run_id",
+                actor_ids,
+            ):
+                snap = out.get(row[1])
+                if snap is not None:
+                    run = _run(row)
+                    snap.runs.append(run)
+                    snap.run_history[run.run_id] = []
+                    runs[run.run_id] = run
+            if runs:
+                for row in await c.fetch(
+                    f"SELECT r.run_id, {', '.join('h.' + c for c in _HISTORY_COLS.split(', '))} "
+                    "FROM runs r JOIN workflow_history h ON h.actor_id = r.actor_id "
+                    "AND h.path >= '~run/' || r.run_id || '/' "
+                    "AND h.path < '~run/' || r.run_id || '0' "
+                    "WHERE r.run_id = ANY($1::bigint[]) ORDER BY h.seq",
+                    list(runs),
+                ):
+                    out[runs[row[0]].actor_id].run_history[row[0]].append(_history(tuple(row)[1:]))
+            for row in await c.fetch(
+                "SELECT message_id, actor_id, queue, body, created_at FROM queue_messages "
+                "WHERE actor_id = ANY($1::text[]) ORDER BY message_id",
+                actor_ids,
+            ):
+                snap = out.get(row[1])
+                if snap is not None:
+                    snap.messages.append(_message(tuple(row)))
+        await self._above_ids(out.values())
+        return out
+
+    async def _above_ids(self, snaps: Any) -> None:
+        """After a takeover, this host's ids for an actor must sort after the previous
+        owner's (history order, message and run order), so skip past them."""
+        top = {"seq": 0, "message_id": 0}
+        for snap in snaps:
+            for h in snap.history:
+                top["seq"] = max(top["seq"], h.seq)
+            for hist in snap.run_history.values():
+                for h in hist:
+                    top["seq"] = max(top["seq"], h.seq)
+            for m in snap.messages:
+                top["message_id"] = max(top["message_id"], m.message_id)
+            for r in snap.runs:
+                top["message_id"] = max(top["message_id"], r.run_id)
+        for name, value in top.items():
+            if value:
+                await self._ids[name].above(value)
+
+    async def load_history(self, actor_id: str) -> list[HistoryRecord]:
+        rows = await self._fetch(
+            f"SELECT {_HISTORY_COLS} FROM workflow_history WHERE actor_id = $1 "
+            f"AND {_NOT_RUN_PATH} ORDER BY seq",
+            actor_id,
+        )
+        return [_history(tuple(r)) for r in rows]
+
+    async def load_run_history(self, actor_id: str, run_id: int) -> list[HistoryRecord]:
+        scope = base.run_scope(run_id)
+        rows = await self._fetch(
+            f"SELECT {_HISTORY_COLS} FROM workflow_history WHERE actor_id = $1 "
+            "AND path >= $2 AND path < $3 ORDER BY seq",
+            actor_id,
+            scope + "/",
+            scope + "0",
+        )
+        return [_history(tuple(r)) for r in rows]
+
+    async def list_runs(
+        self,
+        actor_id: str | None = None,
+        *,
+        status: str | None = None,
+        name: str | None = None,
+        limit: int | None = None,
+    ) -> list[RunRecord]:
+        where: list[str] = []
+        args: list[Any] = []
+        for column, value in (("r.actor_id", actor_id), ("r.status", status), ("a.name", name)):
+            if value is not None:
+                args.append(value)
+                where.append(f"{column} = ${len(args)}")
+        sql = f"SELECT {_RUN_COLS} FROM runs r JOIN actors a USING (actor_id)"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        args.append(limit)
+        sql += f" ORDER BY r.run_id DESC LIMIT ${len(args)}"
+        return [_run(r) for r in await self._fetch(sql, *args)]
+
+    async def get_run(self, actor_id: str, run_id: int) -> RunRecord | None:
+        row = await self._fetchrow(
+            f"SELECT {_RUN_COLS} FROM runs r JOIN actors a USING (actor_id) "
+            "WHERE r.run_id = $1 AND r.actor_id = $2",
+            run_id,
+            actor_id,
+        )
+        return _run(row) if row else None
+
+    async def load_messages(self, actor_id: str) -> list[MessageRecord]:
+        rows = await self._fetch(
+            "SELECT message_id, actor_id, queue, body, created_at FROM queue_messages "
+            "WHERE actor_id = $1 ORDER BY message_id",
+            actor_id,
+        )
+        return [_message(tuple(r)) for r in rows]
+
+    async def load_schedules(self, actor_id: str | None = None) -> list[ScheduleRecord]:
+        sql = "SELECT schedule_id, actor_id, fire_at, action, args, created_at FROM schedules"
+        if actor_id is None:
+            rows = await self._fetch(sql + " ORDER BY fire_at")
+        else:
+            rows = await self._fetch(sql + " WHERE actor_id = $1 ORDER BY fire_at", actor_id)
+        return [ScheduleRecord(*r) for r in rows]
+
+    async def read_log(
+        self, actor_id: str, stream: str, since: int = 0, limit: int | None = None
+    ) -> list[LogRecord]:
+        rows = await self._fetch(
+            "SELECT actor_id, stream, seq, payload, created_at FROM actor_logs "
+            "WHERE actor_id = $1 AND stream = $2 AND seq > $3 ORDER BY seq LIMIT $4",
+            actor_id,
+            stream,
+            since,
+            limit,
+        )
+        return [LogRecord(*r) for r in rows]
+
+    async def last_log_seq(self, actor_id: str, stream: str) -> int:
+        row = await self._fetchrow(
+            "SELECT COALESCE(MAX(seq), 0) FROM actor_logs WHERE actor_id = $1 AND stream = $2",
+            actor_id,
+            stream,
+        )
+        return int(row[0])
+
+    async def actors_to_recover(self) -> list[ActorRecord]:
+        rows = await self._fetch(
+            f"SELECT {_ACTOR_COLS} FROM actors WHERE NOT sleeping OR alarm_at IS NOT NULL"
+        )
+        return [_actor(r) for r in rows]
+
+    # -- the cluster: hosts and leases (database clock throughout)
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "store is not open"
+        return self._pool
+
+    async def heartbeat(self, host_id: str, url: str, engine_id: str, load: dict[str, Any]) -> None:
+        """Upsert this host's row: alive now, with its load."""
+        await self.pool.execute(
+            "INSERT INTO hosts (host_id, url, engine_id, started_at, heartbeat_at, load, stopped) "
+            f"VALUES ($1, $2, $3, {_NOW}, {_NOW}, $4, false) "
+            "ON CONFLICT (host_id) DO UPDATE SET url = excluded.url, "
+            "engine_id = excluded.engine_id, heartbeat_at = excluded.heartbeat_at, "
+            "load = excluded.load, stopped = false, started_at = CASE WHEN hosts.stopped "
+            "THEN excluded.started_at ELSE hosts.started_at END",
+            host_id,
+            url,
+            engine_id,
+            json.dumps(load, separators=(",", ":"), default=str),
+        )
+
+    async def host_stopped(self, host_id: str) -> None:
+        """A clean shutdown: the host is marked stopped and its leases are released."""
+        async with self.pool.acquire() as c, c.transaction():
+            await c.execute("UPDATE hosts SET stopped = true WHERE host_id = $1", host_id)
+            await c.execute("DELETE FROM leases WHERE host_id = $1", host_id)
+
+    async def list_hosts(self, ttl: float) -> list[HostRecord]:
+        rows = await self.pool.fetch(
+            "SELECT h.host_id, h.url, h.engine_id, h.started_at, h.heartbeat_at, h.load, "
+            f"h.stopped, (NOT h.stopped AND h.heartbeat_at > {_NOW} - $1) AS alive, "
+            "(SELECT count(*) FROM leases l WHERE l.host_id = h.host_id) AS leases "
+            "FROM hosts h ORDER BY h.host_id",
+            ttl,
+        )
+        return [
+            HostRecord(
+                host_id=r[0],
+                url=r[1],
+                engine_id=r[2],
+                started_at=r[3],
+                heartbeat_at=r[4],
+                load=json.loads(r[5] or "{}"),
+                stopped=r[6],
+                alive=r[7],
+                leases=int(r[8]),
+            )
+            for r in rows
+        ]
+
+    async def acquire_lease(self, actor_id: str, host_id: str, ttl: float) -> LeaseResult:
+        """Take the actor's lease if it is free, expired, held by a stopped host, or
+        already ours (then the token stays; a change of hands gets a new token)."""
+        for _ in range(5):
+            token = await self.pool.fetchval(
+                f"WITH now AS (SELECT {_NOW} AS t) "
+                "INSERT INTO leases AS l (actor_id, host_id, token, expires_at) "
+                "SELECT $1, $2, nextval('lease_tokens'), now.t + $3 FROM now "
+                "ON CONFLICT (actor_id) DO UPDATE SET "
+                "token = CASE WHEN l.host_id = excluded.host_id THEN l.token "
+                "ELSE excluded.token END, "
+                "host_id = excluded.host_id, expires_at = excluded.expires_at "
+                "WHERE l.host_id = excluded.host_id OR l.expires_at < (SELECT t FROM now) "
+                "OR EXISTS (SELECT 1 FROM hosts h WHERE h.host_id = l.host_id AND h.stopped) "
+                "RETURNING l.token",
+                actor_id,
+                host_id,
+                ttl,
+            )
+            if token is not None:
+                return LeaseResult(True, int(token), host_id, None)
+            row = await self.pool.fetchrow(
+                "SELECT l.host_id, h.url FROM leases l LEFT JOIN hosts h USING (host_id) "
+                "WHERE l.actor_id = $1",
+                actor_id,
+            )
+            if row is not None:
+                return LeaseResult(False, None, row[0], row[1])
+            # Released between the two statements: try again.
+        raise LeaseLost(f"could not settle the lease of {actor_id}", actor_id=actor_id)
+
+    async def renew_leases(self, host_id: str, ttl: float) -> set[str]:
+        """Extend every lease ``host_id`` holds; the actor ids still held."""
+        rows = await self.pool.fetch(
+            f"UPDATE leases SET expires_at = {_NOW} + $2 WHERE host_id = $1 RETURNING actor_id",
+            host_id,
+            ttl,
+        )
+        return {r[0] for r in rows}
+
+    async def release_lease(self, actor_id: str, host_id: str, token: int) -> None:
+        await self.pool.execute(
+            "DELETE FROM leases WHERE actor_id = $1 AND host_id = $2 AND token = $3",
+            actor_id,
+            host_id,
+            token,
+        )
+
+    async def orphaned_actors(self, ttl: float, limit: int = 500) -> list[ActorRecord]:
+        """Actors that need a live owner (awake, or with an alarm) but have none: no
+        lease, an expired one, or one whose host stopped or stopped heartbeating."""
+        cols = ", ".join("a." + c for c in _ACTOR_COLS.split(", "))
+        rows = await self._fetch(
+            f"WITH now AS (SELECT {_NOW} AS t) "
+            f"SELECT {cols} FROM actors a CROSS JOIN now "
+            "LEFT JOIN leases l ON l.actor_id = a.actor_id "
+            "LEFT JOIN hosts h ON h.host_id = l.host_id "
+            "WHERE (NOT a.sleeping OR a.alarm_at IS NOT NULL) AND (l.actor_id IS NULL "
+            "OR l.expires_at < now.t OR h.host_id IS NULL OR h.stopped "
+            "OR h.heartbeat_at < now.t - $1) LIMIT $2",
+            ttl,
+            limit,
+        )
+        return [_actor(r) for r in rows]
+
+    async def lease_of(self, actor_id: str) -> LeaseInfo | None:
+        row = await self.pool.fetchrow(
+            "SELECT l.actor_id, l.host_id, l.token, l.expires_at, h.url, "
+            f"(l.expires_at >= {_NOW} AND NOT COALESCE(h.stopped, false)) "
+            "FROM leases l LEFT JOIN hosts h USING (host_id) WHERE l.actor_id = $1",
+            actor_id,
+        )
+        if row is None:
+            return None
+        return LeaseInfo(row[0], row[1], int(row[2]), row[3], row[4], bool(row[5]))
+
+
+def _resolve(batch: list[_Write], lost: list[int] | None) -> None:
+    gone = set(lost or ())
+    for i, (ops, fut) in enumerate(batch):
+        if i in gone:
+            actors = sorted({a for op in ops if (a := _actor_of(op)) is not None})
+            exc = LeaseLost(
+                "this host no longer holds the lease of "
+                + ", ".join(actors)
+                + "; nothing of the write was applied",
+                actor_id=actors[0] if actors else None,
+            )
+            if fut is not None and not fut.done():
+                fut.set_exception(exc)
+            else:
+                log.warning("%s", exc)
+            continue
+        if fut is not None and not fut.done():
+            fut.set_result(None)
