@@ -217,6 +217,12 @@ def egress_proxy(settings: HostSettings) -> Any:
 
 
 def default_host_id(db: str) -> str:
+    """From the SQLite path (a restart re-adopts its sandboxes); with PostgreSQL one id
+    per process, since several hosts share the database (orchestrator/cluster)."""
+    if db.startswith(("postgresql://", "postgres://")):
+        from orchestrator.cluster import default_cluster_host_id
+
+        return default_cluster_host_id()
     return "h" + hashlib.sha256(os.path.abspath(db).encode()).hexdigest()[:10]
 
 
@@ -254,6 +260,9 @@ async def host_runtime(
 
     config = config or EngineConfig()
     settings = settings or HostSettings()
+    # The sandbox manager's labels and the engine's leases name the same host.
+    host_id = settings.host_id or config.host_id or default_host_id(config.db)
+    config = config.model_copy(update={"host_id": host_id})
     egress = egress_proxy(settings)
     engine_ref: list[Engine] = []
 
@@ -266,7 +275,7 @@ async def host_runtime(
     manager = None
     try:
         manager = await SandboxManager.open(
-            host_id=settings.host_id or default_host_id(config.db),
+            host_id=host_id,
             pool_size=settings.warm_pool,
             cold_pool=settings.cold_pool if settings.warm_pool else 0,
             defaults=VmOptions(
@@ -290,6 +299,8 @@ async def host_runtime(
         _register_sandbox_gauge(manager)
         async with engine:
             manager.attach(engine)
+            if engine.cluster is not None:  # the load placement reads (orchestrator/cluster)
+                engine.cluster.load_sources.append(lambda: {"sandboxes": manager.vms_running()})
             yield engine
     finally:
         REGISTRY.unregister(SANDBOX_GAUGE)

@@ -51,27 +51,74 @@ class EventStream(Protocol):
 
 
 class InProcessTransport:
-    """Calls straight into an :class:`Engine` in this process."""
+    """Calls straight into an :class:`Engine` in this process. In a cluster, a call for
+    an actor another host owns (``NotOwner``) is made again over HTTP to that host;
+    actors created here stay on this host (orchestrator/cluster)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
+    async def _owned(self, actor_id: str, local: Any, remote: str, *args: Any, **kw: Any) -> Any:
+        """``local()`` here, or the transport method ``remote`` on the owner."""
+        if self.engine.cluster is None:
+            return await local()
+        from .cluster import in_process
+        from .cluster.forwarding import remote_transport
+        from .errors import NotOwner
+
+        try:
+            with in_process():
+                return await local()
+        except NotOwner as exc:
+            if not exc.metadata.get("owner_url") or exc.metadata.get("actor_id") is None:
+                raise
+            transport = await remote_transport(self.engine, exc, actor_id)
+        return await getattr(transport, remote)(actor_id, *args, **kw)
+
     async def resolve(self, name: str, key: ActorKey, *, create: bool, input: Any) -> str:
-        return await self.engine.resolve(name, key, create=create, input=input)
+        if self.engine.cluster is None:
+            return await self.engine.resolve(name, key, create=create, input=input)
+        from .cluster import in_process
+
+        with in_process():
+            return await self.engine.resolve(name, key, create=create, input=input)
 
     async def create(self, name: str, key: ActorKey, *, input: Any) -> str:
-        return await self.engine.create(name, key, input=input)
+        if self.engine.cluster is None:
+            return await self.engine.create(name, key, input=input)
+        from .cluster import in_process
+
+        with in_process():
+            return await self.engine.create(name, key, input=input)
 
     async def call(self, actor_id: str, action: str, args: list[Any]) -> Any:
-        return await self.engine.call(actor_id, action, args)
+        if self.engine.cluster is None:
+            return await self.engine.call(actor_id, action, args)
+        return await self._owned(
+            actor_id, lambda: self.engine.call(actor_id, action, args), "call", action, args
+        )
 
     async def send(
         self, actor_id: str, queue: str, body: Any, *, wait: bool, timeout: float | None
     ) -> SendResult:
-        return await self.engine.send(actor_id, queue, body, wait=wait, timeout=timeout)
+        if self.engine.cluster is None:
+            return await self.engine.send(actor_id, queue, body, wait=wait, timeout=timeout)
+        result: SendResult = await self._owned(
+            actor_id,
+            lambda: self.engine.send(actor_id, queue, body, wait=wait, timeout=timeout),
+            "send",
+            queue,
+            body,
+            wait=wait,
+            timeout=timeout,
+        )
+        return result
 
     async def subscribe(self, actor_id: str, events: list[str] | None) -> EventStream:
-        return await self.engine.subscribe(actor_id, events)
+        stream: EventStream = await self._owned(
+            actor_id, lambda: self.engine.subscribe(actor_id, events), "subscribe", events
+        )
+        return stream
 
     async def get_state(self, actor_id: str) -> Any:
         return await self.engine.get_state(actor_id)
@@ -83,7 +130,7 @@ class InProcessTransport:
         return await self.engine.queue_contents(actor_id)
 
     async def destroy(self, actor_id: str) -> None:
-        await self.engine.destroy(actor_id)
+        await self._owned(actor_id, lambda: self.engine.destroy(actor_id), "destroy")
 
     async def list_actors(self, name: str | None) -> list[ActorInfo]:
         return await self.engine.list_actors(name)
@@ -97,16 +144,28 @@ class InProcessTransport:
         return await self.engine.get_run(actor_id, run_id)
 
     async def cancel_run(self, actor_id: str, run_id: int) -> RunInfo:
-        return await self.engine.cancel_run(actor_id, run_id)
+        out: RunInfo = await self._owned(
+            actor_id, lambda: self.engine.cancel_run(actor_id, run_id), "cancel_run", run_id
+        )
+        return out
 
     async def retry_run(self, actor_id: str, run_id: int) -> RunInfo:
-        return await self.engine.retry_run(actor_id, run_id)
+        out: RunInfo = await self._owned(
+            actor_id, lambda: self.engine.retry_run(actor_id, run_id), "retry_run", run_id
+        )
+        return out
 
     async def recover_workflow(self, actor_id: str) -> WorkflowHistory:
-        return await self.engine.recover_workflow(actor_id)
+        out: WorkflowHistory = await self._owned(
+            actor_id, lambda: self.engine.recover_workflow(actor_id), "recover_workflow"
+        )
+        return out
 
     async def cancel_workflow(self, actor_id: str) -> WorkflowHistory:
-        return await self.engine.cancel_workflow(actor_id)
+        out: WorkflowHistory = await self._owned(
+            actor_id, lambda: self.engine.cancel_workflow(actor_id), "cancel_workflow"
+        )
+        return out
 
 
 def check_send_result(result: SendResult) -> SendResult:

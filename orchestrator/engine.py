@@ -20,6 +20,7 @@ from .errors import (
     ActorAlreadyExists,
     ActorDestroyed,
     ActorNotFound,
+    ClusterError,
     EngineStopped,
     InvalidRequest,
     NotSerializable,
@@ -39,11 +40,12 @@ from .keys import ActorKey, KeyLike, normalize_key
 from .metrics import register_runs_gauge
 from .queues import SendResult
 from .records import RunDetail, RunInfo
-from .storage import SQLiteStore, Store, base
+from .storage import Store, base, open_store
 from .storage.base import ActorRecord, ActorSnapshot, HistoryRecord, RunRecord, ScheduleRecord
 
 if TYPE_CHECKING:
     from .client import Client
+    from .cluster import ClusterMember
 
 log = logging.getLogger("agentvm.engine")
 
@@ -69,7 +71,9 @@ class Engine:
         if overrides:
             cfg = cfg.model_copy(update=overrides)
         self.config = cfg
-        self.store: Store = store or SQLiteStore(cfg.db, synchronous=cfg.sqlite_synchronous)
+        self.store: Store = store or open_store(
+            cfg.db, synchronous=cfg.sqlite_synchronous, pool_size=cfg.pg_pool_size
+        )
         self.instances: dict[str, ActorInstance] = {}
         self._ids: dict[tuple[str, ActorKey], str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -79,6 +83,8 @@ class Engine:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._running = False
         self._client: Client | None = None
+        # Set by start() when the store holds leases (PostgreSQL): orchestrator/cluster.
+        self.cluster: ClusterMember | None = None
         # The public, read-only view the server, CLI and host use (orchestrator/inspect.py).
         self.inspector = Inspector(self.store, live=self, registry=registry)
 
@@ -88,8 +94,12 @@ class Engine:
         await self.store.open()
         self._running = True
         register_runs_gauge(self)
+        if getattr(self.store, "supports_leases", False):
+            from .cluster.hooks import start_cluster
+
+            await start_cluster(self)  # recovers only what this host could claim
         now = time.time()
-        recs = await self.store.actors_to_recover()
+        recs = await self.store.actors_to_recover() if self.cluster is None else []
         wake_now: list[str] = []
         for rec in recs:
             if rec.name not in self.registry:
@@ -106,6 +116,8 @@ class Engine:
                 await self._wake(snap)
         for sched in await self.store.load_schedules():
             self.arm_schedule(sched)
+        if self.cluster is not None:
+            self.cluster.run()
 
     @property
     def running(self) -> bool:
@@ -140,6 +152,10 @@ class Engine:
             if not fut.done():
                 fut.set_exception(EngineStopped("the engine stopped"))
         self.instances.clear()
+        if self.cluster is not None:
+            from .cluster.hooks import stop_cluster
+
+            await stop_cluster(self)  # commits what is pending, then gives the leases up
         await self.store.close()
 
     async def __aenter__(self) -> Engine:
@@ -221,6 +237,10 @@ class Engine:
 
     async def _create(self, name: str, key: ActorKey, input: Any) -> str:
         definition = self._definition(name)
+        if self.cluster is not None:
+            placed = self.cluster.placed_elsewhere(name, key)
+            if placed is not None:
+                raise placed  # an HTTP create goes to the least-loaded host
         try:
             input_json = _dumps(input)
         except (TypeError, ValueError) as exc:
@@ -256,7 +276,14 @@ class Engine:
             tx.closed = True
         record.state = _dumps(inst.state)
         inst._persisted_state = record.state
-        await self.store.submit([(base.PUT_ACTOR, record), *tx.ops])
+        if self.cluster is not None:
+            await self.cluster.claim(record.actor_id)
+        try:
+            await self.store.submit([(base.PUT_ACTOR, record), *tx.ops])
+        except BaseException:
+            if self.cluster is not None:
+                await self.cluster.release(record.actor_id)
+            raise
         self._ids[(name, key)] = record.actor_id
         self.instances[record.actor_id] = inst
         tx.run_after()
@@ -275,9 +302,13 @@ class Engine:
             inst = self.instances.get(actor_id)
             if inst is not None and inst.alive:
                 return inst
+            if self.cluster is not None:
+                await self.cluster.claim(actor_id)  # NotOwner when a live host has it
             snaps = await self.store.load_snapshots([actor_id])
             snap = snaps.get(actor_id)
             if snap is None:
+                if self.cluster is not None:
+                    await self.cluster.release(actor_id)
                 raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
             return await self._wake(snap)
 
@@ -352,6 +383,8 @@ class Engine:
             del self.instances[inst.actor_id]
             if alarm is not None:
                 self._set_alarm(inst.actor_id, alarm)
+            elif self.cluster is not None:
+                await self.cluster.release(inst.actor_id)  # asleep: owned by nobody
 
     def _set_alarm(self, actor_id: str, when: float) -> None:
         old = self._alarms.pop(actor_id, None)
@@ -369,7 +402,7 @@ class Engine:
     async def _wake_quietly(self, actor_id: str) -> None:
         try:
             await self.instance(actor_id)
-        except (ActorNotFound, EngineStopped):
+        except (ActorNotFound, EngineStopped, ClusterError):
             pass
         except Exception:
             log.exception("waking actor %s failed", actor_id)
@@ -392,8 +425,13 @@ class Engine:
         except ActorNotFound:
             self.store.submit_nowait(drop)
             return
-        except EngineStopped:
-            return
+        except (EngineStopped, ClusterError):
+            return  # another host owns the actor and fires it
+        if self.cluster is not None:
+            from .cluster.hooks import schedule_still_due
+
+            if not await schedule_still_due(self, rec.actor_id, rec.schedule_id):
+                return
         try:
             # Deleting the schedule commits with the action: at-least-once.
             await inst.call_action(rec.action, json.loads(rec.args), extra_ops=drop)
@@ -522,6 +560,8 @@ class Engine:
                 raise
             await self.store.submit([(base.DELETE_ACTOR, actor_id)])
             self.instances.pop(actor_id, None)
+            if self.cluster is not None:
+                await self.cluster.release(actor_id)
             self._ids.pop((inst.name, inst.key), None)
             for sid, (aid, handle) in list(self._schedule_timers.items()):
                 if aid == actor_id:
@@ -534,6 +574,20 @@ class Engine:
                     fut.set_exception(ActorDestroyed(f"actor {actor_id} was destroyed"))
             for sub in list(inst.subscribers):
                 await sub.close()
+
+    # -- cluster (orchestrator/cluster/hooks.py) -------------------------------------------
+
+    async def _recover(self, actor_ids: list[str]) -> None:
+        """Wake (or re-arm the alarm of) actors this host just claimed."""
+        from .cluster.hooks import recover
+
+        await recover(self, actor_ids)
+
+    async def _drop_local(self, actor_id: str) -> None:
+        """Stop an actor whose lease another host took, without writing."""
+        from .cluster.hooks import drop_local
+
+        await drop_local(self, actor_id)
 
     # -- inspection (delegates to the inspector) -----------------------------------------
 

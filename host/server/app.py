@@ -16,6 +16,7 @@ from orchestrator.wire import from_wire
 from . import (
     routes_actors,
     routes_blobs,
+    routes_cluster,
     routes_events,
     routes_inspector,
     routes_ops,
@@ -32,6 +33,7 @@ from . import (
 from .arguments import ArgumentChecker
 from .common import json_response
 from .errors import install_error_handlers
+from .forward import ClusterOriginMiddleware, install_forwarding
 from .guard import BrowserGuardMiddleware, JsonBodyMiddleware
 from .middleware import (
     BearerAuthMiddleware,
@@ -93,6 +95,8 @@ def create_app(
         Middleware(JsonBodyMiddleware, max_depth=cfg.max_json_depth),
         Middleware(RawPathMiddleware),
         Middleware(UnexpectedErrorMiddleware),
+        # Several hosts on one database: where a request came from (forward.py).
+        *([Middleware(ClusterOriginMiddleware)] if engine.cluster is not None else []),
     ]
     app = FastAPI(
         title="agentvm",
@@ -107,6 +111,7 @@ def create_app(
     app.state.settings = cfg
     app.state.arguments = ArgumentChecker(engine.registry)
     install_error_handlers(app)
+    install_forwarding(app)
     for module in (
         routes_actors,
         routes_inspector,
@@ -114,6 +119,7 @@ def create_app(
         routes_vms,
         routes_blobs,
         routes_ops,
+        routes_cluster,
         routes_patch,
         routes_ports,
         routes_pty,

@@ -99,6 +99,8 @@ async def _serve_engine(
         await task  # uvicorn exits (SystemExit) when it cannot bind
         raise OSError(f"could not listen on {settings.bind}:{settings.port}")
     try:
+        if engine.cluster is not None:  # other hosts forward this host's actors here
+            engine.cluster.serving(_url(server, settings), settings.token)
         if on_ready is not None:
             on_ready(_url(server, settings))
         await asyncio.wait([task, waiter], return_when=asyncio.FIRST_COMPLETED)

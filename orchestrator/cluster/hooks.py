@@ -1,0 +1,129 @@
+"""The engine's cluster hooks, kept out of ``engine.py``: start-up recovery of what this
+host can claim, waking claimed orphans, and dropping an actor whose lease was lost."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from ..errors import LeaseLost, NotOwner
+from .member import ClusterMember, default_cluster_host_id
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+log = logging.getLogger("agentvm.cluster")
+
+
+def cluster_mode(engine: Engine) -> bool:
+    return bool(getattr(engine.store, "supports_leases", False))
+
+
+async def start_cluster(engine: Engine) -> ClusterMember:
+    """Join the cluster and recover (wake, or re-arm the alarm of) what this host
+    could claim; the beat starts afterwards."""
+    cfg = engine.config
+    member = ClusterMember(
+        engine,
+        host_id=cfg.host_id or default_cluster_host_id(),
+        ttl=cfg.lease_ttl,
+        url=cfg.host_url,
+    )
+    engine.cluster = member
+    hook = getattr(engine.store, "on_lease_lost", False)
+    if hook is None:  # the store offers the hook: drop at once, not at the next beat
+
+        def on_lease_lost(actor_id: str) -> None:
+            if actor_id in member.held or actor_id in engine.instances:
+                engine._spawn(member.lost(actor_id))
+
+        engine.store.on_lease_lost = on_lease_lost  # type: ignore[attr-defined]
+    claimed = await member.start()
+    await recover(engine, claimed)
+    return member
+
+
+async def recover(engine: Engine, actor_ids: list[str]) -> None:
+    """Wake the claimed actors that are awake (or whose alarm is due); arm the alarm
+    of the sleeping ones. Their lease stays held either way."""
+    if not actor_ids:
+        return
+    snaps = await engine.store.load_snapshots(actor_ids)
+    now = time.time()
+    member = engine.cluster
+    for actor_id in actor_ids:
+        snap = snaps.get(actor_id)
+        if snap is None:  # destroyed meanwhile
+            if member is not None:
+                await member.release(actor_id)
+            continue
+        rec = snap.record
+        if actor_id in engine.instances:
+            continue
+        engine._ids[(rec.name, rec.key)] = actor_id
+        if not rec.sleeping or (rec.alarm_at is not None and rec.alarm_at <= now):
+            async with engine._lock(actor_id):
+                if actor_id in engine.instances:
+                    continue
+                try:
+                    await engine._wake(snap)
+                except (LeaseLost, NotOwner):
+                    await _drop(engine, actor_id)
+                except Exception:
+                    log.exception("waking claimed actor %s failed", actor_id)
+        elif rec.alarm_at is not None:
+            engine._set_alarm(actor_id, rec.alarm_at)
+        elif member is not None:
+            await member.release(actor_id)  # asleep with nothing to do: no owner
+
+
+async def _drop(engine: Engine, actor_id: str) -> None:
+    if engine.cluster is not None:
+        engine.cluster._forget(actor_id)
+    await drop_local(engine, actor_id)
+
+
+async def drop_local(engine: Engine, actor_id: str) -> None:
+    """Stop an actor here without writing anything: its new owner runs it."""
+    alarm = engine._alarms.pop(actor_id, None)
+    if alarm is not None:
+        alarm.cancel()
+    for sid, (aid, handle) in list(engine._schedule_timers.items()):
+        if aid == actor_id:
+            handle.cancel()
+            del engine._schedule_timers[sid]
+    inst = engine.instances.pop(actor_id, None)
+    if inst is None:
+        return
+    inst.alive = False
+    inst._busy()
+    with contextlib.suppress(Exception):
+        await inst.stop_run()
+    ids = [m.message_id for m in list(inst.pending) + list(inst.leased.values())]
+    for mid in ids + list(inst.runs.runs):
+        fut = engine._waiters.pop(mid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(
+                LeaseLost(f"actor {actor_id} moved to another host", actor_id=actor_id)
+            )
+    for sub in list(inst.subscribers):
+        with contextlib.suppress(Exception):
+            await sub.close()
+
+
+async def schedule_still_due(engine: Engine, actor_id: str, schedule_id: int) -> bool:
+    """Another host may have fired (and deleted) the schedule meanwhile."""
+    scheds = await engine.store.load_schedules(actor_id)
+    return any(s.schedule_id == schedule_id for s in scheds)
+
+
+async def stop_cluster(engine: Engine) -> None:
+    member = engine.cluster
+    if member is None:
+        return
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(engine.store.flush(), max(member.ttl, 1.0))
+    await member.stop()

@@ -1,0 +1,280 @@
+"""This host's membership in the cluster: heartbeat, leases, takeover, placement.
+
+See the package docstring (``orchestrator/cluster/__init__.py``) for the protocol."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import resource
+import socket
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ClusterError, NotOwner
+from . import context
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+log = logging.getLogger("agentvm.cluster")
+
+
+class OwnerMoving(ClusterError):
+    """A forwarded request met ``NotOwner`` again (the actor is changing hands):
+    retry after a second. Never forwarded twice, so requests cannot loop."""
+
+    code = "owner_moving"
+    http_status = 503
+
+
+def default_cluster_host_id() -> str:
+    """A host id unique to this process: ``<hostname>-<8 hex>``. Set
+    ``AGENTVM_HOST_ID`` to a stable value to have a restarted host re-own its leases
+    at once instead of after the ttl."""
+    name = socket.gethostname().split(".")[0] or "host"
+    return f"{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _rss_mib() -> float:
+    """This process's peak RSS in MiB (ru_maxrss: KiB on Linux, bytes on macOS)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
+
+
+def _current_rss_mib() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return round(pages * os.sysconf("SC_PAGE_SIZE") / 2**20, 1)
+    except (OSError, ValueError, IndexError):
+        return _rss_mib()
+
+
+class ClusterMember:
+    """Runs next to the engine when its store supports leases (PostgreSQL)."""
+
+    # Orphans one host claims per beat: several live hosts share a dead one's actors.
+    claim_per_beat = 50
+
+    def __init__(self, engine: Engine, *, host_id: str, ttl: float, url: str | None) -> None:
+        self.engine = engine
+        self.store: Any = engine.store
+        self.host_id = host_id
+        self.ttl = ttl
+        self.url = url or ""
+        # The API token this host's server requires; sent when forwarding a call.
+        self.api_token: str | None = None
+        self.engine_id = ""
+        # actor id → fencing token of every lease this host holds.
+        self.held: dict[str, int] = {}
+        self.hosts: list[Any] = []
+        self.load_sources: list[Callable[[], dict[str, Any]]] = []
+        # owner URL → HTTP transport for in-process calls forwarded there (forwarding.py).
+        self.remotes: dict[str, Any] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._last_renewed = time.monotonic()
+        self._wake_lock = asyncio.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def start(self) -> list[str]:
+        """Heartbeat, then claim this host's old leases (same host id, restarted) and
+        up to a beat's worth of orphans; returns their ids (the engine wakes them)."""
+        await self._heartbeat()
+        ours = await self.store.renew_leases(self.host_id, self.ttl)
+        claimed = [a for a in ours if await self._try_claim(a)]
+        claimed += await self._claim_orphans()
+        self.hosts = await self.store.list_hosts(self.ttl)
+        return claimed
+
+    def run(self) -> None:
+        """Start the beat (after the engine recovered what :meth:`start` claimed)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop(), name="agentvm-cluster-beat")
+
+    async def stop(self) -> None:
+        """Clean stop: the engine flushed its writes; give every lease up at once."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        try:
+            await self.store.host_stopped(self.host_id)
+        except Exception:
+            log.warning("could not mark host %s stopped", self.host_id, exc_info=True)
+        for actor_id in list(self.held):
+            self._forget(actor_id)
+        from .forwarding import close_transports
+
+        await close_transports(self)
+
+    def serving(self, url: str, token: str | None = None) -> None:
+        """The HTTP server listens: other hosts reach this one at ``url`` (unless
+        ``AGENTVM_HOST_URL`` says otherwise)."""
+        if not self.url:
+            self.url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace(
+                "://[::]:", "://127.0.0.1:"
+            )
+        self.api_token = token
+        if self._task is not None:
+            asyncio.get_running_loop().create_task(self._quiet(self._heartbeat()))
+
+    # -- the beat ----------------------------------------------------------------------
+
+    async def _loop(self) -> None:
+        interval = max(self.ttl / 3, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.beat()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("cluster beat failed", exc_info=True)
+                if time.monotonic() - self._last_renewed > self.ttl:
+                    # Our leases have expired for everyone else: stop acting on them.
+                    for actor_id in list(self.held):
+                        await self.lost(actor_id)
+
+    async def beat(self) -> None:
+        """Heartbeat, renew, drop lost leases, claim and wake orphans."""
+        await self._heartbeat()
+        before = dict(self.held)
+        still = await self.store.renew_leases(self.host_id, self.ttl)
+        self._last_renewed = time.monotonic()
+        for actor_id, token in before.items():
+            if actor_id not in still and self.held.get(actor_id) == token:
+                await self.lost(actor_id)
+        self.hosts = await self.store.list_hosts(self.ttl)
+        claimed = await self._claim_orphans()
+        if claimed:
+            await self.engine._recover(claimed)
+
+    async def _heartbeat(self) -> None:
+        await self.store.heartbeat(self.host_id, self.url, self.engine_id, self.load())
+
+    def load(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "actors": len(self.engine.instances),
+            "sandboxes": 0,
+            "rss_mib": _current_rss_mib(),
+        }
+        for source in self.load_sources:
+            with contextlib.suppress(Exception):
+                out.update(source())
+        return out
+
+    async def _claim_orphans(self) -> list[str]:
+        orphans = await self.store.orphaned_actors(self.ttl, limit=self.claim_per_beat * 4)
+        random.shuffle(orphans)
+        claimed: list[str] = []
+        for rec in orphans:
+            if len(claimed) >= self.claim_per_beat:
+                break
+            if rec.name not in self.engine.registry:
+                continue
+            if await self._try_claim(rec.actor_id):
+                claimed.append(rec.actor_id)
+        return claimed
+
+    async def _try_claim(self, actor_id: str) -> bool:
+        try:
+            await self.claim(actor_id)
+        except NotOwner:
+            return False
+        return True
+
+    async def _quiet(self, coro: Any) -> None:
+        try:
+            await coro
+        except Exception:
+            log.warning("cluster heartbeat failed", exc_info=True)
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def claim(self, actor_id: str) -> None:
+        """Own ``actor_id`` (before waking or creating it); :class:`NotOwner` if a
+        live host holds it."""
+        res = await self.store.acquire_lease(actor_id, self.host_id, self.ttl)
+        if not res.acquired:
+            self._forget(actor_id)
+            url = res.owner_url or None
+            raise NotOwner(
+                f"actor {actor_id} is owned by host {res.owner_host_id}"
+                + (f" at {url}" if url else " (address unknown)"),
+                actor_id=actor_id,
+                owner_host_id=res.owner_host_id,
+                owner_url=url,
+            )
+        self.held[actor_id] = res.token
+        self.store.fence(actor_id, res.token)
+
+    async def release(self, actor_id: str) -> None:
+        """Give the lease up (the actor went to sleep without an alarm, or was
+        destroyed): the next request on any host claims it."""
+        token = self.held.get(actor_id)
+        self._forget(actor_id)
+        if token is not None:
+            try:
+                await self.store.release_lease(actor_id, self.host_id, token)
+            except Exception:
+                log.warning("could not release the lease of %s", actor_id, exc_info=True)
+
+    def _forget(self, actor_id: str) -> None:
+        if self.held.pop(actor_id, None) is not None:
+            self.store.unfence(actor_id)
+
+    async def lost(self, actor_id: str) -> None:
+        """Another host owns ``actor_id`` now: drop it here without writing."""
+        log.warning("lease of actor %s lost; dropping it on host %s", actor_id, self.host_id)
+        self._forget(actor_id)
+        await self.engine._drop_local(actor_id)
+
+    # -- placement ---------------------------------------------------------------------
+
+    def place(self) -> Any | None:
+        """The live host an actor created by an HTTP request should live on, when it
+        is not this one (fewest running sandboxes, then awake actors, then RSS)."""
+        if not context.http_request():
+            return None
+        live = [h for h in self.hosts if h.alive and h.url]
+        if len(live) < 2:
+            return None
+
+        def weight(h: Any) -> tuple[float, float, float, str]:
+            load = h.load if isinstance(h.load, dict) else {}
+            if h.host_id == self.host_id:
+                load = self.load()  # ours is fresher than the last beat's
+            return (
+                float(load.get("sandboxes", 0) or 0),
+                float(load.get("actors", 0) or 0),
+                float(load.get("rss_mib", 0) or 0),
+                h.host_id,
+            )
+
+        best = min(live, key=weight)
+        ours = [h for h in live if h.host_id == self.host_id]
+        if best.host_id == self.host_id or (ours and weight(ours[0])[:2] <= weight(best)[:2]):
+            return None
+        return best
+
+    def placed_elsewhere(self, name: str, key: Any) -> NotOwner | None:
+        """``NotOwner`` naming the host a new actor belongs on, or None for here."""
+        host = self.place()
+        if host is None:
+            return None
+        return NotOwner(
+            f"new actor {name!r} {list(key)!r} is placed on host {host.host_id}",
+            actor_id=None,
+            owner_host_id=host.host_id,
+            owner_url=host.url,
+            placement=True,
+        )
