@@ -27,6 +27,7 @@ class PgServer:
     admin_url: str
     started_here: bool
     created: list[str] = field(default_factory=list)
+    started: Any = None  # tests.support.postgres.PgServer when this process started it
 
     def database(self, prefix: str) -> str:
         """Create a fresh, empty database and return its URL."""
@@ -80,7 +81,7 @@ def pg_server(url: str | None) -> Iterator[tuple[PgServer | None, str | None]]:
                 yield None, f"could not start PostgreSQL: {type(exc).__name__}: {exc}"
                 return
             stop = started.stop
-            server = PgServer(admin_url=started.url("postgres"), started_here=True)
+            server = PgServer(admin_url=started.url("postgres"), started_here=True, started=started)
     except Exception as exc:
         yield None, f"PostgreSQL at --pg-url unreachable: {type(exc).__name__}: {exc}"
         return
