@@ -24,9 +24,9 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from ..errors import StorageFull
 from . import base
@@ -324,7 +324,51 @@ def _apply(conn: sqlite3.Connection, op: Op) -> None:
         raise ValueError(f"unknown store operation {code!r}")
 
 
-_Write = tuple[list[Op], "asyncio.Future[None] | None"]
+class _Ack:
+    """The ack :meth:`SQLiteStore.submit_await` hands out when commits run on the loop.
+
+    ``call_soon`` is FIFO, so the hand-over that commits a submission always runs before
+    a task that yielded after submitting it resumes. A bare ``yield`` (what
+    ``asyncio.sleep(0)`` does) is thus enough to find the commit done: one loop
+    iteration per step, where a future costs two (the hand-over resolves it, then the
+    task's wake-up runs). Duck-typed like the future :func:`_resolve_all` and
+    :func:`_resolve_each` resolve; a real future is made only if a resumption ever
+    finds the commit not done.
+    """
+
+    __slots__ = ("_done", "_exc", "_fut")
+
+    def __init__(self) -> None:
+        self._done = False
+        self._exc: BaseException | None = None
+        self._fut: asyncio.Future[None] | None = None
+
+    def done(self) -> bool:
+        return self._done
+
+    def set_result(self, _value: None) -> None:
+        self._done = True
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    def set_exception(self, exc: BaseException) -> None:
+        self._done = True
+        self._exc = exc
+        if self._fut is not None and not self._fut.done():
+            self._fut.set_result(None)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self._done:
+            yield  # one loop iteration: the hand-over queued ahead of us commits
+        if not self._done:
+            self._fut = asyncio.get_running_loop().create_future()
+            yield from self._fut.__await__()
+        if self._exc is not None:
+            raise self._exc
+
+
+_Waiter: TypeAlias = "asyncio.Future[None] | _Ack"
+_Write = tuple[list[Op], "_Waiter | None"]
 _Read = tuple[Callable[[sqlite3.Connection], Any], "asyncio.Future[Any]"]
 _STOP = object()
 
@@ -489,7 +533,7 @@ class SQLiteStore(Store):
         except Exception:
             conn.execute("ROLLBACK") if conn.in_transaction else None
             # Commit each submission on its own so one bad batch fails alone.
-            results: list[tuple[asyncio.Future[None] | None, BaseException | None]] = []
+            results: list[tuple[_Waiter | None, BaseException | None]] = []
             for ops, fut in writes:
                 try:
                     conn.execute("BEGIN IMMEDIATE")
@@ -518,6 +562,20 @@ class SQLiteStore(Store):
             self._flush_scheduled = True
             loop.call_soon(self._hand_over)
         return fut
+
+    def submit_await(self, ops: list[Op]) -> Awaitable[None]:
+        if self._writer is None:
+            return self.submit(ops)
+        # The commit runs on the loop, in a hand-over queued ahead of the caller's
+        # resumption: one bare yield finds it done (one loop iteration, not two).
+        ack = _Ack()
+        self._pending.append((ops, ack))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            loop = self._loop
+            assert loop is not None, "store is not open"
+            loop.call_soon(self._hand_over)
+        return ack
 
     def submit_nowait(self, ops: list[Op]) -> None:
         loop = self._loop
@@ -766,7 +824,7 @@ def _set_exception(fut: asyncio.Future[Any], exc: BaseException) -> None:
         fut.set_exception(exc)
 
 
-def _resolve_all(futs: list[asyncio.Future[None]]) -> None:
+def _resolve_all(futs: list[_Waiter]) -> None:
     for fut in futs:
         if not fut.done():
             fut.set_result(None)
@@ -782,7 +840,7 @@ def _typed(exc: Exception) -> Exception:
     return exc
 
 
-def _resolve_each(results: list[tuple[asyncio.Future[None] | None, BaseException | None]]) -> None:
+def _resolve_each(results: list[tuple[_Waiter | None, BaseException | None]]) -> None:
     for fut, exc in results:
         if fut is None:
             continue

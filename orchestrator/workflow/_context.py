@@ -482,7 +482,7 @@ class WorkflowContext(ActorContext):
                 )
             )
             ops.extend(inst.state_ops())
-            await self.store.submit(ops)
+            await self.store.submit_await(ops)
             run.step_event(path, "completed", attempts + 1)
             STEP_SECONDS.observe(time.time() - started, actor=inst.name, outcome="completed")
             if tx.after:
