@@ -64,12 +64,16 @@ LAZY_COMMANDS: dict[str, tuple[str, str]] = {
     "apply": (_RUN_COMMANDS, "Apply a run's fix to a local clone as commits (``git am --3way``)."),
     "vm": ("host.cli_vm:vm_app", "Sandboxes (the vm actor): exec, files, shell."),
     "workflow": ("host.cli_workflow:workflow_app", "DAG workflow definitions and runs."),
+    "cluster": (
+        "host.cli_cluster:cluster_app",
+        "Hosts sharing the database: their leases, load and health.",
+    ),
 }
 # The order of ``--help`` (eager commands are defined in this module).
 ORDER = (
     "serve", "send", "call", "ps", "history",
     "runs", "run", "cancel", "retry", "watch", "apply",
-    "images", "vm", "workflow",
+    "images", "vm", "workflow", "cluster",
 )  # fmt: skip
 
 

@@ -1,0 +1,193 @@
+"""Two real hosts on one PostgreSQL: a request reaches an actor whichever host it
+arrives at (forwarded to the owner), new actors are placed on the least-loaded host,
+``GET /cluster`` and ``agentvm cluster`` show both."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.cluster.hosts import (
+    FORWARDED,
+    TOKEN,
+    Host,
+    all_alive,
+    cluster_view,
+    lease_owner,
+    start_hosts,
+    stop_hosts,
+    wait_for,
+)
+from tests.server.live import agentvm
+from tests.support.postgres import PgServer
+
+
+@pytest.fixture(scope="module")
+def cluster(
+    pg_server: PgServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Host, Host]]:
+    db = pg_server.create_database()
+    hosts = start_hosts(db, ["host-a", "host-b"], tmp_path_factory.mktemp("fwd"))
+    try:
+        all_alive(hosts)
+        yield db, hosts[0], hosts[1]
+    finally:
+        stop_hosts(hosts)
+
+
+def _create_on(host: Host, name: str, key: str) -> str:
+    """Create an actor on ``host`` itself (a request marked as forwarded is served
+    where it lands: no placement)."""
+    with host.http() as c:
+        r = c.post(f"/actors/{name}/{key}", json={}, headers={FORWARDED: "test"})
+        assert r.status_code in (200, 201), r.text
+        return str(r.json()["actor_id"])
+
+
+def _call(host: Host, name: str, key: str, action: str, *args: Any) -> httpx.Response:
+    with host.http() as c:
+        return c.post(f"/actors/{name}/{key}/actions/{action}", json={"args": list(args)})
+
+
+def test_call_send_and_events_are_forwarded_to_the_owner(cluster: tuple[str, Host, Host]) -> None:
+    db, a, b = cluster
+    actor_id = _create_on(a, "counter", "fwd")
+    assert lease_owner(db, actor_id) == "host-a"
+
+    # A call arriving at B runs on A (the owner), and answers as if B had served it.
+    r = _call(b, "counter", "fwd", "increment", 2)
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == 2
+    assert _call(b, "counter", "fwd", "where").json()["output"] == "host-a"
+    assert lease_owner(db, actor_id) == "host-a"
+
+    # A send through B lands in A's queue.
+    with b.http() as c:
+        r = c.post("/actors/counter/fwd/queues/jobs", json={"body": {"n": 1}})
+        assert r.status_code in (200, 202), r.text
+        q = c.get("/actors/counter/fwd/inspector/queue").json()
+    assert any(m.get("body") == {"n": 1} for m in q["messages"]), q
+
+    # An event stream opened at B is A's stream, streamed through B.
+    with (
+        b.http() as c,
+        c.stream("GET", "/actors/counter/fwd/events") as stream,
+    ):
+        assert stream.status_code == 200
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        assert _call(a, "counter", "fwd", "increment", 3).json()["output"] == 5
+        data = None
+        for line in lines:
+            if line.startswith("data:"):
+                data = json.loads(line[5:])
+                if isinstance(data, dict) and data.get("count") == 5:
+                    break
+        assert data == {"count": 5, "host": "host-a"}
+
+
+def test_in_process_calls_are_forwarded_to_the_owner(cluster: tuple[str, Host, Host]) -> None:
+    """Actor code on B calling an actor A owns: the in-process client re-sends the
+    call to A over HTTP (with the cluster's token)."""
+    _, a, b = cluster
+    _create_on(a, "counter", "inproc")
+    _create_on(b, "relay", "r1")
+    r = _call(b, "relay", "r1", "bump", "inproc")
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == {"count": 1, "counter_host": "host-a", "relay_host": "host-b"}
+
+
+def test_a_forwarded_request_is_never_forwarded_again(cluster: tuple[str, Host, Host]) -> None:
+    """A request that already went through a host and still meets another owner gets
+    503 owner_moving with Retry-After, not a second hop (no loops)."""
+    _, a, b = cluster
+    _create_on(a, "counter", "loop")
+    with b.http() as c:
+        r = c.post(
+            "/actors/counter/loop/actions/increment", json={"args": [1]}, headers={FORWARDED: "x"}
+        )
+    assert r.status_code == 503, r.text
+    assert r.headers["retry-after"] == "1"
+    err = r.json()["error"]
+    assert (err["group"], err["code"]) == ("cluster", "owner_moving")
+    assert err["metadata"]["owner_host_id"] == "host-a"
+    # The actor was not touched.
+    assert _call(a, "counter", "loop", "get_count").json()["output"] == 0
+
+
+def test_websocket_to_a_non_owner_closes_with_4421(cluster: tuple[str, Host, Host]) -> None:
+    """WebSockets are not proxied: the stream closes with 4421 and an error frame
+    naming the owner's URL, where the client reconnects."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    _, a, b = cluster
+    _create_on(a, "counter", "ws")
+    ws_url = b.url.replace("http://", "ws://") + "/actors/counter/ws/connect"
+    with connect(ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        frame = json.loads(ws.recv(timeout=10))
+        assert frame["type"] == "error"
+        assert frame["error"]["code"] == "not_owner"
+        assert frame["error"]["metadata"]["owner_url"] == a.url
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == 4421
+
+
+def test_new_actors_go_to_the_least_loaded_host(cluster: tuple[str, Host, Host]) -> None:
+    db, a, b = cluster
+    # Load A with awake actors until both hosts' views say A is busier than B.
+    for i in range(4):
+        _create_on(a, "counter", f"load-{i}")
+
+    def loads() -> dict[str, int]:
+        view = cluster_view(a)
+        return {h["host_id"]: h["load"].get("actors", 0) for h in view["hosts"]}
+
+    wait_for(loads, lambda v: v.get("host-a", 0) > v.get("host-b", 0) + 2, what="A busier")
+    # B's own view of A's load comes from A's heartbeat, read at B's beat.
+    wait_for(
+        lambda: {h["host_id"]: h["load"].get("actors", 0) for h in cluster_view(b)["hosts"]},
+        lambda v: v.get("host-a", 0) > v.get("host-b", 0) + 2,
+        what="B sees A busier",
+    )
+    with a.http() as c:
+        r = c.post("/actors/counter/placed", json={})
+    assert r.status_code in (200, 201), r.text
+    actor_id = r.json()["actor_id"]
+    assert lease_owner(db, actor_id) == "host-b"
+    assert _call(a, "counter", "placed", "where").json()["output"] == "host-b"
+
+    # An actor created by another actor's code stays with its creator (locality).
+    _create_on(a, "relay", "local")
+    r = _call(a, "relay", "local", "make", "made-by-relay")
+    assert r.status_code == 200, r.text
+    assert r.json()["output"] == "host-a"
+
+
+def test_cluster_route_and_cli(cluster: tuple[str, Host, Host], tmp_path: Path) -> None:
+    _, a, b = cluster
+    view = cluster_view(b)
+    assert view["mode"] == "cluster"
+    assert view["host_id"] == "host-b"
+    assert view["lease_ttl"] == 1.0
+    by_id = {h["host_id"]: h for h in view["hosts"]}
+    assert by_id["host-a"]["alive"] and by_id["host-b"]["alive"]
+    assert by_id["host-a"]["url"] == a.url and by_id["host-b"]["url"] == b.url
+    assert by_id["host-a"]["leases"] >= 1
+    assert {"actors", "sandboxes", "rss_mib"} <= set(by_id["host-b"]["load"])
+
+    env = {"AGENTVM_TOKEN": TOKEN}
+    res = agentvm("cluster", "--json", "--url", a.url, env=env)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert {h["host_id"] for h in out["hosts"]} >= {"host-a", "host-b"}
+    res = agentvm("cluster", "--url", a.url, env=env)
+    assert res.returncode == 0, res.stderr
+    text = res.stdout.decode()
+    assert "* host-a" in text and "host-b" in text and "alive" in text
