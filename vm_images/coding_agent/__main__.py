@@ -31,9 +31,9 @@ def main() -> int:
         level=os.environ.get("AGENTVM_AGENT_LOG", "WARNING").upper(),
         format="coding-agent %(levelname)s %(name)s: %(message)s",
     )
-    # The standard-library front: the real agent (acp, anthropic) loads once a
-    # session is created (front.py), so a pre-started agent idles small.
-    from .front import serve
+    # Standard library only (agent.py): a pre-started agent idles small and its
+    # first prompt loads nothing.
+    from .agent import serve
 
     try:
         asyncio.run(serve())

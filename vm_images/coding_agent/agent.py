@@ -3,39 +3,32 @@
 One process serves any number of sessions over one stdio connection. A
 ``session/prompt`` runs the loop *model request -> tool calls -> model request*
 until the model ends its turn, the turn limit is reached or the client cancels.
+
+Standard library only (:mod:`.rpc` for ACP's JSON-RPC, :mod:`.model` for the
+Messages API): the whole agent loads in a few tens of milliseconds and idles at
+~12 MiB, so a pre-started agent is ready for its first prompt (docs/sessions.md).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib
 import json
 import logging
 import os
-import threading
+import secrets
 import time
-import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
-
-import acp
-from acp import schema as S
-from acp.helpers import (
-    tool_content,
-    tool_diff_content,
-    update_agent_message_text,
-    update_agent_thought_text,
-    update_tool_call,
-)
+from typing import Any
 
 from . import NAME, TITLE, __version__
 from . import config as cfg
+from . import model as api
 from .mcp_client import McpError, McpTools, connect
+from .rpc import Connection, RequestError, stdio
 from .tools import KINDS, MUTATING, SCHEMAS, ToolContext, ToolResult, locations, run_tool, title
 
-if TYPE_CHECKING:
-    import anthropic
+# The ACP protocol version spoken (acp.PROTOCOL_VERSION of the SDK it was built on).
+PROTOCOL_VERSION = 1
 
 log = logging.getLogger("coding_agent")
 
@@ -52,18 +45,20 @@ _STOP_REASONS: dict[str | None, str] = {
 # cut mid-stream, e.g. by the host restarting under the gateway) is tried again this
 # many times, after these pauses; the loopback gateway forwarder waits for a host
 # that went away, so one retry normally reaches the restarted host.
-MODEL_RETRIES = 3
+MODEL_RETRIES = 5
 # The host's LLM gateway, as mounted in every sandbox, and the port its loopback
 # forwarder listens on (vm_images/supervisor/protocol.py).
 GATEWAY_SOCKET = "/run/agentvm/gateway.sock"
 GATEWAY_PORT = 4141
-MODEL_RETRY_DELAYS = (1.0, 2.0, 4.0)
+MODEL_RETRY_DELAYS = (0.5, 1.0, 2.0, 4.0, 8.0)
+# The longest pause a server's retry-after may impose on one retry.
+MAX_RETRY_AFTER = 60.0
 
 _PERMISSION_OPTIONS = [
-    S.PermissionOption(option_id="allow_once", name="Allow", kind="allow_once"),
-    S.PermissionOption(option_id="allow_always", name="Always allow", kind="allow_always"),
-    S.PermissionOption(option_id="reject_once", name="Reject", kind="reject_once"),
-    S.PermissionOption(option_id="reject_always", name="Always reject", kind="reject_always"),
+    {"optionId": "allow_once", "name": "Allow", "kind": "allow_once"},
+    {"optionId": "allow_always", "name": "Always allow", "kind": "allow_always"},
+    {"optionId": "reject_once", "name": "Reject", "kind": "reject_once"},
+    {"optionId": "reject_always", "name": "Always reject", "kind": "reject_always"},
 ]
 
 
@@ -75,11 +70,11 @@ class Totals:
     cache_creation_tokens: int = 0
     requests: int = 0
 
-    def add(self, usage: Any) -> None:
-        self.input_tokens += int(getattr(usage, "input_tokens", 0) or 0)
-        self.output_tokens += int(getattr(usage, "output_tokens", 0) or 0)
-        self.cache_read_tokens += int(getattr(usage, "cache_read_input_tokens", 0) or 0)
-        self.cache_creation_tokens += int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
+    def add(self, usage: dict[str, Any]) -> None:
+        self.input_tokens += int(usage.get("input_tokens") or 0)
+        self.output_tokens += int(usage.get("output_tokens") or 0)
+        self.cache_read_tokens += int(usage.get("cache_read_input_tokens") or 0)
+        self.cache_creation_tokens += int(usage.get("cache_creation_input_tokens") or 0)
         self.requests += 1
 
     def meta(self) -> dict[str, int]:
@@ -91,20 +86,20 @@ class Totals:
             "requests": self.requests,
         }
 
-    def acp_usage(self) -> S.Usage:
+    def acp_usage(self) -> dict[str, int]:
         total = (
             self.input_tokens
             + self.output_tokens
             + self.cache_read_tokens
             + self.cache_creation_tokens
         )
-        return S.Usage(
-            total_tokens=total,
-            input_tokens=self.input_tokens,
-            output_tokens=self.output_tokens,
-            cached_read_tokens=self.cache_read_tokens,
-            cached_write_tokens=self.cache_creation_tokens,
-        )
+        return {
+            "totalTokens": total,
+            "inputTokens": self.input_tokens,
+            "outputTokens": self.output_tokens,
+            "cachedReadTokens": self.cache_read_tokens,
+            "cachedWriteTokens": self.cache_creation_tokens,
+        }
 
 
 @dataclass
@@ -129,7 +124,7 @@ class Session:
         return ToolContext(cwd=self.cwd, bash_timeout=self.config.bash_timeout)
 
 
-class IncompleteResponse(Exception):
+class IncompleteResponse(api.ModelError):
     """The model's stream ended without a stop reason (cut short): retried."""
 
 
@@ -138,73 +133,44 @@ class Cancelled(Exception):
 
 
 class CodingAgent:
-    """Implements the agent side of ACP (``acp.Agent``)."""
+    """The agent side of ACP: one handler per method, on a :class:`Connection`."""
 
     def __init__(self, env: dict[str, str] | None = None) -> None:
         self._env = dict(os.environ if env is None else env)
         self._base = cfg.from_env(self._env)
-        self._conn: acp.Client | None = None
+        self._conn: Connection | None = None
         self._sessions: dict[str, Session] = {}
-        self._model: anthropic.AsyncAnthropic | None = None
-        self._sdk: asyncio.Future[Any] | None = None
-        self._stream_type: Any = None
-        self._via_loopback = False  # True: model calls go through 127.0.0.1 (see _anthropic)
+        self._model: api.ModelClient | None = None
+        self._via_loopback = False  # True: model calls go through 127.0.0.1 (see _client)
 
     # -- plumbing --------------------------------------------------------------------
 
-    def on_connect(self, conn: acp.Client) -> None:
-        self._conn = conn
+    def handlers(self) -> dict[str, Any]:
+        """The ACP methods served (``session/cancel`` is a notification)."""
+        return {
+            "initialize": self._initialize,
+            "authenticate": self._authenticate,
+            "session/new": self._new_session,
+            "session/close": self._close_session,
+            "session/prompt": self._prompt,
+            "session/cancel": self._cancel,
+        }
 
     @property
-    def client(self) -> acp.Client:
+    def client(self) -> Connection:
         if self._conn is None:
             raise RuntimeError("not connected")
         return self._conn
 
-    def _preload_sdk(self) -> asyncio.Future[Any]:
-        """Import ``anthropic`` in a daemon thread (it takes a second or two) from
-        ``initialize`` on; a daemon, so that closing stdin ends the process at once."""
-        if self._sdk is None:
-            loop = asyncio.get_running_loop()
-            future: asyncio.Future[Any] = loop.create_future()
-
-            def load() -> None:
-                try:
-                    module = importlib.import_module("anthropic")
-                except BaseException as exc:
-                    loop.call_soon_threadsafe(_settle, future, None, exc)
-                else:
-                    loop.call_soon_threadsafe(_settle, future, module, None)
-
-            threading.Thread(target=load, name="import-anthropic", daemon=True).start()
-            self._sdk = future
-        return self._sdk
-
-    async def _anthropic(self) -> anthropic.AsyncAnthropic:
+    def _client(self) -> api.ModelClient:
         if self._model is None:
-            sdk = await asyncio.shield(self._preload_sdk())
             base_url = self._env.get("ANTHROPIC_BASE_URL") or None
+            # Straight to the host's gateway socket (it accepts every process of this
+            # sandbox), not through the supervisor's loopback forwarder: two fewer
+            # process hops per chunk each way (docs/sessions.md).
             socket = None if self._via_loopback else _gateway_socket(base_url, self._env)
-            http_client = None
-            if socket is not None:
-                # Straight to the host's gateway socket (it accepts every process of
-                # this sandbox), not through the supervisor's loopback forwarder:
-                # two fewer process hops per chunk each way (docs/sessions.md).
-                httpx = importlib.import_module("httpx2")
-                http_client = sdk.DefaultAsyncHttpxClient(
-                    transport=httpx.AsyncHTTPTransport(uds=socket)
-                )
-            self._model = sdk.AsyncAnthropic(
-                api_key=cfg.api_key(self._env), base_url=base_url, http_client=http_client
-            )
+            self._model = api.ModelClient(base_url, cfg.api_key(self._env), socket)
         return self._model
-
-    def _stream_cls(self, sdk: Any) -> Any:
-        """``AsyncStream[RawMessageStreamEvent]``, built once (each subscript of the
-        generic makes a new class)."""
-        if self._stream_type is None:
-            self._stream_type = sdk.AsyncStream[sdk.types.RawMessageStreamEvent]
-        return self._stream_type
 
     async def _use_loopback(self) -> None:
         """After a connection error on the gateway socket (the host went away): the
@@ -213,102 +179,100 @@ class CodingAgent:
             self._via_loopback = True
             model, self._model = self._model, None
             if model is not None:
-                with contextlib.suppress(Exception):
-                    await model.close()
+                await model.close()
 
-    def _session(self, session_id: str) -> Session:
-        session = self._sessions.get(session_id)
+    def _session(self, session_id: Any) -> Session:
+        session = self._sessions.get(session_id) if isinstance(session_id, str) else None
         if session is None:
-            raise acp.RequestError.invalid_params({"sessionId": f"unknown session {session_id}"})
+            raise RequestError.invalid_params({"sessionId": f"unknown session {session_id}"})
         return session
 
-    async def _send(self, session: Session, update: Any) -> None:
-        await self.client.session_update(session_id=session.id, update=update)
+    async def _send(self, session: Session, update: dict[str, Any]) -> None:
+        await self.client.notify("session/update", {"sessionId": session.id, "update": update})
 
     # -- ACP methods -----------------------------------------------------------------
 
-    async def initialize(
-        self,
-        protocol_version: int,
-        client_capabilities: S.ClientCapabilities | None = None,
-        client_info: S.Implementation | None = None,
-        **kwargs: Any,
-    ) -> S.InitializeResponse:
-        # The SDK is needed by the first prompt; a pre-started agent (docs/sessions.md)
-        # has it loaded by the time its session is created.
-        self._preload_sdk()
-        return S.InitializeResponse(
-            protocol_version=min(protocol_version, acp.PROTOCOL_VERSION),
-            agent_capabilities=S.AgentCapabilities(
-                load_session=False,
-                prompt_capabilities=S.PromptCapabilities(embedded_context=True, image=True),
-                mcp_capabilities=S.McpCapabilities(http=True, sse=False),
+    async def _initialize(self, params: dict[str, Any]) -> dict[str, Any]:
+        return self.initialize(params.get("protocolVersion"))
+
+    def initialize(self, protocol_version: Any) -> dict[str, Any]:
+        if not isinstance(protocol_version, int) or isinstance(protocol_version, bool):
+            raise RequestError.invalid_params({"protocolVersion": "must be an integer"})
+        return {
+            "protocolVersion": min(protocol_version, PROTOCOL_VERSION),
+            "agentCapabilities": {
+                "loadSession": False,
+                "promptCapabilities": {"image": True, "embeddedContext": True},
+                "mcpCapabilities": {"http": True, "sse": False},
                 # agentvm's extensions: an earlier conversation in _meta.agentvm.history
                 # (resume/fork), allowedTools/disallowedTools and mode.
-                field_meta={"agentvm": {"history": True, "toolControl": True}},
-            ),
-            agent_info=S.Implementation(name=NAME, title=TITLE, version=__version__),
-            auth_methods=[],
+                "_meta": {"agentvm": {"history": True, "toolControl": True}},
+            },
+            "authMethods": [],
+            "agentInfo": {"name": NAME, "title": TITLE, "version": __version__},
+        }
+
+    async def _authenticate(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def _new_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        cwd, mcp_servers = params.get("cwd"), params.get("mcpServers") or []
+        meta = (
+            (params.get("_meta") or {}).get("agentvm")
+            if isinstance(params.get("_meta"), dict)
+            else None
         )
-
-    async def authenticate(self, method_id: str, **kwargs: Any) -> S.AuthenticateResponse:
-        return S.AuthenticateResponse()
-
-    async def new_session(
-        self,
-        cwd: str,
-        additional_directories: list[str] | None = None,
-        mcp_servers: list[Any] | None = None,
-        **kwargs: Any,
-    ) -> S.NewSessionResponse:
-        meta = kwargs.get("agentvm")
         try:
             config = cfg.with_meta(self._base, meta if isinstance(meta, dict) else None)
         except (TypeError, ValueError) as exc:
-            raise acp.RequestError.invalid_params({"_meta.agentvm": str(exc)}) from exc
-        if not os.path.isabs(cwd):
-            raise acp.RequestError.invalid_params({"cwd": "must be an absolute path"})
+            raise RequestError.invalid_params({"_meta.agentvm": str(exc)}) from exc
+        if not isinstance(cwd, str) or not os.path.isabs(cwd):
+            raise RequestError.invalid_params({"cwd": "must be an absolute path"})
         if not os.path.isdir(cwd):  # noqa: ASYNC240 (a stat, once per session)
-            raise acp.RequestError.invalid_params({"cwd": f"{cwd} is not a directory"})
-        session = Session(id=f"sess_{uuid.uuid4().hex}", cwd=cwd, config=config)
+            raise RequestError.invalid_params({"cwd": f"{cwd} is not a directory"})
+        if not isinstance(mcp_servers, list):
+            raise RequestError.invalid_params({"mcpServers": "must be a list"})
+        session = Session(id=f"sess_{secrets.token_hex(16)}", cwd=cwd, config=config)
         try:
             session.messages = cfg.history_messages(
                 meta.get("history") if isinstance(meta, dict) else None
             )
         except ValueError as exc:
-            raise acp.RequestError.invalid_params({"_meta.agentvm.history": str(exc)}) from exc
+            raise RequestError.invalid_params({"_meta.agentvm.history": str(exc)}) from exc
         try:
-            session.mcp = await connect(list(mcp_servers or ()), cwd)
+            session.mcp = await connect(mcp_servers, cwd)
         except McpError as exc:
-            raise acp.RequestError.invalid_params({"mcpServers": str(exc)}) from exc
+            raise RequestError.invalid_params({"mcpServers": str(exc)}) from exc
         session.tool_schemas = cfg.select_tools(
             [*SCHEMAS, *session.mcp.schemas], config.allowed_tools, config.disallowed_tools
         )
         self._sessions[session.id] = session
-        self._preload_sdk()
         log.info("new session %s in %s (model %s)", session.id, cwd, config.model)
-        return S.NewSessionResponse(session_id=session.id)
+        return {"sessionId": session.id}
 
-    async def close_session(self, session_id: str, **kwargs: Any) -> S.CloseSessionResponse:
-        session = self._sessions.pop(session_id, None)
+    async def _close_session(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._sessions.pop(params.get("sessionId"), None)  # type: ignore[arg-type]
         if session is not None and session.task is not None and not session.task.done():
             session.cancelled = True
             session.task.cancel()
         if session is not None:
             await session.mcp.close()
-        return S.CloseSessionResponse()
+        return {}
 
-    async def cancel(self, session_id: str, **kwargs: Any) -> None:
-        session = self._sessions.get(session_id)
+    async def _cancel(self, params: dict[str, Any]) -> None:
+        session = self._sessions.get(params.get("sessionId"))  # type: ignore[arg-type]
         if session is None or session.task is None or session.task.done():
             return
         session.cancelled = True
         session.task.cancel()
 
-    async def prompt(self, session_id: str, prompt: list[Any], **kwargs: Any) -> S.PromptResponse:
-        session = self._session(session_id)
+    async def _prompt(self, params: dict[str, Any]) -> dict[str, Any]:
+        session = self._session(params.get("sessionId"))
+        prompt = params.get("prompt")
+        if not isinstance(prompt, list):
+            raise RequestError.invalid_params({"prompt": "must be a list of content blocks"})
         if session.task is not None and not session.task.done():
-            raise acp.RequestError.invalid_request(
+            raise RequestError.invalid_request(
                 {"sessionId": "a prompt is already running in this session"}
             )
         before = Totals(**vars(session.totals))
@@ -323,9 +287,7 @@ class CodingAgent:
             raise
         except Exception as exc:
             log.exception("prompt failed in session %s", session.id)
-            raise acp.RequestError.internal_error(
-                {"details": f"{type(exc).__name__}: {exc}"}
-            ) from exc
+            raise RequestError.internal_error({"details": f"{type(exc).__name__}: {exc}"}) from exc
         used = Totals(
             input_tokens=session.totals.input_tokens - before.input_tokens,
             output_tokens=session.totals.output_tokens - before.output_tokens,
@@ -334,7 +296,7 @@ class CodingAgent:
             - before.cache_creation_tokens,
             requests=session.totals.requests - before.requests,
         )
-        return S.PromptResponse(stop_reason=stop_reason, usage=used.acp_usage())  # type: ignore[arg-type]
+        return {"stopReason": stop_reason, "usage": used.acp_usage()}
 
     # -- the loop --------------------------------------------------------------------
 
@@ -344,7 +306,7 @@ class CodingAgent:
             single = session.config.mode == "single_shot"
             for _ in range(session.config.max_turns):
                 message = await self._call_model(session)
-                content = [_block_dict(b) for b in message.content]
+                content = message.content
                 tool_uses = [b for b in content if b.get("type") == "tool_use"]
                 if single:  # one answer: no tools were offered, none is run
                     content = [b for b in content if b.get("type") != "tool_use"] or [
@@ -375,23 +337,24 @@ class CodingAgent:
         if pending:
             session.messages.append({"role": "user", "content": list(pending.values())})
         for call_id in sorted(session.open_calls):
-            await self._send(session, update_tool_call(call_id, status="failed"))
+            await self._send(session, _tool_update(call_id, status="failed"))
         session.open_calls.clear()
 
-    async def _call_model(self, session: Session) -> Any:
+    async def _call_model(self, session: Session) -> api.Message:
         """One model request, retried when the connection or the upstream failed."""
         for attempt in range(MODEL_RETRIES + 1):
             try:
                 return await self._call_model_once(session)
-            except Exception as exc:
-                if attempt >= MODEL_RETRIES or not await self._retryable(exc):
+            except api.ModelError as exc:
+                if attempt >= MODEL_RETRIES or not _retryable(exc):
                     raise
-                sdk = await asyncio.shield(self._preload_sdk())
-                if isinstance(exc, sdk.APIConnectionError):
+                if isinstance(exc, api.APIConnectionError):
                     await self._use_loopback()
                 delay = MODEL_RETRY_DELAYS[min(attempt, len(MODEL_RETRY_DELAYS) - 1)]
+                if isinstance(exc, api.APIStatusError) and exc.retry_after is not None:
+                    delay = min(max(exc.retry_after, 0.0), MAX_RETRY_AFTER)
                 log.warning(
-                    "model call failed (%s: %s); retry %d in %.0f s",
+                    "model call failed (%s: %s); retry %d in %.1f s",
                     type(exc).__name__,
                     exc,
                     attempt + 1,
@@ -400,25 +363,7 @@ class CodingAgent:
                 await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
-    async def _retryable(self, exc: Exception) -> bool:
-        """Connection trouble or a 5xx/429: worth another try. A 4xx is the request's
-        fault and fails the prompt at once."""
-        sdk = await asyncio.shield(self._preload_sdk())
-        if isinstance(exc, sdk.APIConnectionError):
-            return True
-        if isinstance(exc, sdk.APIStatusError):
-            return exc.status_code >= 500 or exc.status_code == 429
-        if isinstance(exc, IncompleteResponse):
-            return True
-        # A stream cut mid-body surfaces as the HTTP library's error (httpx's
-        # TransportError), not wrapped by the SDK; matched by name, since the
-        # library may be vendored under another module path.
-        return any(
-            k.__name__ == "TransportError" and "httpx" in k.__module__ for k in type(exc).__mro__
-        )
-
-    async def _call_model_once(self, session: Session) -> Any:
-        client = await self._anthropic()
+    async def _call_model_once(self, session: Session) -> api.Message:
         config = session.config
         headers = {cfg.SESSION_HEADER: config.session_header or session.id}
         # single_shot: no tools at all (the request has no `tools`).
@@ -431,44 +376,35 @@ class CodingAgent:
             **tools,
             "stream": True,
         }
-        # What client.messages.stream(...) sends, encoded here: the SDK's request
-        # preparation deep-copies the whole transcript on every call (its copy_tree,
-        # ~1.5 ms at 100 messages on the turn's path, growing with the conversation);
-        # the transcript is plain JSON already.
-        sdk = await asyncio.shield(self._preload_sdk())
-        request = client.post(
-            "/v1/messages",
-            cast_to=sdk.types.Message,
-            content=json.dumps(body, separators=(",", ":")).encode(),
-            options={"headers": {**headers, "content-type": "application/json"}},
-            stream=True,
-            stream_cls=self._stream_cls(sdk),
-        )
-        async with sdk.lib.streaming.AsyncMessageStreamManager(request) as stream:
-            async for event in stream:
-                if event.type == "text" and event.text:
-                    await self._send(session, update_agent_message_text(event.text))
-                elif event.type == "thinking" and event.thinking:
-                    await self._send(session, update_agent_thought_text(event.thinking))
-            message = await stream.get_final_message()
+
+        async def on_delta(kind: str, text: str) -> None:
+            update = "agent_message_chunk" if kind == "text" else "agent_thought_chunk"
+            content = {"type": "text", "text": text}
+            await self._send(session, {"sessionUpdate": update, "content": content})
+
+        encoded = json.dumps(body, separators=(",", ":")).encode()
+        message = await self._client().stream(encoded, headers, on_delta)
         session.totals.add(message.usage)
         if message.stop_reason is None:
             raise IncompleteResponse("the model's response ended without a stop reason")
         usage = message.usage
-        used = (
-            int(usage.input_tokens or 0)
-            + int(getattr(usage, "cache_read_input_tokens", 0) or 0)
-            + int(getattr(usage, "cache_creation_input_tokens", 0) or 0)
-            + int(usage.output_tokens or 0)
+        used = sum(
+            int(usage.get(k) or 0)
+            for k in (
+                "input_tokens",
+                "cache_read_input_tokens",
+                "cache_creation_input_tokens",
+                "output_tokens",
+            )
         )
         await self._send(
             session,
-            S.UsageUpdate(
-                session_update="usage_update",
-                used=used,
-                size=config.context_window,
-                field_meta={"agentvm": {**session.totals.meta(), "model": config.model}},
-            ),
+            {
+                "sessionUpdate": "usage_update",
+                "used": used,
+                "size": config.context_window,
+                "_meta": {"agentvm": {**session.totals.meta(), "model": config.model}},
+            },
         )
         return message
 
@@ -477,18 +413,19 @@ class CodingAgent:
         ctx = session.tools
         where = locations(ctx, name, args)
         session.open_calls.add(block["id"])
-        await self._send(
-            session,
-            S.ToolCallStart(
-                session_update="tool_call",
-                tool_call_id=block["id"],
-                title=title(ctx, name, args),
-                kind=KINDS.get(name, "other"),  # type: ignore[arg-type]
-                status="pending",
-                raw_input=args,
-                locations=[S.ToolCallLocation(path=p, line=n) for p, n in where] or None,
-            ),
-        )
+        update: dict[str, Any] = {
+            "sessionUpdate": "tool_call",
+            "toolCallId": block["id"],
+            "title": title(ctx, name, args),
+            "kind": KINDS.get(name, "other"),
+            "status": "pending",
+            "rawInput": args,
+        }
+        if where:
+            update["locations"] = [
+                {"path": p} if n is None else {"path": p, "line": n} for p, n in where
+            ]
+        await self._send(session, update)
 
     async def _tool_call(self, session: Session, block: dict[str, Any]) -> dict[str, Any]:
         call_id, name = block["id"], str(block.get("name"))
@@ -496,12 +433,11 @@ class CodingAgent:
         if not await self._permitted(session, block):
             result = ToolResult("The user rejected this tool call.", is_error=True)
             await self._send(
-                session,
-                update_tool_call(call_id, status="failed", content=[_text(result.text)]),
+                session, _tool_update(call_id, status="failed", content=[_text(result.text)])
             )
             session.open_calls.discard(call_id)
             return _tool_result(call_id, result)
-        await self._send(session, update_tool_call(call_id, status="in_progress"))
+        await self._send(session, _tool_update(call_id, status="in_progress"))
         started = time.monotonic()
         if not any(t["name"] == name for t in session.tool_schemas):
             # Not offered (disallowed, or made up by the model): never run.
@@ -510,21 +446,24 @@ class CodingAgent:
             result = await session.mcp.call(name, args, max(session.config.bash_timeout, 60.0))
         else:
             result = await run_tool(session.tools, name, args)
-        content: list[Any] = []
+        content: list[dict[str, Any]] = []
         if result.change is not None:
             change = result.change
-            content.append(tool_diff_content(change.path, change.new_text, change.old_text))
+            diff = {"type": "diff", "path": change.path, "newText": change.new_text}
+            if change.old_text is not None:
+                diff["oldText"] = change.old_text
+            content.append(diff)
         if result.text and (result.change is None or result.is_error):
             content.append(_text(result.text))
         elapsed_ms = round((time.monotonic() - started) * 1000)
         raw = {**result.raw, "output": result.text, "ms": elapsed_ms}
         await self._send(
             session,
-            update_tool_call(
+            _tool_update(
                 call_id,
                 status="failed" if result.is_error else "completed",
                 content=content,
-                raw_output=raw,
+                rawOutput=raw,
             ),
         )
         session.open_calls.discard(call_id)
@@ -538,21 +477,24 @@ class CodingAgent:
         if name in session.remembered:
             return session.remembered[name]
         ctx, args = session.tools, block.get("input") or {}
-        response = await self.client.request_permission(
-            session_id=session.id,
-            tool_call=S.ToolCallUpdate(
-                tool_call_id=block["id"],
-                title=title(ctx, name, args),
-                kind=KINDS.get(name, "other"),  # type: ignore[arg-type]
-                status="pending",
-                raw_input=args,
-            ),
-            options=_PERMISSION_OPTIONS,
+        response = await self.client.request(
+            "session/request_permission",
+            {
+                "sessionId": session.id,
+                "toolCall": {
+                    "toolCallId": block["id"],
+                    "title": title(ctx, name, args),
+                    "kind": KINDS.get(name, "other"),
+                    "status": "pending",
+                    "rawInput": args,
+                },
+                "options": _PERMISSION_OPTIONS,
+            },
         )
-        outcome = response.outcome
-        if isinstance(outcome, S.DeniedOutcome):  # the client cancelled the prompt
-            raise Cancelled()
-        choice = outcome.option_id
+        outcome = response.get("outcome") if isinstance(response, dict) else None
+        if not isinstance(outcome, dict) or outcome.get("outcome") != "selected":
+            raise Cancelled()  # the client cancelled the prompt
+        choice = outcome.get("optionId")
         if choice == "allow_always":
             session.remembered[name] = True
         elif choice == "reject_always":
@@ -575,24 +517,20 @@ def _gateway_socket(base_url: str | None, env: dict[str, str]) -> str | None:
     return path if os.path.exists(path) else None
 
 
-def _settle(future: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if future.done():
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(value)
+def _retryable(exc: api.ModelError) -> bool:
+    """Connection trouble, a cut stream or a 5xx/429: worth another try. A 4xx is the
+    request's fault and fails the prompt at once."""
+    if isinstance(exc, api.APIStatusError):
+        return exc.status_code >= 500 or exc.status_code == 429
+    return True
 
 
-def _text(text: str) -> Any:
-    return tool_content(acp.text_block(text))
+def _text(text: str) -> dict[str, Any]:
+    return {"type": "content", "content": {"type": "text", "text": text}}
 
 
-def _block_dict(block: Any) -> dict[str, Any]:
-    data: dict[str, Any] = block.model_dump(mode="json", exclude_none=True)
-    if data.get("type") == "text":
-        return {"type": "text", "text": data.get("text", "")}
-    return data
+def _tool_update(call_id: str, **fields: Any) -> dict[str, Any]:
+    return {"sessionUpdate": "tool_call_update", "toolCallId": call_id, **fields}
 
 
 def _tool_result(call_id: str, result: ToolResult) -> dict[str, Any]:
@@ -624,22 +562,31 @@ def _append_user(messages: list[dict[str, Any]], blocks: list[dict[str, Any]]) -
 
 
 def _prompt_blocks(prompt: list[Any]) -> list[dict[str, Any]]:
+    """ACP content blocks (JSON) as the model's user content."""
     blocks: list[dict[str, Any]] = []
     for item in prompt:
-        kind = getattr(item, "type", None)
+        if not isinstance(item, dict):
+            raise RequestError.invalid_params({"prompt": "content blocks must be objects"})
+        kind = item.get("type")
         if kind == "text":
-            blocks.append({"type": "text", "text": item.text})
+            blocks.append({"type": "text", "text": str(item.get("text", ""))})
         elif kind == "image":
-            source = {"type": "base64", "media_type": item.mime_type, "data": item.data}
+            source = {
+                "type": "base64",
+                "media_type": item.get("mimeType"),
+                "data": item.get("data"),
+            }
             blocks.append({"type": "image", "source": source})
         elif kind == "resource_link":
-            blocks.append({"type": "text", "text": f"[referenced: {item.uri}] ({item.name})"})
+            link = f"[referenced: {item.get('uri')}] ({item.get('name')})"
+            blocks.append({"type": "text", "text": link})
         elif kind == "resource":
-            res = item.resource
-            body = getattr(res, "text", None)
+            res = item.get("resource")
+            res = res if isinstance(res, dict) else {}
+            body = res.get("text")
             if body is None:
-                body = f"(binary content, {len(getattr(res, 'blob', ''))} base64 characters)"
-            wrapped = f'<context uri="{res.uri}">\n{body}\n</context>'
+                body = f"(binary content, {len(str(res.get('blob', '')))} base64 characters)"
+            wrapped = f'<context uri="{res.get("uri")}">\n{body}\n</context>'
             blocks.append({"type": "text", "text": wrapped})
     if not blocks:
         blocks.append({"type": "text", "text": "(empty prompt)"})
@@ -647,11 +594,14 @@ def _prompt_blocks(prompt: list[Any]) -> list[dict[str, Any]]:
 
 
 async def serve() -> None:
-    """Serve ACP on this process's stdin/stdout."""
+    """Serve ACP on this process's stdin/stdout until stdin closes."""
     agent = CodingAgent()
+    reader, writer = await stdio()
+    agent._conn = Connection(reader, writer, agent.handlers())
     try:
-        # use_unstable_protocol routes session/close (an unstable ACP method).
-        await acp.run_agent(agent, use_unstable_protocol=True)  # type: ignore[arg-type]
+        await agent._conn.serve()
     finally:
         for session in list(agent._sessions.values()):
             await session.mcp.close()
+        if agent._model is not None:
+            await agent._model.close()
