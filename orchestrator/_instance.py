@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from ._json import dumps as _dumps
 from ._tx import Tx, current_tx, open_tx
 from .contexts import ActorContext
 from .errors import (
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from .workflow._context import WorkflowRun
 
 log = logging.getLogger("agentvm.actor")
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def validate_body(model: Any, body: Any, queue: str) -> Any:

@@ -21,8 +21,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
+from .._json import dumps as _dumps
 from .._time import epoch, seconds
 from .._tx import Tx, current_tx
 from ..contexts import ActorContext
@@ -53,8 +55,6 @@ DEFAULT_MAX_RETRIES = 3
 DEFAULT_BACKOFF_BASE = 0.1
 DEFAULT_BACKOFF_MAX = 30.0
 DEFAULT_HISTORY_KEEP = 2
-
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def workflow(fn: Callable[[WorkflowContext], Awaitable[Any]]) -> Callable[..., Any]:
@@ -403,7 +403,10 @@ class WorkflowContext(ActorContext):
             run.step_event(path, "running", attempts + 1)
             try:
                 result = fn()
-                if inspect.isawaitable(result):
+                # isawaitable's ABC check is slow; a coroutine or None skips it.
+                if type(result) is CoroutineType or (
+                    result is not None and inspect.isawaitable(result)
+                ):
                     if limit is not None:
                         result = await asyncio.wait_for(result, limit)
                     else:
@@ -470,6 +473,7 @@ class WorkflowContext(ActorContext):
                 await self._record_failure(path, attempts + 1, first_started, err, not_json=True)
                 raise err from exc
             ops = tx.ops
+            finished = time.time()
             ops.append(
                 run.put(
                     path,
@@ -477,7 +481,7 @@ class WorkflowContext(ActorContext):
                     "completed",
                     attempts=attempts + 1,
                     started_at=first_started,
-                    finished_at=time.time(),
+                    finished_at=finished,
                     output=output,
                 )
             )

@@ -59,6 +59,11 @@ async def test_a_failing_submission_fails_alone(store: SQLiteStore) -> None:
     assert results[0] is None and results[2] is None
     assert isinstance(results[1], sqlite3.IntegrityError)
     assert [m.message_id for m in await store.load_messages("a")] == [1, 2, 3]
+    # Alone in its commit (one statement, no BEGIN/COMMIT around it): the same.
+    with pytest.raises(sqlite3.IntegrityError):
+        await store.submit_await([_put(2)])
+    await store.submit_await([_put(4)])
+    assert [m.message_id for m in await store.load_messages("a")] == [1, 2, 3, 4]
 
 
 async def test_a_cancelled_waiter_still_commits(store: SQLiteStore) -> None:
