@@ -66,6 +66,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
+from bench import session_trace  # noqa: E402
 from host.gateway import LLMGateway  # noqa: E402
 from host.vm import SandboxManager, vm_actor  # noqa: E402
 from orchestrator import Engine, setup  # noqa: E402
@@ -355,9 +356,10 @@ class HopTrace:
         wrap(
             ss.Session,
             "write_message",
-            after=lambda m: m.get("method") == "session/prompt" and mark("stdin"),
+            lambda m: m.get("method") == "session/prompt" and mark("stdin_call"),
+            lambda m: m.get("method") == "session/prompt" and mark("stdin"),
         )
-        wrap(ss.Session, "_line", line)
+        wrap(ss.Session, "_stdout", line)
         wrap(gc.HttpConnection, "_request", lambda *_: mark("gw_head"))
         wrap(gc.HttpConnection, "_forward", lambda *_: mark("gw_fwd"))
         wrap(gc.HttpConnection, "_relay", lambda *_: mark("gw_resp"), lambda *_: mark("gw_end"))
@@ -373,6 +375,7 @@ class HopTrace:
 
 class Bench:
     trace: HopTrace | None = None
+    syscalls = False  # --syscalls: in-sandbox hops from perf (bench/session_trace.py)
 
     def __init__(
         self, engine: Engine, manager: SandboxManager, fake: Fake, quick: bool, smoke: bool = False
@@ -426,7 +429,15 @@ class Bench:
 
             cpu_before = await cpu_times(vm)
             host_cpu = time.process_time()
-            through_s, direct_s, calls = await self.turns(vm, sid)
+            tracer = await self.tracer(key, sid) if self.syscalls else None
+            if isinstance(tracer, str):
+                out["syscall_hops_us"] = {"error": tracer}
+                tracer = None
+            through_s, direct_s, calls = await self.turns(vm, sid, tracer)
+            if tracer is not None and self.trace is not None:
+                calls_seen = await tracer.stop()
+                rows = [{**r, **tracer.stamps(calls_seen, r)} for r in self.trace.rows]
+                out["syscall_hops_us"] = session_trace.table(rows)
             # Where a turn's time goes, robust to a loaded machine: CPU used per turn
             # in the sandbox, and by this process (engine, gateway, and the direct
             # client's calls too).
@@ -455,7 +466,23 @@ class Bench:
         )
         return out
 
-    async def turns(self, vm: Any, sid: str) -> tuple[list[float], list[float], list[int]]:
+    async def tracer(self, key: list[str], sid: str) -> session_trace.SyscallTrace | str:
+        """perf on the vm's supervisor, the session's agent and the fake model (or why
+        not)."""
+        why = session_trace.SyscallTrace.unavailable()
+        if why is not None:
+            return why
+        infos = [i for i in await self.manager.backend.list_sandboxes() if i.key == key]
+        container = await asyncio.to_thread(self.manager.backend.client.containers.get, infos[0].id)
+        supervisor = int(container.attrs["State"]["Pid"])
+        record = vm_sessions(self.engine, key).manager._get(sid).record
+        agent = session_trace.SyscallTrace.find_agent(supervisor, record.pid)
+        assert self.fake.proc.pid is not None
+        return session_trace.SyscallTrace(supervisor, agent, self.fake.proc.pid)
+
+    async def turns(
+        self, vm: Any, sid: str, tracer: session_trace.SyscallTrace | None = None
+    ) -> tuple[list[float], list[float], list[int]]:
         """Through the whole path vs the same requests sent directly, interleaved."""
 
         through_s: list[float] = []
@@ -465,6 +492,8 @@ class Bench:
         if self.trace is not None:  # this agent's turns only
             self.trace.rows = []
         for i in range(3 + self.n_turns):
+            if i == 3 and tracer is not None:  # after the warm-up: every thread exists
+                await tracer.start()
             await self.fake.take()  # (untimed) nothing earlier belongs to this turn
             wall = time.time()
             call_in = time.perf_counter_ns()
@@ -549,7 +578,11 @@ def selected_agents(raw: str | None) -> dict[str, list[str]]:
 
 
 async def main(
-    quick: bool, agents_arg: str | None, smoke: bool = False, hops: bool = False
+    quick: bool,
+    agents_arg: str | None,
+    smoke: bool = False,
+    hops: bool = False,
+    syscalls: bool = False,
 ) -> dict[str, Any]:
     # --smoke: the coding agent alone (its image is the one the tests build).
     agents = selected_agents(agents_arg or ("coding-agent" if smoke else None))
@@ -577,7 +610,8 @@ async def main(
         await engine.start()
         manager.attach(engine)
         bench = Bench(engine, manager, fake, quick, smoke)
-        if hops:
+        bench.syscalls = syscalls
+        if hops or syscalls:
             bench.trace = HopTrace()
             bench.trace.install()
         try:
@@ -639,8 +673,13 @@ if __name__ == "__main__":
     parser.add_argument(
         "--hops", action="store_true", help="add <agent>_hops_us (where a turn goes)"
     )
+    parser.add_argument(
+        "--syscalls",
+        action="store_true",
+        help="with --hops: <agent>_syscall_hops_us, the in-sandbox hops from perf (root)",
+    )
     args = parser.parse_args()
     started = time.perf_counter()
-    result = asyncio.run(main(args.quick, args.agents, args.smoke, args.hops))
+    result = asyncio.run(main(args.quick, args.agents, args.smoke, args.hops, args.syscalls))
     result["wall_s"] = round(time.perf_counter() - started, 1)
     print(json.dumps(result))

@@ -44,6 +44,27 @@ class ActorLog:
         await self._instance.store.submit([(base.APPEND_LOG, rec)])
         return seq
 
+    async def append_many(self, payloads: list[Any]) -> list[int]:
+        """Append several entries (numbered in order) in one commit; all or none."""
+        try:
+            texts = [json.dumps(p, separators=(",", ":")) for p in payloads]
+        except (TypeError, ValueError) as exc:
+            raise NotSerializable(f"log entry is not JSON: {exc}", field="payload") from exc
+        if not texts:
+            return []
+        seqs = [await self._next_seq()]
+        inst = self._instance
+        for _ in texts[1:]:  # no await in between: the numbers stay contiguous
+            inst.log_seqs[self.stream] += 1
+            seqs.append(inst.log_seqs[self.stream])
+        now = time.time()
+        ops = [
+            (base.APPEND_LOG, LogRecord(inst.actor_id, self.stream, seq, text, now))
+            for seq, text in zip(seqs, texts, strict=True)
+        ]
+        await inst.store.submit(ops)
+        return seqs
+
     async def compact(self, payload: Any) -> int:
         """Replace every entry of this log by one entry ``payload``, numbered with the
         log's last number (so later appends and ``read(since)`` stay consistent);

@@ -20,6 +20,11 @@ class EventStore(Protocol):
         """Store ``event`` durably; return its number (1, 2, ... per session)."""
         ...
 
+    async def append_many(self, events: list[SessionEvent]) -> None:
+        """Store several events of one session, in order, in one write (the lines of
+        one read of the agent's stdout); numbers them like :meth:`append`."""
+        ...
+
     async def read(self, session_id: str, since: int = 0) -> list[SessionEvent]:
         """Events with ``seq > since``, oldest first."""
         ...
@@ -37,12 +42,18 @@ class MemoryEventStore:
         log.append(event)
         return event.seq
 
+    async def append_many(self, events: list[SessionEvent]) -> None:
+        for event in events:
+            await self.append(event)
+
     async def read(self, session_id: str, since: int = 0) -> list[SessionEvent]:
         return [e for e in self._events.get(session_id, ()) if e.seq > since]
 
 
 class _Log(Protocol):
     async def append(self, payload: Any) -> int: ...
+
+    async def append_many(self, payloads: list[Any]) -> list[int]: ...
 
     async def compact(self, payload: Any) -> int: ...
 
@@ -72,6 +83,17 @@ class ActorLogEventStore:
         event.seq = await self._log(event.session_id).append(payload)
         self.ctx.broadcast("session_event", event.model_dump(mode="json"))
         return event.seq
+
+    async def append_many(self, events: list[SessionEvent]) -> None:
+        """One commit for all (one per read of the agent's stdout, not one per line);
+        broadcast once stored, in order."""
+        if not events:
+            return
+        payloads = [e.model_dump(mode="json", exclude={"seq"}) for e in events]
+        seqs = await self._log(events[0].session_id).append_many(payloads)
+        for event, seq, payload in zip(events, seqs, payloads, strict=True):
+            event.seq = seq
+            self.ctx.broadcast("session_event", {**payload, "seq": seq})
 
     async def compact(self, session_id: str, data: dict[str, Any]) -> int:
         """Replace a (closed) session's whole log by one ``transcript`` event."""

@@ -59,6 +59,9 @@ ACK_EAGER_BYTES = 256 * 1024
 # permission requests: dropping one would leave the agent waiting for an answer
 # nobody was asked for, and at most max_open_requests are unanswered at once.
 AGENT_KINDS = frozenset({"update", "prompt_end", "permission_response", "protocol_error"})
+# An event of the agent's output waiting for its read's commit (Session.emit_many):
+# (kind, data, stdout offset past its line, rate_limited: None = by kind).
+_Pending = tuple[EventKind, dict[str, Any], int | None, bool | None]
 
 
 def _size(event: SessionEvent) -> int:
@@ -240,32 +243,62 @@ class Session:
         event = SessionEvent(session_id=self.id, kind=kind, data=dict(data), offset=offset)
         if self.prestarted:
             return event
-        size = _size(event)
         async with self._emit_lock:
-            gate = self.gate
-            limited = kind in AGENT_KINDS if rate_limited is None else rate_limited
-            verdict = gate.admit(kind, size, rate_limited=limited)
-            if verdict != "ok":
-                gate.drop(size, verdict)
-                if verdict == "full" and not gate.full_announced:
-                    await self._store_marker()  # once: "nothing more is stored"
-                elif verdict == "rate":
-                    self._schedule_flush()
-                return event
-            if kind in FINAL_KINDS or not gate.full_announced:
-                await self._store_marker()  # drops before this event come first
-            await self._append(event, size)
+            await self._store(self._admit(event, rate_limited))
         return event
 
-    async def _append(self, event: SessionEvent, size: int) -> None:
-        await self.manager.store.append(event)
+    async def emit_many(self, items: list[_Pending]) -> None:
+        """:meth:`emit` for the events of one read of the agent's stdout: admitted in
+        order, stored in one commit (one per read, not one per line: each commit is a
+        wake-up of the store's thread on the turn's path)."""
+        if self.prestarted or not items:
+            return
+        async with self._emit_lock:
+            out: list[tuple[SessionEvent, int]] = []
+            for kind, data, offset, limited in items:
+                event = SessionEvent(session_id=self.id, kind=kind, data=data, offset=offset)
+                out += self._admit(event, limited)
+            await self._store(out)
+
+    def _admit(
+        self, event: SessionEvent, rate_limited: bool | None
+    ) -> list[tuple[SessionEvent, int]]:
+        """What storing ``event`` means now (under ``_emit_lock``): ``[]`` (dropped),
+        or the event, after the marker of earlier drops if one is due."""
+        size = _size(event)
+        gate = self.gate
+        kind = event.kind
+        limited = kind in AGENT_KINDS if rate_limited is None else rate_limited
+        verdict = gate.admit(kind, size, rate_limited=limited)
+        if verdict != "ok":
+            gate.drop(size, verdict)
+            if verdict == "full" and not gate.full_announced:
+                return self._marker()  # once: "nothing more is stored"
+            if verdict == "rate":
+                self._schedule_flush()
+            return []
+        out = self._marker() if kind in FINAL_KINDS or not gate.full_announced else []
+        gate.stored(size)  # counted at once: later admissions see it
+        out.append((event, size))
+        return out
+
+    def _marker(self) -> list[tuple[SessionEvent, int]]:
+        data = self.gate.take_marker()
+        if data is None:
+            return []
+        marker = SessionEvent(session_id=self.id, kind="events_dropped", data=data)
+        size = _size(marker)
         self.gate.stored(size)
+        return [(marker, size)]
+
+    async def _store(self, events: list[tuple[SessionEvent, int]]) -> None:
+        if len(events) == 1:
+            await self.manager.store.append(events[0][0])
+        elif events:
+            await self.manager.store.append_many([e for e, _ in events])
 
     async def _store_marker(self) -> None:
-        data = self.gate.take_marker()
-        if data is not None:
-            marker = SessionEvent(session_id=self.id, kind="events_dropped", data=data)
-            await self._append(marker, _size(marker))
+        await self._store(self._marker())
 
     def _schedule_flush(self) -> None:
         if self._flush_task is None or self._flush_task.done():
@@ -344,9 +377,15 @@ class Session:
             del self.stderr_tail[: len(self.stderr_tail) - STDERR_TAIL]
 
     async def _stdout(self, data: bytes) -> None:
+        """One read of the agent's stdout: its complete lines are parsed in order,
+        their events stored in one commit, and only then handed to the ACP connection
+        and acknowledged (stored before anyone sees them, as line by line)."""
         base = self.recv_offset
         self.recv_offset += len(data)
         limit = self.limits.line_max_bytes
+        batch: list[_Pending] = []
+        forward: list[dict[str, Any]] = []
+        done: int | None = None  # the end offset of the last complete line
         pos = 0
         while pos < len(data):
             nl = data.find(b"\n", pos)
@@ -360,48 +399,54 @@ class Session:
                     self.oversized = len(self.line_buf)
                     self.line_buf.clear()
             if nl < 0:
-                return
+                break
             pos = nl + 1
             start = self.line_start
-            end = self.line_start = base + nl + 1
+            end = done = self.line_start = base + nl + 1
             if self.oversized:
                 size, self.oversized = self.oversized, 0
-                await self._dropped_line(
-                    {"error": "line_too_long", "bytes": size, "limit": limit}, end
+                self._dropped_line(
+                    batch, {"error": "line_too_long", "bytes": size, "limit": limit}, end
                 )
             else:
                 line = bytes(self.line_buf)
                 self.line_buf.clear()
-                await self._line(line, start, end)
-
-    async def _dropped_line(self, data: dict[str, Any], end: int) -> None:
-        """A line the host does not act on: one (rate-limited) ``protocol_error``."""
-        if end > self.skip_until:
-            await self.emit("protocol_error", data, offset=end)
-        self.processed = max(self.processed, end)
+                message = self._line(batch, line, start, end)
+                if message is not None:
+                    forward.append(message)
+        if done is None:
+            return
+        await self.emit_many(batch)
+        self.processed = max(self.processed, done)
+        for message in forward:
+            self.transport.queue.put_nowait(message)
         self._schedule_ack()
 
-    async def _line(self, line: bytes, start: int, end: int) -> None:
+    def _dropped_line(self, batch: list[_Pending], data: dict[str, Any], end: int) -> None:
+        """A line the host does not act on: one (rate-limited) ``protocol_error``."""
+        if end > self.skip_until:
+            batch.append(("protocol_error", data, end, None))
+
+    def _line(
+        self, batch: list[_Pending], line: bytes, start: int, end: int
+    ) -> dict[str, Any] | None:
+        """Parse one line, queue its events; the message if the ACP connection needs it."""
         if not line.strip():
-            self.processed = end
-            self._schedule_ack()
-            return
+            return None
         try:
             message = json.loads(line)
         except ValueError:
             message = None
         if not isinstance(message, dict):
             excerpt = line[:200].decode("utf-8", "replace")
-            await self._dropped_line({"error": "not_a_json_object", "line": excerpt}, end)
-            return
+            self._dropped_line(batch, {"error": "not_a_json_object", "line": excerpt}, end)
+            return None
         replay = end <= self.skip_until
-        forward = await self._message(message, start, end, replay)
-        self.processed = end
-        if forward:
-            await self.transport.queue.put(message)
-        self._schedule_ack()
+        return message if self._message(batch, message, start, end, replay) else None
 
-    async def _message(self, msg: dict[str, Any], start: int, end: int, replay: bool) -> bool:
+    def _message(
+        self, batch: list[_Pending], msg: dict[str, Any], start: int, end: int, replay: bool
+    ) -> bool:
         """Record what the line means; True: hand it to the ACP connection too."""
         method = msg.get("method")
         has_id = "id" in msg
@@ -422,17 +467,14 @@ class Session:
             ):
                 self.add_text(str(content.get("text", "")))
             if not replay:
-                await self.emit("update", update, offset=end)
+                batch.append(("update", update, end, None))
             return False
         if isinstance(method, str) and has_id:
             if len(self.open_requests) >= self.limits.max_open_requests:
                 # Never answered: each open request holds a task and its retained bytes.
                 if not replay:
-                    await self.emit(
-                        "protocol_error",
-                        {"error": "too_many_open_requests", "method": method[:100]},
-                        offset=end,
-                    )
+                    data = {"error": "too_many_open_requests", "method": method[:100]}
+                    batch.append(("protocol_error", data, end, None))
                 return False
             # A request from the agent: its bytes stay retained until we answer it.
             self.open_requests[msg["id"]] = start
@@ -441,7 +483,7 @@ class Session:
                 if isinstance(meta, dict):
                     meta.update(agentvmRequestId=msg["id"], agentvmReplay=replay, agentvmOffset=end)
         elif method is None and has_id:
-            await self._answer(msg, end, replay)
+            self._answer(batch, msg, end, replay)
         return True
 
     def _earlier(self, request_id: Any) -> bool:
@@ -452,7 +494,7 @@ class Session:
             and request_id < self.record.generation * ID_SPAN
         )
 
-    async def _answer(self, msg: dict[str, Any], end: int, replay: bool) -> None:
+    def _answer(self, batch: list[_Pending], msg: dict[str, Any], end: int, replay: bool) -> None:
         """A response from the agent: one to a prompt ends it with ``prompt_end``,
         a stop reason or (the prompt failed) the error — never silence."""
         rid = msg["id"]
@@ -479,7 +521,7 @@ class Session:
         # The answer to a prompt we sent is stored even in a flood (forged ones, for
         # ids we are not waiting for, pass the rate limiter).
         pending = self.conn is not None and rid in self.conn._conn._pending
-        await self.emit("prompt_end", data, offset=end, rate_limited=not (pending or orphan))
+        batch.append(("prompt_end", data, end, not (pending or orphan)))
 
     def _end_orphan(self) -> None:
         if self.orphan is not None and not self.orphan.is_set():
