@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import LeaseLost, NotOwner
 from .member import ClusterMember, default_cluster_host_id
@@ -33,17 +33,42 @@ async def start_cluster(engine: Engine) -> ClusterMember:
         url=cfg.host_url,
     )
     engine.cluster = member
-    hook = getattr(engine.store, "on_lease_lost", False)
-    if hook is None:  # the store offers the hook: drop at once, not at the next beat
-
-        def on_lease_lost(actor_id: str) -> None:
-            if actor_id in member.held or actor_id in engine.instances:
-                engine._spawn(member.lost(actor_id))
-
-        engine.store.on_lease_lost = on_lease_lost  # type: ignore[attr-defined]
+    _watch_refusals(engine, member)
     claimed = await member.start()
     await recover(engine, claimed)
     return member
+
+
+def _watch_refusals(engine: Engine, member: ClusterMember) -> None:
+    """A commit the store refused (``LeaseLost``: fenced) drops the actor at once
+    instead of at the next beat."""
+
+    def refused(actor_id: Any) -> None:
+        if isinstance(actor_id, str) and (actor_id in member.held or actor_id in engine.instances):
+            log.warning(
+                "write refused for actor %s: host %s no longer holds its lease (fenced)",
+                actor_id,
+                member.host_id,
+            )
+            engine._spawn(member.lost(actor_id))
+
+    store: Any = engine.store
+    if getattr(store, "on_lease_lost", False) is None:  # the store has the hook
+        store.on_lease_lost = refused
+        return
+    submit = store.submit
+
+    def check(fut: asyncio.Future[None]) -> None:
+        if not fut.cancelled() and isinstance(fut.exception(), LeaseLost):
+            refused(fut.exception().metadata.get("actor_id"))  # type: ignore[union-attr]
+
+    def watched(ops: list[Any]) -> asyncio.Future[None]:
+        fut: asyncio.Future[None] = submit(ops)
+        fut.add_done_callback(check)
+        return fut
+
+    # Awaited submissions (steps, actions, sleeps) go through submit().
+    store.submit = watched
 
 
 async def recover(engine: Engine, actor_ids: list[str]) -> None:

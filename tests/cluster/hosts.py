@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ T = TypeVar("T")
 class Host:
     name: str
     server: LiveServer
+    seen: list[str] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -34,10 +35,10 @@ class Host:
         )
 
     def log(self) -> str:
-        lines = []
+        """Everything the host wrote to stderr so far."""
         while not self.server.lines.empty():
-            lines.append(self.server.lines.get_nowait())
-        return "".join(lines)
+            self.seen.append(self.server.lines.get_nowait())
+        return "".join(self.seen)
 
     def kill(self) -> None:
         self.server.proc.send_signal(signal.SIGKILL)
