@@ -1,8 +1,9 @@
 """Property-based fuzzing of the live server from its own /openapi.json (schemathesis).
 
 Bounded: a fixed number of examples per operation, derandomized, so the run is
-reproducible and short. Every check schemathesis runs by default must hold — above
-all, no 5xx for any request it can make up.
+reproducible and short (``FUZZ_EXAMPLES`` per operation in the default suite; the
+``slow`` tests make up many more). Every check schemathesis runs by default must
+hold — above all, no 5xx for any request it can make up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,10 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from tests.server.live import LiveServer, start_server
 
-MAX_EXAMPLES = 30
+# Per operation: enough for every operation's aimed and unaimed cases in the default
+# suite; the slow tests (``pytest -m slow``) make up SLOW_EXAMPLES.
+FUZZ_EXAMPLES = 10
+SLOW_EXAMPLES = 60
 ACTOR_TYPES = ["counter", "worker", "vm", "progress"]
 # Every action of the test registry but blob(size), which allocates `size` bytes.
 ACTIONS = ["increment", "get_count", "echo", "announce", "concat", "read_file", "write_file"]
@@ -43,10 +47,24 @@ def api_schema(fuzz_server: LiveServer) -> schemathesis.BaseSchema:
     return schema.exclude(path_regex=r"/events$")
 
 
-def _fuzz(api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode) -> int:
+def _has_body_or_query(operation: schemathesis.APIOperation) -> bool:
+    """Whether a caller has more to get wrong than the path: a body or a query."""
+    raw = operation.definition.raw
+    return "requestBody" in raw or any(p.get("in") == "query" for p in raw.get("parameters", []))
+
+
+def _fuzz(
+    api_schema: schemathesis.BaseSchema,
+    mode: schemathesis.GenerationMode,
+    examples: int = FUZZ_EXAMPLES,
+    *,
+    every_operation: bool = True,
+) -> int:
     ran = 0
     for result in api_schema.get_all_operations():
         operation = result.ok()
+        if not every_operation and not _has_body_or_query(operation):
+            continue
         # A workflow definition's JSON Schema cannot say that its dependencies are
         # acyclic, its references known or its name the path's: a schema-valid
         # definition (or params) may still get a 400 naming the field.
@@ -63,7 +81,7 @@ def _fuzz(api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode
             queue=st.sampled_from([None, *QUEUES]),
         )
         @settings(
-            max_examples=MAX_EXAMPLES,
+            max_examples=examples,
             deadline=None,
             derandomize=True,
             database=None,
@@ -102,4 +120,16 @@ def test_fuzz_valid_requests(api_schema: schemathesis.BaseSchema) -> None:
 
 
 def test_fuzz_invalid_requests(api_schema: schemathesis.BaseSchema) -> None:
-    assert _fuzz(api_schema, schemathesis.GenerationMode.NEGATIVE) >= 4
+    """Invalid bodies and queries. Invalid path parameters are rare finds (any text is
+    a path segment: hypothesis rejects hundreds of draws per operation before it
+    gives up), so the slow test makes them up for every operation."""
+    mode = schemathesis.GenerationMode.NEGATIVE
+    assert _fuzz(api_schema, mode, every_operation=False) >= 4
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", list(schemathesis.GenerationMode), ids=lambda m: m.value)
+def test_fuzz_many_requests(
+    api_schema: schemathesis.BaseSchema, mode: schemathesis.GenerationMode
+) -> None:
+    assert _fuzz(api_schema, mode, SLOW_EXAMPLES) >= 4
