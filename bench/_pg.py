@@ -26,6 +26,9 @@ class PgServer:
 
     admin_url: str
     started_here: bool
+    # Set on every database this bench creates (ALTER DATABASE ... SET), e.g.
+    # {"synchronous_commit": "off"}: both systems then run with it.
+    db_settings: dict[str, str] = field(default_factory=dict)
     created: list[str] = field(default_factory=list)
     started: Any = None  # tests.support.postgres.PgServer when this process started it
 
@@ -34,6 +37,8 @@ class PgServer:
         name = f"{prefix}_{time.time_ns()}"
         with _connect(self.admin_url) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
+            for key, value in self.db_settings.items():
+                conn.execute(f"ALTER DATABASE \"{name}\" SET {key} = '{value}'")
         self.created.append(name)
         return _with_dbname(self.admin_url, name)
 
@@ -126,7 +131,8 @@ def compare(
     import asyncio
     import statistics
 
-    res: dict[str, Any] = {"pg_settings": server_settings(server.admin_url)}
+    probe = server.database("settings")  # the settings a fresh database gets
+    res: dict[str, Any] = {"pg_settings": server_settings(probe)}
     log(f"PostgreSQL settings (both sides): {res['pg_settings']}")
     why = agentvm_has_postgres()
     if why is None:

@@ -43,8 +43,10 @@ SQLite figures when a server can be started - else ``pg_note`` says why): the pe
 overhead and the queue drain again, agentvm (``Engine(db="postgresql://...")``, its
 asyncpg store) vs DBOS on PostgreSQL (its native backend, psycopg), on one server
 (bench/_pg.py: ``--pg-url`` or a throwaway server from the machine's binaries), a fresh
-database each, the server's settings as they are (``synchronous_commit=on``, fsync on;
-reported as ``pg_settings`` and read back from DBOS's pool as ``pg_dbos_settings``):
+database each, on the same settings: PostgreSQL's defaults (fsync on,
+``synchronous_commit=on``; ``--pg-synchronous-commit off`` sets it off on both sides'
+databases), reported as ``pg_settings`` and read back from DBOS's pool as
+``pg_dbos_settings``:
 ``pg_step_overhead_us``, ``pg_dbos_step_overhead_us`` (DBOS's faster path),
 ``pg_step_overhead_ratio`` (target >= 5), ``pg_queue_throughput``,
 ``pg_dbos_queue_throughput`` (DBOS drains at most 1,000 messages there),
@@ -601,7 +603,12 @@ class EarlyCompletion(RuntimeError):
 
 
 def postgres_figures(
-    pg_url: str | None, n_steps: int, n_msgs: int, n_dbos_msgs: int, repeat: int
+    pg_url: str | None,
+    synchronous_commit: str,
+    n_steps: int,
+    n_msgs: int,
+    n_dbos_msgs: int,
+    repeat: int,
 ) -> dict[str, Any]:
     """agentvm vs DBOS on one PostgreSQL server (bench/_pg.py); a note if there is none."""
     from bench import _pg
@@ -610,6 +617,7 @@ def postgres_figures(
         if server is None:
             log(f"PostgreSQL figures skipped: {note}")
             return {"pg_note": note}
+        server.db_settings["synchronous_commit"] = synchronous_commit
         res = _pg.compare(
             server,
             agentvm_steps=agentvm_steps,
@@ -649,6 +657,13 @@ def main() -> None:
         "server can be started)",
     )
     p.add_argument("--pg-url", help="an existing PostgreSQL server (else one is started)")
+    p.add_argument(
+        "--pg-synchronous-commit",
+        default="on",
+        choices=["on", "off"],
+        help="synchronous_commit of the bench's databases, for both systems (off: a commit "
+        "does not wait for its WAL flush, like SQLite's synchronous=NORMAL in WAL mode)",
+    )
     args = p.parse_args()
     sync = args.synchronous
     quick = args.quick
@@ -736,7 +751,11 @@ def main() -> None:
     if args.store in ("all", "postgresql"):
         # DBOS drains ~40 msgs/s on PostgreSQL here (fsync per commit): at most 1,000.
         n_pg_dbos = min(n_dbos_msgs, 1000)
-        res.update(postgres_figures(args.pg_url, n_steps, n_msgs, n_pg_dbos, repeat))
+        res.update(
+            postgres_figures(
+                args.pg_url, args.pg_synchronous_commit, n_steps, n_msgs, n_pg_dbos, repeat
+            )
+        )
     res["wall_s"] = time.time() - t_all
     log(f"done in {res['wall_s']:.1f}s")
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}))
