@@ -16,8 +16,27 @@ from orchestrator import Engine, Registry
 pytest_plugins = ["tests.support.fake_anthropic", "tests.support.postgres"]
 
 
+# The engine tests run against both stores (PostgreSQL: an emptied database per test).
+STORE_PARAMETRISED = {"test_engine_basics", "test_workflow_semantics", "test_queues", "test_runs"}
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    module = metafunc.module.__name__.rsplit(".", 1)[-1]
+    if module in STORE_PARAMETRISED and "db_store" in metafunc.fixturenames:
+        metafunc.parametrize("db_store", ["sqlite", "postgresql"], indirect=True)
+
+
 @pytest.fixture
-def db_path(tmp_path: Path) -> str:
+def db_store(request: pytest.FixtureRequest) -> str:
+    """Which store ``db_path`` names: ``sqlite`` unless the module is parametrised."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path, db_store: str, request: pytest.FixtureRequest) -> str:
+    """The engine's ``db``: a SQLite file, or the URL of an empty PostgreSQL database."""
+    if db_store == "postgresql":
+        return str(request.getfixturevalue("pg_server").store_url())
     return str(tmp_path / "agentvm.db")
 
 
