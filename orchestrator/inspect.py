@@ -186,11 +186,11 @@ class Inspector:
 
     @classmethod
     async def open(cls, db: str) -> Inspector:
-        """An inspector over the SQLite database at ``db``, without an engine; close it
-        (or use ``async with``) when done."""
-        from .storage import SQLiteStore
+        """An inspector over the store at ``db`` (a SQLite file or a PostgreSQL URL),
+        without an engine; close it (or use ``async with``) when done."""
+        from .storage import open_store
 
-        store = SQLiteStore(db)
+        store = open_store(db)
         await store.open()
         inspector = cls(store)
         inspector._owned = True
