@@ -40,7 +40,7 @@ class ClusterView(BaseModel):
 
 
 @router.get("/cluster", response_model=ClusterView, summary="Hosts, leases, load and health")
-async def cluster(request: Request) -> Response:
+async def get_cluster(request: Request) -> Response:
     engine = engine_of(request)
     member = engine.cluster
     if member is None:

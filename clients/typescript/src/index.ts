@@ -120,6 +120,11 @@ export class Client<R extends RegistryShape = RegistryShape> {
     return this.transport.json<Ok<"healthz">>("GET", "/healthz");
   }
 
+  /** The hosts sharing the server's database: leases, load, health (`mode: "single"` on SQLite). */
+  cluster(): Promise<Ok<"get_cluster">> {
+    return this.transport.json<Ok<"get_cluster">>("GET", "/cluster");
+  }
+
   /** Prometheus text. */
   async metrics(): Promise<string> {
     return (await this.transport.fetch("GET", "/metrics")).text();

@@ -267,6 +267,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/cluster": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** Hosts, leases, load and health */
+        get: operations["get_cluster"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/actors/{name}/{key}/runs/{run_id}/patch": {
         parameters: {
             query?: never;
@@ -816,6 +833,70 @@ export interface components {
             blob: string;
             /** Size */
             size: number;
+        };
+        /** ClusterHost */
+        ClusterHost: {
+            /** Host Id */
+            host_id: string;
+            /**
+             * Url
+             * @description where the other hosts forward its actors' requests
+             */
+            url: string | null;
+            /**
+             * Engine Id
+             * @description the Docker engine this host drives
+             * @default
+             */
+            engine_id: string;
+            /** Started At */
+            started_at?: number | null;
+            /**
+             * Heartbeat At
+             * @description last heartbeat (database clock)
+             */
+            heartbeat_at?: number | null;
+            /**
+             * Heartbeat Age S
+             * @description seconds since the last heartbeat
+             */
+            heartbeat_age_s?: number | null;
+            /** Alive */
+            alive: boolean;
+            /**
+             * Stopped
+             * @default false
+             */
+            stopped: boolean;
+            /**
+             * Leases
+             * @description actors this host owns
+             */
+            leases: number;
+            /**
+             * Load
+             * @description awake actors, running sandboxes, rss_mib
+             */
+            load?: {
+                [key: string]: unknown;
+            };
+        };
+        /** ClusterView */
+        ClusterView: {
+            /**
+             * Mode
+             * @enum {string}
+             */
+            mode: "single" | "cluster";
+            /**
+             * Host Id
+             * @description the host that answered
+             */
+            host_id: string;
+            /** Lease Ttl */
+            lease_ttl?: number | null;
+            /** Hosts */
+            hosts: components["schemas"]["ClusterHost"][];
         };
         /** CreateActorRequest */
         CreateActorRequest: {
@@ -2026,6 +2107,44 @@ export interface operations {
                 };
                 content: {
                     "text/plain": string;
+                };
+            };
+            /** @description caller mistake */
+            "4XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description server fault */
+            "5XX": {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    get_cluster: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ClusterView"];
                 };
             };
             /** @description caller mistake */
