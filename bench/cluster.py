@@ -10,8 +10,8 @@ store is PostgreSQL), each with its own host id.
 
 The workload is plain orchestrator actors, no Docker: ``svc/a0 .. svc/a5`` each hold
 a run queue (``queue(run=handle, concurrency=8)``) whose handler is a durable
-per-message workflow with one step that calls the fake model over HTTP (httpx, as the
-Anthropic SDK does) and returns its text. Vms are left out on purpose: a vm's cost is
+per-message workflow with one step that calls the fake model over HTTP (a minimal
+keep-alive client: see ``_model``) and returns its text. Vms are left out on purpose: a vm's cost is
 its container (Docker's, one engine per machine), which does not move between hosts
 here, so with vms the figure would measure dockerd on two cores, not how the engine
 and the lease protocol scale.
@@ -26,14 +26,17 @@ cost is measured separately as ``forwarded_runs_per_s`` (H=2, every run sent to 
 host that does *not* own its actor).
 
 Figures: ``runs_per_s_{1,2,3}``, ``scaling_3_hosts`` = runs_per_s_3 / runs_per_s_1
-(target >= 2), ``actors_per_host_{H}`` (where placement put them) and, to say what
+(target >= 2), ``scaling_ceiling_cpu`` (what the cores allow: cpus x a host's CPU per
+run at size 1 / everyone's CPU per run at size 3 - one host is one process, at most
+one core), ``actors_per_host_{H}`` (where placement put them) and, to say what
 bounds it, CPU seconds per run of each party (``cpu_ms_per_run_{H}``: the hosts,
 PostgreSQL's processes, the fake model, this client) next to the machine's cores and
 ``loadavg``. On a 2-core machine the whole cluster, its database, the model and the
 client share two cores: H hosts cannot go faster than the cores allow.
 
 ``--quick``: 600 runs per size; full: 2,000; ``--smoke``: sizes 1 and 3, 12 runs each
-(seconds; tests/bench/test_smoke.py). The last line on stdout is one JSON object.
+(tests/bench/test_smoke.py). ``--profile FILE``: size 1 with the host under cProfile,
+the top functions by own time on stderr. The last line on stdout is one JSON object.
 """
 
 from __future__ import annotations
@@ -58,7 +61,7 @@ ACTORS = 6
 RUN_CONCURRENCY = 8
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
-SERVE = (sys.executable, "-m", "host.cli", "serve")
+SERVE_PREFIX: list[str] = []  # ["-m", "cProfile", "-o", FILE] with --profile
 MODEL_URL_ENV = "BENCH_MODEL_URL"  # the fake model, for the hosts' run handlers
 
 
@@ -68,31 +71,33 @@ def log(msg: str) -> None:
 
 # --- the hosts' registry -------------------------------------------------------------------
 
-_http: Any = None
+_idle: list[Conn] = []  # keep-alive connections to the fake model, per host process
 
 
 async def _model(prompt: str) -> str:
-    """One Messages call to the fake model (one shared keep-alive client per host)."""
-    global _http
-    import httpx
+    """One Messages call to the fake model over a pooled keep-alive connection.
 
-    if _http is None:
-        _http = httpx.AsyncClient(
-            base_url=os.environ[MODEL_URL_ENV],
-            timeout=60,
-            limits=httpx.Limits(max_connections=64, max_keepalive_connections=64),
-        )
-    resp = await _http.post(
-        "/v1/messages",
-        headers={"x-api-key": "bench", "anthropic-version": "2023-06-01"},
-        json={
-            "model": "claude-bench",
-            "max_tokens": 64,
-            "messages": [{"role": "user", "content": prompt}],
-        },
-    )
-    resp.raise_for_status()
-    return str(resp.json()["content"][0]["text"])
+    The minimal client below, not httpx: httpx's connection pool scans every pooled
+    connection on each request (``is_idle`` ran 1.2 M times for 650 runs in a profile),
+    which made the bench's own model call half of a host's CPU per run."""
+    conn = _idle.pop() if _idle else Conn(os.environ[MODEL_URL_ENV])
+    body = {
+        "model": "claude-bench",
+        "max_tokens": 64,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    try:
+        status, out = await conn.request("POST", "/v1/messages", body, MODEL_HEADERS)
+    except BaseException:
+        conn.close()
+        raise
+    _idle.append(conn)
+    if status != 200:
+        raise RuntimeError(f"model: {status} {out}")
+    return str(out["content"][0]["text"])
+
+
+MODEL_HEADERS = "x-api-key: bench\r\nanthropic-version: 2023-06-01\r\n"
 
 
 def registry() -> Any:
@@ -144,8 +149,9 @@ def start_host(db: str, index: int, model_url: str) -> tuple[subprocess.Popen[st
     }
     for k in ("AGENTVM_TOKEN", "AGENTVM_URL", "AGENTVM_HOST_URL"):
         env.pop(k, None)
+    serve_args = ["--db", db, "--port", "0", "--registry", "bench.cluster:registry"]
     proc = subprocess.Popen(
-        [*SERVE, "--db", db, "--port", "0", "--registry", "bench.cluster:registry"],
+        [sys.executable, *SERVE_PREFIX, "-m", "host.cli", "serve", *serve_args],
         cwd=ROOT,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,
@@ -287,13 +293,15 @@ class Conn:
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+    async def request(
+        self, method: str, path: str, body: Any = None, headers: str = ""
+    ) -> tuple[int, Any]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
         assert self.reader is not None
         data = b"" if body is None else json.dumps(body).encode()
         self.writer.write(
-            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+            f"{method} {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n{headers}"
             f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n".encode()
             + data
         )
@@ -458,7 +466,7 @@ async def measure_size(
         done = await completed_runs(db)
         if done != warm + runs:
             raise RuntimeError(f"{done} runs completed in the database, expected {warm + runs}")
-        if forwarded and size > 1:
+        if forwarded and size == 2:
             # Every run sent to a host that does not own its actor: forwarded to the owner.
             other = {k: next(u for u in urls if u != owner) for k, owner in targets.items()}
             n = max(ACTORS, runs // 2)
@@ -478,10 +486,18 @@ def main() -> None:
     p.add_argument("--runs", type=int, help="runs per cluster size")
     p.add_argument("--latency", type=float, default=0.02, help="the fake model's latency (s)")
     p.add_argument("--pg-url", help="an existing PostgreSQL server (else one is started)")
+    p.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="one host only, under cProfile: write its stats to FILE and print the top "
+        "functions (what a host spends a run's CPU on)",
+    )
     args = p.parse_args()
+    if args.profile:
+        SERVE_PREFIX[:] = ["-m", "cProfile", "-o", os.path.abspath(args.profile)]
     from bench import _pg
 
-    sizes = [1, 3] if args.smoke else [1, 2, 3]
+    sizes = [1] if args.profile else [1, 3] if args.smoke else [1, 2, 3]
     runs = args.runs or (12 if args.smoke else 600 if args.quick else 2000)
     res: dict[str, Any] = {
         "smoke": args.smoke,
@@ -516,7 +532,20 @@ def main() -> None:
             fake.wait(timeout=10)
         except subprocess.TimeoutExpired:
             fake.kill()
+    if args.profile:
+        import pstats
+
+        pstats.Stats(args.profile, stream=sys.stderr).sort_stats("tottime").print_stats(30)
+        print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}))
+        return
     res["scaling_3_hosts"] = res["runs_per_s_3"] / res["runs_per_s_1"]
+    # What the cores allow: one host is one Python process (at most one core), so
+    # runs_per_s_1 <= 1000 / host ms per run; three hosts, the database, the model and
+    # the client share every core: runs_per_s_3 <= cpus * 1000 / (their ms per run).
+    one, three = res["cpu_ms_per_run_1"], res["cpu_ms_per_run_3"]
+    ours = sum(v for k, v in three.items() if k != "machine_busy")
+    if ours > 0:
+        res["scaling_ceiling_cpu"] = min(CPUS, 3) * one["hosts"] / ours
     res["targets"] = {"scaling_3_hosts>=2": res["scaling_3_hosts"] >= 2}
     res["loadavg_end"] = os.getloadavg()[0]
     res["wall_s"] = time.time() - t_all
