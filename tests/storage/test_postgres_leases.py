@@ -11,6 +11,7 @@ import pytest
 from orchestrator.errors import LeaseLost
 from orchestrator.storage import ActorRecord, PostgresStore, base
 from tests.support import eventually
+from tests.support.postgres import PgServer
 
 
 def _actor(actor_id: str) -> ActorRecord:
@@ -18,8 +19,9 @@ def _actor(actor_id: str) -> ActorRecord:
 
 
 @pytest.fixture
-async def hosts(pg_url: str) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
-    a, b = PostgresStore(pg_url, pool_size=2), PostgresStore(pg_url, pool_size=2)
+async def hosts(pg_server: PgServer) -> AsyncIterator[tuple[PostgresStore, PostgresStore]]:
+    url = pg_server.store_url()
+    a, b = PostgresStore(url, pool_size=2), PostgresStore(url, pool_size=2)
     await a.open()
     await b.open()
     await a.heartbeat("A", "http://a", "eng", {"actors": 1})

@@ -183,11 +183,7 @@ class PgServer:
         except (OSError, ValueError, IndexError):
             pass
         deadline = time.monotonic() + 30
-        while pid and time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except OSError:
-                break
+        while pid and time.monotonic() < deadline and _running(pid):
             time.sleep(0.02)
         if self.owns_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
@@ -243,6 +239,19 @@ def start_server(base_dir: Path | None = None, *, max_connections: int = 300) ->
             return server
         last = started.stderr.strip() + "\n" + (base_dir / "server.log").read_text()[-2000:]
     raise RuntimeError(f"pg_ctl start failed: {last}")
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` still runs (a zombie waiting for its reaper does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
 
 
 def _migrate(url: str) -> None:
