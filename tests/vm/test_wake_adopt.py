@@ -159,6 +159,14 @@ async def test_agent_that_died_asleep_is_replaced(
         container = docker_client.containers.get(record.id)
         assert container.exec_run(["kill", "-9", str(pid)]).exit_code == 0
 
+        async def reaped() -> bool:
+            # Gone from /proc once the supervisor reaped it: before that, the wake's
+            # process listing could still see it running (and adopt it).
+            probe = ["test", "-e", f"/proc/{pid}"]
+            return await asyncio.to_thread(lambda: container.exec_run(probe).exit_code != 0)
+
+        await eventually(reaped, what="the killed agent reaped")
+
         # Woken: the dead agent is not adopted; a new one is pre-started and serves
         # the next session.
         new_pid, _ = await h.prestarted(key)
