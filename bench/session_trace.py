@@ -162,7 +162,8 @@ class SyscallTrace:
     def stamps(self, calls: list[Call], row: dict[str, int]) -> dict[str, int]:
         """The in-sandbox and fake stamps of one turn (``row``: the host's)."""
         lo, hi = row["mgr_in"], row["mgr_out"]
-        window = [c for c in calls if lo <= c.enter <= hi]
+        # (the fake model's threads block in recv: a call may start before the turn)
+        window = [c for c in calls if c.exit >= lo and c.enter <= hi]
         sup = [c for c in window if c.tid in self.tids["sup"]]
         agent = [c for c in window if c.tid in self.tids["agent"]]
         fake = [c for c in window if c.tid in self.tids["fake"]]
@@ -196,7 +197,8 @@ class SyscallTrace:
             ss = _first(sup, lambda c: c.nr in WRITE and c.fd in self.sup_sockets, sr.exit)
             if ss is not None:
                 out["sup_send"] = ss.enter
-        fr = _first(fake, lambda c: c.nr in READ and c.ret > 0, row.get("gw_fwd", lo))
+        fwd = row.get("gw_fwd", lo)
+        fr = next((c for c in fake if c.nr in READ and c.ret > 0 and c.exit >= fwd), None)
         if fr is not None:
             out["fake_read"] = fr.exit
             fw = [c for c in fake if c.nr in WRITE and c.enter > fr.exit]

@@ -51,8 +51,10 @@ STDERR_TAIL = 16 * 1024
 # meant for a connection of an earlier host process never match a newer request.
 ID_SPAN = 1_000_000
 # Acknowledging the agent's stdout to the supervisor (see _ack_loop): how long acks
-# are coalesced (seconds), and the unacknowledged bytes that are acked at once.
-ACK_DELAY = 0.02
+# are coalesced (seconds), and the unacknowledged bytes that are acked at once. Each
+# ack wakes the supervisor and the host (a call and its result): at 20 ms one landed
+# in most turns of back-to-back prompts, and 50 a second in a long streamed answer.
+ACK_DELAY = 0.25
 ACK_EAGER_BYTES = 256 * 1024
 # Events stored because of agent output pass the rate limiter (limits.py); the
 # host's own (prompt, agent_exit, session_closed) only the store limit, and so do

@@ -125,11 +125,19 @@ class _Holding(ActorLogEventStore):
 
     async def append(self, event: SessionEvent) -> int:
         seq = await super().append(event)
-        if event.kind in ("agent_exit", "session_closed"):
-            release = self._holds.pop(event.session_id, None)
-            if release is not None:
-                release()
+        self._release([event])
         return seq
+
+    async def append_many(self, events: list[SessionEvent]) -> None:
+        await super().append_many(events)
+        self._release(events)
+
+    def _release(self, events: list[SessionEvent]) -> None:
+        for e in events:
+            if e.kind in ("agent_exit", "session_closed") and (
+                r := self._holds.pop(e.session_id, None)
+            ):
+                r()
 
 
 class SessionState:
