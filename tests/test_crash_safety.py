@@ -48,6 +48,9 @@ from typing import Any
 
 import pytest
 
+from orchestrator.storage import is_postgres_url
+from tests.support.postgres import SyncConnection
+
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "crash" / "worker.py"
 
@@ -110,9 +113,13 @@ SLOW = Chaos(
 )
 
 
-def test_crash_safety(tmp_path: Path) -> None:
-    """A handful of kill points; a few seconds."""
-    run_chaos(tmp_path, DEFAULT)
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_crash_safety(tmp_path: Path, store: str, request: pytest.FixtureRequest) -> None:
+    """A handful of kill points; a few seconds. Against both stores."""
+    db = None
+    if store == "postgresql":
+        db = request.getfixturevalue("pg_server").create_database()
+    run_chaos(tmp_path, DEFAULT, db=db)
 
 
 @pytest.mark.slow
@@ -128,11 +135,13 @@ def test_crash_safety_many_kills(tmp_path: Path) -> None:
 class Run:
     """One stress run: its files, its worker processes and its seed."""
 
-    def __init__(self, tmp: Path, chaos: Chaos, seed: int) -> None:
+    def __init__(self, tmp: Path, chaos: Chaos, seed: int, db: str | None = None) -> None:
         self.tmp = tmp
         self.chaos = chaos
         self.seed = seed
-        self.db = tmp / "agentvm.db"
+        # A SQLite file, or a PostgreSQL database's URL.
+        self.db = db or str(tmp / "agentvm.db")
+        self.postgres = is_postgres_url(self.db)
         self.effects = tmp / "effects.log"
         self.marks = tmp / "marks"
         self.logs = tmp / "logs"
@@ -192,6 +201,10 @@ class Run:
             cmd.append("--seed")
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+        if self.postgres:
+            # One stable host id: each incarnation re-owns the leases at once (a new id
+            # would wait for the killed one's leases to expire).
+            env["AGENTVM_HOST_ID"] = "crash-worker"
         with open(self.log_path(inc), "wb") as log:
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
         self.procs.append(proc)
@@ -237,7 +250,9 @@ class Run:
 
     # -- reading the database
 
-    def connect(self) -> sqlite3.Connection:
+    def connect(self) -> Any:
+        if self.postgres:
+            return SyncConnection(self.db)
         return sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
 
     def check_wakeable(self, when: str) -> None:
@@ -249,7 +264,7 @@ class Run:
         with closing(self.connect()) as conn:
             stuck = conn.execute(
                 "SELECT name, key, alarm_at FROM actors WHERE workflow_status = 'running'"
-                " AND sleeping = 1 AND alarm_at IS NULL"
+                " AND sleeping AND alarm_at IS NULL"
             ).fetchall()
         assert not stuck, (
             f"{self.tag()} {when}: running workflows asleep with no wake-up alarm: {stuck}"
@@ -280,12 +295,12 @@ class Run:
         return "unfinished:\n" + "\n".join(out)
 
 
-def run_chaos(tmp: Path, chaos: Chaos) -> None:
+def run_chaos(tmp: Path, chaos: Chaos, *, db: str | None = None) -> None:
     seed = int(os.environ.get("CRASH_SEED") or random.SystemRandom().randrange(2**32))
     if os.environ.get("CRASH_KILLS"):
         chaos = replace(chaos, kills=int(os.environ["CRASH_KILLS"]))
     rng = random.Random(seed)
-    run = Run(tmp, chaos, seed)
+    run = Run(tmp, chaos, seed, db)
     print(f"\ncrash-safety: CRASH_SEED={seed} {asdict(chaos)}")
     started = time.monotonic()
     try:

@@ -17,7 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from orchestrator.storage import SQLiteStore
+import pytest
+
+from orchestrator.storage import is_postgres_url, open_store
 
 REPO = Path(__file__).resolve().parent.parent
 WORKER = REPO / "tests" / "crash" / "runs_worker.py"
@@ -26,12 +28,12 @@ STEPS = 6
 KILLS = 6
 
 
-def _spawn(tmp: Path, inc: int, *, seed: bool = False) -> subprocess.Popen[bytes]:
+def _spawn(tmp: Path, db: str, inc: int, *, seed: bool = False) -> subprocess.Popen[bytes]:
     cmd = [
         sys.executable,  # not ``uv run``: the kill must hit the engine's process
         str(WORKER),
         "--db",
-        str(tmp / "runs.db"),
+        db,
         "--effects",
         str(tmp / "effects"),
         "--marks",
@@ -47,6 +49,9 @@ def _spawn(tmp: Path, inc: int, *, seed: bool = False) -> subprocess.Popen[bytes
         cmd.append("--seed")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    if is_postgres_url(db):
+        # One stable host id, so each incarnation re-owns the leases at once.
+        env["AGENTVM_HOST_ID"] = "runs-crash-worker"
     with open(tmp / f"inc-{inc}.log", "wb") as log:
         return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
 
@@ -61,19 +66,25 @@ def _wait_mark(tmp: Path, name: str, proc: subprocess.Popen[bytes], timeout: flo
     return True
 
 
-def test_runs_resume_after_kill_9(tmp_path: Path) -> None:
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_runs_resume_after_kill_9(
+    tmp_path: Path, store: str, request: pytest.FixtureRequest
+) -> None:
+    db = str(tmp_path / "runs.db")
+    if store == "postgresql":
+        db = request.getfixturevalue("pg_server").create_database()
     seed = int(os.environ.get("RUNS_CRASH_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     tag = f"[RUNS_CRASH_SEED={seed}]"
     (tmp_path / "marks").mkdir()
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        proc = _spawn(tmp_path, 0, seed=True)
+        proc = _spawn(tmp_path, db, 0, seed=True)
         procs.append(proc)
         assert proc.wait(timeout=60) == 0, f"{tag} seed failed"
         inc = 1
         for _ in range(KILLS):
-            proc = _spawn(tmp_path, inc)
+            proc = _spawn(tmp_path, db, inc)
             procs.append(proc)
             # Half the kills land during start-up (recovery), half while runs execute.
             if rng.random() < 0.5:
@@ -82,7 +93,7 @@ def test_runs_resume_after_kill_9(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
             inc += 1
-        proc = _spawn(tmp_path, inc)
+        proc = _spawn(tmp_path, db, inc)
         procs.append(proc)
         assert proc.wait(timeout=120) == 0, (
             f"{tag} last incarnation failed: "
@@ -101,7 +112,7 @@ def test_runs_resume_after_kill_9(tmp_path: Path) -> None:
         effects.setdefault((int(run_id), step), []).append(int(i))
 
     async def read() -> dict[int, dict[str, int]]:
-        store = SQLiteStore(tmp_path / "runs.db")
+        store = open_store(db)
         await store.open()
         try:
             runs = await store.list_runs()

@@ -241,6 +241,38 @@ def start_server(base_dir: Path | None = None, *, max_connections: int = 300) ->
     raise RuntimeError(f"pg_ctl start failed: {last}")
 
 
+class SyncConnection:
+    """A blocking, sqlite3-shaped connection to PostgreSQL for test harnesses that read
+    the database after the fact: ``execute(sql, params)`` with ``?`` placeholders,
+    returning rows as tuples (``fetchall``/``fetchone``/iteration)."""
+
+    def __init__(self, url: str) -> None:
+        import asyncio
+
+        import asyncpg
+
+        self._loop = asyncio.new_event_loop()
+        self._conn = self._loop.run_until_complete(asyncpg.connect(url))
+
+    def execute(self, sql: str, params: tuple[object, ...] | list[object] = ()) -> _Rows:
+        parts = sql.split("?")
+        numbered = parts[0] + "".join(f"${i}{part}" for i, part in enumerate(parts[1:], 1))
+        rows = self._loop.run_until_complete(self._conn.fetch(numbered, *params))
+        return _Rows([tuple(r) for r in rows])
+
+    def close(self) -> None:
+        self._loop.run_until_complete(self._conn.close())
+        self._loop.close()
+
+
+class _Rows(list[tuple[object, ...]]):
+    def fetchall(self) -> list[tuple[object, ...]]:
+        return list(self)
+
+    def fetchone(self) -> tuple[object, ...] | None:
+        return self[0] if self else None
+
+
 def _running(pid: int) -> bool:
     """Whether ``pid`` still runs (a zombie waiting for its reaper does not)."""
     try:
