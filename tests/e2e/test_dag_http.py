@@ -189,6 +189,10 @@ async def test_diamond_interpolation_failure_and_events(host, fake_model) -> Non
     assert completed["d"]["text"] == "delta-out"
 
 
+# Slow: the same path (kill -9 with a step in flight, completed steps not rerun)
+# is tests/dag/test_executor.py::test_kill_9_mid_dag_resumes_without_rerunning_completed_steps
+# in the default suite.
+@pytest.mark.slow
 async def test_kill_9_mid_dag_does_not_rerun_completed_steps(host, fake_model) -> None:
     definition = {
         "name": "two-steps",

@@ -89,6 +89,9 @@ async def test_fix_bug_fixes_the_repo_and_files_are_inspectable_meanwhile(
     assert b"return a + b" in fixed
 
 
+# Slow: tests/e2e/test_runs_e2e.py::test_kill_9_with_three_runs_in_flight_all_complete_after_restart
+# covers the same path (fixBug resumed after kill -9, clone-repo not rerun) by default.
+@pytest.mark.slow
 async def test_fix_bug_resumes_after_kill_9_without_cloning_again(host, fake_model, buggy_repo):
     server = host()
     never = fake_model.gate()  # the first attempt's model turn never finishes

@@ -121,29 +121,55 @@ def console_host(
     removed after the test."""
     host_id = f"ui-{uuid.uuid4().hex[:8]}"
     servers: list[LiveServer] = []
-    env = {
-        "AGENTVM_HOST_ID": host_id,
-        "AGENTVM_WARM_POOL": "0",
-        "AGENTVM_REPO_ROOTS": "",
-        "ANTHROPIC_BASE_URL": fake_model.url,
-        "ANTHROPIC_API_KEY": HOST_KEY,
-    }
 
     def start(**settings: str) -> LiveServer:
-        server = start_server(
-            tmp_path / "host.db",
-            token=TOKEN,
-            env={**env, **settings},
-            registry=None,
-            deadline_s=120,
-        )
+        server = start_host(tmp_path / "host.db", host_id, fake_model, **settings)
         servers.append(server)
         return server
 
     yield start
+    stop_hosts(servers, host_id)
+
+
+def start_host(db: Path, host_id: str, model: FakeAnthropic, **settings: str) -> LiveServer:
+    """The real host on ``db`` with a token, the fake model as its upstream."""
+    env = {
+        "AGENTVM_HOST_ID": host_id,
+        "AGENTVM_WARM_POOL": "0",
+        "AGENTVM_REPO_ROOTS": "",
+        "ANTHROPIC_BASE_URL": model.url,
+        "ANTHROPIC_API_KEY": HOST_KEY,
+    }
+    return start_server(db, token=TOKEN, env={**env, **settings}, registry=None, deadline_s=120)
+
+
+def stop_hosts(servers: list[LiveServer], host_id: str) -> None:
+    """Stop the servers still running and remove the host's containers."""
     for server in servers:
         if server.proc.poll() is None:
             server.stop()
     client = docker.from_env()
     remove_host(client, host_id)
     client.close()
+
+
+@pytest.fixture(scope="module")
+def module_model() -> Iterator[FakeAnthropic]:
+    """The fake model upstream shared by a module's tests (see ``module_host``)."""
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def module_host(
+    console_assets: None,
+    e2e_images: None,  # noqa: F811
+    tmp_path_factory: pytest.TempPathFactory,
+    module_model: FakeAnthropic,
+) -> Iterator[LiveServer]:
+    """One real host for a whole module (its tests use vm keys of their own): a host
+    start-up and shutdown per module, not per test."""
+    host_id = f"ui-{uuid.uuid4().hex[:8]}"
+    server = start_host(tmp_path_factory.mktemp("ui-host") / "host.db", host_id, module_model)
+    yield server
+    stop_hosts([server], host_id)

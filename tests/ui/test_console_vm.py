@@ -7,7 +7,6 @@ and contents shown as text, never as HTML."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -64,8 +63,9 @@ def terminal_has_line(page: Any, line: str) -> None:
 
 
 @pytest.fixture
-def host(console_host: Callable[..., LiveServer]) -> LiveServer:
-    return console_host()
+def host(module_host: LiveServer) -> LiveServer:
+    """The module's one real host: each test here uses vm keys of its own."""
+    return module_host
 
 
 def test_file_tree_viewer_watch_upload_and_hostile_names(host: LiveServer, page: Any) -> None:
@@ -247,12 +247,12 @@ def test_a_websocket_token_travels_as_a_subprotocol_and_a_wrong_one_is_refused(
 
 
 def test_sessions_and_processes_show_the_sandbox_s_text_as_text(
-    host: LiveServer, page: Any, fake_model: FakeAnthropic
+    host: LiveServer, page: Any, module_model: FakeAnthropic
 ) -> None:
     """An agent session's events and a process's argv are the sandbox's words: the
     page lists them, and markup in them stays text."""
     base, key = host.url, "ui-sessions"
-    fake_model.script(Turn.text(f"agent says {HOSTILE}"), marker="[ui]")
+    module_model.script(Turn.text(f"agent says {HOSTILE}"), marker="[ui]")
     sid = call(base, key, "create_session", "coding-agent")["session_id"]
     answer = call(base, key, "send_prompt", sid, "[ui] hello")
     assert HOSTILE in answer["text"]
