@@ -177,9 +177,8 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
         await pool_idle()
 
     async def pool_idle() -> None:
-        """Until the pool's containers are idle (their agents initialized *and* done
-        importing the model SDK, which they do after initialize, in the background,
-        at the pool's low CPU weight): no CPU used for 0.5 s by any of them."""
+        """Until the pool's containers are idle (their supervisors and agents done
+        starting, at the pool's low CPU weight): no CPU used for 0.5 s by any."""
         ids = await asyncio.to_thread(container_ids, managers[0].pool_names())
         deadline = time.monotonic() + 300
         before = [container_cpu_s(i) or 0.0 for i in ids]

@@ -92,9 +92,10 @@ class PrestartMixin:
 
     def _refill_after(self, session: Session, agent_type: str) -> None:
         """Start the next agent of this type once ``session`` (which took the last
-        one) ended, not right away: an agent's start is ~1-3 s of CPU (imports) that
-        would compete with the new session's first turn, and a vm that runs a single
-        session (a fixBug's, a codeReview's) would only kill it unused with the vm."""
+        one) ended, not right away: an agent's start is CPU (the coding agent's ~60
+        ms; SDK-based agents ~1-3 s of imports) that would compete with the new
+        session's first turn, and its memory (~20 MiB) is wasted in a vm that runs a
+        single session (a fixBug's, a codeReview's), which would kill it unused."""
 
         async def wait() -> None:
             await session.exited.wait()
@@ -154,7 +155,8 @@ class PrestartMixin:
     async def detach_prestarted(self) -> list[dict[str, Any]]:
         """Before the vm sleeps: stop listening to the initialized pre-started agents,
         which keep running for :meth:`adopt_prestarted` on the next wake (a new one
-        would cost ~1 CPU-second of imports); the ones still starting are killed.
+        costs its start-up again: ~60 ms of CPU for the coding agent, ~1 s for
+        SDK-based ones); the ones still starting are killed.
         Returns what to keep (JSON) until then."""
         kept: list[dict[str, Any]] = []
         ready = {t: task.result() for t, task in self._warm.items() if _ok(task)}

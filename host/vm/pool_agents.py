@@ -3,8 +3,8 @@
 A vm's session manager keeps one agent per pre-start type started and initialized
 (docs/sessions.md, "Pre-started agents"), but it can only start it once the vm has
 its container: a vm taken from the warm pool would make its first
-``create_session`` wait for the agent's start (the coding agent's light front:
-~50-80 ms; agents without one: ~1 s of imports). So the pool starts them already:
+``create_session`` wait for the agent's start (the standard-library coding agent:
+~60-80 ms; SDK-based agents: ~1 s of imports). So the pool starts them already:
 each pool container gets a :class:`SessionManager` of its own that pre-starts the
 agents its image carries (``AGENTVM_PRESTART_AGENTS``); when a vm takes the
 container, its session manager adopts them (:func:`adopt_pool_agents`). The pool

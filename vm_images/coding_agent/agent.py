@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import os
-import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,7 +231,8 @@ class CodingAgent:
             raise RequestError.invalid_params({"cwd": f"{cwd} is not a directory"})
         if not isinstance(mcp_servers, list):
             raise RequestError.invalid_params({"mcpServers": "must be a list"})
-        session = Session(id=f"sess_{secrets.token_hex(16)}", cwd=cwd, config=config)
+        # os.urandom, not secrets: that imports hashlib/hmac (libcrypto) at start-up.
+        session = Session(id=f"sess_{os.urandom(16).hex()}", cwd=cwd, config=config)
         try:
             session.messages = cfg.history_messages(
                 meta.get("history") if isinstance(meta, dict) else None

@@ -20,8 +20,6 @@ import json
 import os
 import re
 import signal
-import urllib.error
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +209,11 @@ class HttpConnection(_Connection):
         self.next_id = 0
 
     def _post(self, msg: dict[str, Any], timeout: float) -> dict[str, Any] | None:
+        # Imported here: urllib.request (http.client, email) is a few ms of every
+        # agent's start, and only HTTP MCP servers need it.
+        import urllib.error
+        import urllib.request
+
         headers = {
             **self.headers,
             "content-type": "application/json",
