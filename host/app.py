@@ -160,6 +160,12 @@ class HostSettings(BaseSettings):
         description="compressed bytes of workspace checkpoints kept per vm; the oldest "
         "go first (the newest always stays)",
     )
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="where vm workspace checkpoints are kept (default: checkpoints/ next to "
+        "the SQLite database); with several hosts, storage every host reads and writes "
+        "(e.g. NFS), so a vm whose host died is re-created from its newest checkpoint",
+    )
     checkpoint_timeout: float = Field(
         1800.0,
         gt=0,

@@ -159,6 +159,9 @@ class DockerBackend(SandboxBackend):
             raise ValueError(f"host id must match {_HOST_ID.pattern}: {host_id!r}")
         self.client = client
         self.host_id = host_id
+        # The Docker engine's id (``docker info`` -> ID; set by :meth:`connect`): a vm
+        # records it, so a host of another machine knows the container is not here.
+        self.engine_id = ""
         self.control_root = (control_root or default_control_root()) / host_id
         self.connect_timeout = connect_timeout
         self._sandboxes: dict[str, Sandbox] = {}
@@ -180,16 +183,25 @@ class DockerBackend(SandboxBackend):
                 )
 
     @classmethod
-    async def connect(cls, host_id: str, **kwargs: Any) -> DockerBackend:
-        address = engine_address()
+    async def connect(
+        cls, host_id: str, *, docker_host: str | None = None, **kwargs: Any
+    ) -> DockerBackend:
+        """``docker_host``: the engine's address (default ``DOCKER_HOST``, else the
+        local socket)."""
+        address = docker_host or engine_address()
         try:
             # As many pooled engine connections as threads (urllib3 would discard
             # the extra ones, with a warning each time).
-            client = await asyncio.to_thread(docker.from_env, max_pool_size=DOCKER_THREADS)
-            await asyncio.to_thread(client.ping)
+            if docker_host:
+                client = docker.DockerClient(base_url=docker_host, max_pool_size=DOCKER_THREADS)
+            else:
+                client = await asyncio.to_thread(docker.from_env, max_pool_size=DOCKER_THREADS)
+            info = await asyncio.to_thread(client.info)
         except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
             raise DockerUnavailable(address, str(exc).splitlines()[0][:200]) from exc
-        return cls(client, host_id, **kwargs)
+        backend = cls(client, host_id, **kwargs)
+        backend.engine_id = str(info.get("ID") or "")
+        return backend
 
     async def _docker(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking SDK call in a thread, mapping engine failures to our errors."""
@@ -325,7 +337,7 @@ class DockerBackend(SandboxBackend):
             raise SandboxNotFound(f"container {name_or_id} is not an agentvm sandbox")
         env = dict(e.split("=", 1) for e in attrs["Config"]["Env"] or [] if "=" in e)
         name = attrs["Name"].lstrip("/")
-        control = ControlServer(self.control_root / name, env.get(P.TOKEN_ENV, ""))
+        control = ControlServer(self._control_dir(attrs, name), env.get(P.TOKEN_ENV, ""))
         await control.start()
         sandbox = Sandbox(
             self,
@@ -339,14 +351,40 @@ class DockerBackend(SandboxBackend):
         self._sandboxes[sandbox.id] = sandbox
         return sandbox
 
+    def _control_dir(self, attrs: dict[str, Any], name: str) -> Path:
+        """Where the container's supervisor dials: the directory bind-mounted at its
+        control path when it was created. Another host id on the same engine (a host
+        that took over a dead one's vms) listens there, not under its own id — the
+        mount cannot change while the container lives. Only a directory under this
+        machine's control root is used; anything else falls back to ours."""
+        for mount in attrs.get("Mounts") or []:
+            if mount.get("Type") == "bind" and mount.get("Destination") == P.CONTAINER_CONTROL_DIR:
+                source = Path(os.path.normpath(str(mount.get("Source") or "")))
+                if source.parent.parent == self.control_root.parent and source.name == name:
+                    return source
+        return self.control_root / name
+
+    def _disks_of(self, volume: str) -> LoopDisks | None:
+        """The disk set holding ``volume``'s image: this host id's, or (a vm taken over
+        from another host id on this machine) the sibling directory that has it."""
+        if self.disks is None or self.disks.exists(volume):
+            return self.disks
+        image = self.disks.image(volume).name  # (validates the name)
+        with contextlib.suppress(OSError):
+            for sibling in self.disks.root.parent.iterdir():
+                if sibling != self.disks.root and (sibling / image).exists():
+                    return LoopDisks(sibling)
+        return self.disks
+
     # -- lifecycle ---------------------------------------------------------------
 
     async def start(self, sandbox: Sandbox, *, timeout: float = 30.0) -> None:
         await sandbox.control.start()
-        if self.disks is not None and sandbox.volume:
+        disks = self._disks_of(sandbox.volume) if sandbox.volume else None
+        if disks is not None:
             # After a host reboot the loop device is gone: attach it before Docker
             # mounts the volume (usually a no-op: two small sysfs reads).
-            await self.disks.attach(sandbox.volume)
+            await disks.attach(sandbox.volume)
         # The low-level call: no inspect round trip before the start.
         await self._docker(self.client.api.start, sandbox.id)
         await sandbox.wait_ready(timeout)
@@ -389,8 +427,9 @@ class DockerBackend(SandboxBackend):
         with contextlib.suppress(SandboxNotFound):
             await self._docker(self.client.api.remove_volume, name, force=True)
         # Only once Docker let go of the volume (a volume in use raised above).
-        if self.disks is not None:
-            await self.disks.remove(name)
+        disks = self._disks_of(name)
+        if disks is not None:
+            await disks.remove(name)
 
     async def close(self) -> None:
         for sandbox in list(self._sandboxes.values()):

@@ -155,6 +155,16 @@ class FileTooLarge(SupervisorError):
     errno_name = "EFBIG"
 
 
+class VmLost(AgentVMError):
+    """The vm's container and home are on a Docker engine this host does not drive (its
+    host died with its machine) or gone, and no workspace checkpoint could re-create
+    them: the vm is lost (never silently brought back with an empty home)."""
+
+    group = "vm"
+    code = "lost"
+    http_status = 410
+
+
 def from_wire(error: dict[str, object]) -> SupervisorError:
     """Build the typed exception for a failed RESULT frame."""
     code = str(error.get("code") or "EIO")

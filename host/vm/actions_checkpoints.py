@@ -99,7 +99,8 @@ class CheckpointActions:
         return self.settings or HostSettings()
 
     def store(self, actor_id: str) -> CheckpointStore:
-        return CheckpointStore(vm_dir(root_for(self.manager.db), actor_id))
+        root = self._settings().checkpoint_dir or root_for(self.manager.db)
+        return CheckpointStore(vm_dir(root, actor_id))
 
     @action
     @used

@@ -23,6 +23,7 @@ from .actions_base import (
 from .actions_exec import reattach
 from .options import parse_options
 from .sessions import detach_sessions, gateway_down, gateway_up, sessions_up, sleep_sessions
+from .takeover import take_over
 
 log = logging.getLogger("agentvm.vm")
 
@@ -54,10 +55,21 @@ class LifecycleActions(VmActionsBase):
         manager = self.manager
         try:
             sandbox = await manager.adopt(record)
+            # Not running here: on another engine (its host died with its machine) or
+            # gone with its volume -> re-created from a checkpoint, or lost (takeover.py).
+            why = None if sandbox is not None else await manager.home_lost(record)
         except SandboxError as exc:
             log.warning("could not adopt the container of vm %s: %s", list(c.key), exc)
             return
         v = vm_vars(c)
+        if why is not None:
+            if await take_over(c, manager, record, why):
+                sandbox = v.sandbox
+                assert sandbox is not None
+                await gateway_up(c, manager.gateway, sandbox, c.state.get("token_budget"))
+                await sessions_up(c, v.sessions, sandbox, vm_options(c).bundles, adopted=False)
+            return
+        c.state.pop("lost", None)
         v.sandbox = sandbox
         if sandbox is not None:
             await gateway_up(c, manager.gateway, sandbox, c.state.get("token_budget"))
@@ -125,7 +137,7 @@ class LifecycleActions(VmActionsBase):
             status = "running"
         else:
             status = await self.manager.status(record)
-        return {
+        info = {
             "container": record.name,
             "container_id": record.id,
             "volume": record.volume,
@@ -134,6 +146,9 @@ class LifecycleActions(VmActionsBase):
             "status": status,
             "options": options,
         }
+        if c.state.get("lost"):  # why its actions raise VmLost (takeover.py)
+            info["lost"] = c.state["lost"]
+        return info
 
     @action
     async def idle_stop(self, c: ActorContext) -> None:

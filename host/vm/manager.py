@@ -35,6 +35,7 @@ from host.sandbox import (
     SandboxSpec,
 )
 from host.sandbox.docker_backend import engine_address
+from host.sandbox.errors import VmLost
 from vm_images.builder import ensure_image
 
 from .cold_pool import ColdPool
@@ -73,19 +74,31 @@ def _image_error(bundles: tuple[str, ...], exc: Exception) -> SandboxError:
 
 @dataclass
 class SandboxRecord:
-    """What a vm actor stores about its container (JSON in its state)."""
+    """What a vm actor stores about its container (JSON in its state). ``engine``: the
+    id of the Docker engine it is on ("" in records made before hosts recorded it:
+    taken to be this host's engine)."""
 
     name: str
     id: str
     volume: str
     image: str
+    engine: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {"name": self.name, "id": self.id, "volume": self.volume, "image": self.image}
+        data = {"name": self.name, "id": self.id, "volume": self.volume, "image": self.image}
+        if self.engine:
+            data["engine"] = self.engine
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> SandboxRecord:
-        return cls(name=data["name"], id=data["id"], volume=data["volume"], image=data["image"])
+        return cls(
+            name=data["name"],
+            id=data["id"],
+            volume=data["volume"],
+            image=data["image"],
+            engine=str(data.get("engine") or ""),
+        )
 
 
 @dataclass
@@ -146,6 +159,10 @@ class SandboxManager:
         # Container and volume names being created right now (the reaper skips them).
         self._creating: set[str] = set()
         self._inspector: Inspector | None = None
+        # The attached engine's store and lease ttl: the reaper asks it which hosts
+        # are dead (cluster mode; see reap()).
+        self._store: Any = None
+        self._lease_ttl = 10.0
         # The attached engine's database (put_blob reads the blob store next to it).
         self.db: str | None = None
         self._definitions: list[ActorDefinition] = []
@@ -170,12 +187,15 @@ class SandboxManager:
         egress: EgressProxy | None = None,
         disk_dir: Path | None = None,
         cold_pool: int = 0,
+        docker_host: str | None = None,
     ) -> SandboxManager:
         """Connect to Docker (``DockerUnavailable`` naming the engine address if it is
         down) and start filling the warm pool (``pool_size`` containers for each of
-        ``pool_options``, by default just the ``defaults``) in the background."""
+        ``pool_options``, by default just the ``defaults``) in the background.
+        ``docker_host``: the engine's address (default: ``DOCKER_HOST`` or local)."""
         backend = await DockerBackend.connect(
             host_id,
+            docker_host=docker_host,
             control_root=control_root,
             connect_timeout=connect_timeout,
             disk_dir=disk_dir,  # None: /var/lib/agentvm/disks (host/sandbox/disk.py)
@@ -210,6 +230,11 @@ class SandboxManager:
         self._inspector = engine.inspector
         self.db = engine.config.db
         _BY_ENGINE[engine] = self
+        self._store = engine.store
+        self._lease_ttl = float(getattr(engine.config, "lease_ttl", 10.0))
+        cluster = getattr(engine, "cluster", None)
+        if cluster is not None:  # heartbeats name the engine this host drives
+            cluster.engine_id = self.engine_id
         if self._reaper is None and not self._closed:
             self._reaper = asyncio.create_task(self._reap_loop(), name="vm-reaper")
         if not self._closed:
@@ -415,6 +440,43 @@ class SandboxManager:
 
     # -- lifecycle of one vm's container ----------------------------------------------------
 
+    @property
+    def engine_id(self) -> str:
+        """The Docker engine this host drives (``docker info`` -> ID)."""
+        return self.backend.engine_id
+
+    def here(self, record: SandboxRecord) -> bool:
+        """Whether the vm's container is on this host's Docker engine (a record made
+        before engines were recorded is taken to be)."""
+        return not record.engine or record.engine == self.engine_id
+
+    def _lost(self, record: SandboxRecord, key: Sequence[str], why: str) -> VmLost:
+        return VmLost(
+            f"vm {list(key)} is lost: {why}, and it was not re-created from a workspace "
+            "checkpoint (it has none, or restoring it failed: see the host's log); "
+            "destroy it and create it again",
+            container=record.name,
+            engine=record.engine,
+            host_engine=self.engine_id,
+        )
+
+    async def home_lost(self, record: SandboxRecord) -> str | None:
+        """Why the vm's ``/home/user`` cannot be reached from this host (None: it can):
+        its container is on another Docker engine, or container and volume are gone."""
+        if not self.here(record):
+            return (
+                f"its container {record.name} is on Docker engine {record.engine}, "
+                f"which this host ({self.host_id}, engine {self.engine_id}) does not drive"
+            )
+        try:
+            await self.backend.inspect(record.id)
+            return None
+        except SandboxNotFound:
+            pass
+        if await self.backend._volume_exists(record.volume):
+            return None
+        return f"its container {record.name} and its home volume {record.volume} are gone"
+
     async def acquire(
         self, key: Sequence[str], options: VmOptions
     ) -> tuple[Sandbox, SandboxRecord]:
@@ -445,7 +507,9 @@ class SandboxManager:
     async def adopt(self, record: SandboxRecord) -> Sandbox | None:
         """Re-adopt a vm's container if it is running (after a host restart the
         supervisor dials in again); never starts or recreates it. None if it is not
-        running or gone."""
+        running or gone (or on another engine)."""
+        if not self.here(record):
+            return None
         try:
             info = await self.backend.inspect(record.id)
         except SandboxNotFound:
@@ -461,7 +525,11 @@ class SandboxManager:
         self, record: SandboxRecord, key: Sequence[str], options: VmOptions
     ) -> tuple[Sandbox, SandboxRecord]:
         """Bring a vm's container back: adopt it if running, start it if stopped, or
-        recreate it on the same home volume if it is gone (``/home/user`` intact)."""
+        recreate it on the same home volume if it is gone (``/home/user`` intact).
+        ``VmLost`` if it is on another engine or its volume is gone too: a new volume
+        would be an empty home (the vm actor's wake re-creates it from a checkpoint)."""
+        if not self.here(record):
+            raise self._lost(record, key, (await self.home_lost(record)) or "")
         try:
             sandbox = await self.backend.get(record.id)
         except SandboxNotFound:
@@ -473,6 +541,8 @@ class SandboxManager:
             return sandbox, record
         self._claimed.pop(record.name, None)
         await self._forget(record.name)
+        if not await self.backend._volume_exists(record.volume):
+            raise self._lost(record, key, f"its container and home volume {record.volume} are gone")
         image = await self.image_for(options.bundles)
         sandbox = await self._create(self._spec(options, image, key, None), volume=record.volume)
         log.info("recreated vm %s on volume %s as %s", list(key), record.volume, sandbox.name)
@@ -487,6 +557,8 @@ class SandboxManager:
 
     async def stop(self, record: SandboxRecord) -> None:
         """Stop a vm's container (its volume is kept) and stop listening for it."""
+        if not self.here(record):
+            return
         try:
             sandbox = await self.backend.get(record.id)
         except SandboxNotFound:
@@ -501,22 +573,34 @@ class SandboxManager:
             self._claimed.pop(extra.name, None)
             await self.backend.remove(extra, volume=True)
             await self._egress_down(extra.name)
-        if record is not None:
+        if record is not None and not self.here(record):
+            # On an engine this host does not drive: a live host there reaps it once
+            # the vm is gone (reap()).
+            self._claimed.pop(record.name, None)
+        elif record is not None:
             self._claimed.pop(record.name, None)
             await self._egress_down(record.name)
             await self.backend.remove(record.id, volume=False)
             await self.backend.remove_volume(record.volume)
 
     async def status(self, record: SandboxRecord) -> str:
-        """Docker's status of the container (``running``, ``exited``, ...; ``missing``)."""
+        """Docker's status of the container (``running``, ``exited``, ...; ``missing``;
+        ``lost`` when it is on another engine)."""
+        if not self.here(record):
+            return "lost"
         try:
             return (await self.backend.inspect(record.id)).status
         except SandboxNotFound:
             return "missing"
 
-    @staticmethod
-    def _record(sandbox: Sandbox, image: str) -> SandboxRecord:
-        return SandboxRecord(name=sandbox.name, id=sandbox.id, volume=sandbox.volume, image=image)
+    def _record(self, sandbox: Sandbox, image: str) -> SandboxRecord:
+        return SandboxRecord(
+            name=sandbox.name,
+            id=sandbox.id,
+            volume=sandbox.volume,
+            image=image,
+            engine=self.engine_id,
+        )
 
     # -- in-process access for streaming -------------------------------------------------------
 
@@ -578,14 +662,33 @@ class SandboxManager:
             or info.name in self.pool_names()
         )
 
+    async def _dead_hosts(self) -> set[str]:
+        """Host ids the cluster's store knows as dead (stopped, or no heartbeat within
+        the lease ttl); empty on a single host (no leases in the store)."""
+        if self._store is None or not getattr(self._store, "supports_leases", False):
+            return set()
+        hosts = await self._store.list_hosts(self._lease_ttl)
+        return {h.host_id for h in hosts if not h.alive and h.host_id != self.host_id}
+
     async def reap(self) -> list[str]:
         """Remove this host's containers and volumes that no vm actor owns; returns
         their names. Skips the warm pool and containers being created. Needs
-        :meth:`attach` (without a store nothing is known to be an orphan)."""
+        :meth:`attach` (without a store nothing is known to be an orphan).
+
+        In a cluster, containers on this engine of hosts that are dead go the same way
+        when no vm actor owns them (the dead host's pool, a vm re-created elsewhere or
+        destroyed since); the ones a vm still records stay, for a host on this engine
+        to adopt."""
         if self._inspector is None:
             return []
         infos = await self.backend.list_sandboxes()
         volumes = await self.backend.list_volumes()
+        dead = await self._dead_hosts()
+        if dead:
+            others = await self.backend.list_sandboxes(all_hosts=True)
+            dead_infos = [i for i in others if i.host_id in dead]
+            infos += dead_infos
+            volumes = sorted({*volumes, *(i.volume for i in dead_infos if i.volume)})
         # Read owners after listing: anything created since is claimed or creating.
         owned, owned_volumes = await self._owned()
         removed: list[str] = []
