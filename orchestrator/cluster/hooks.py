@@ -103,6 +103,19 @@ async def recover(engine: Engine, actor_ids: list[str]) -> None:
             engine._set_alarm(actor_id, rec.alarm_at)
         elif member is not None:
             await member.release(actor_id)  # asleep with nothing to do: no owner
+    # Schedules the dead owner had armed (created after this host started).
+    for sched in await engine.store.load_schedules():
+        if sched.actor_id in snaps:
+            arm_missing(engine, [sched])
+
+
+def arm_missing(engine: Engine, schedules: list[Any]) -> None:
+    """Arm the schedules this host has no timer for. Every host arms every schedule;
+    the actor's owner fires it (a non-owner's fire meets ``NotOwner`` and stops), and
+    a sleeping actor's schedule is fired by whichever host claims the actor first."""
+    for sched in schedules:
+        if sched.schedule_id not in engine._schedule_timers:
+            engine.arm_schedule(sched)
 
 
 async def _drop(engine: Engine, actor_id: str) -> None:

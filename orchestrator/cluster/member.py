@@ -62,6 +62,8 @@ class ClusterMember:
 
     # Orphans one host claims per beat: several live hosts share a dead one's actors.
     claim_per_beat = 50
+    # Every this many beats, arm the schedules this host has no timer for.
+    schedule_resync_beats = 30
 
     def __init__(self, engine: Engine, *, host_id: str, ttl: float, url: str | None) -> None:
         self.engine = engine
@@ -80,7 +82,7 @@ class ClusterMember:
         self.remotes: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
         self._last_renewed = time.monotonic()
-        self._wake_lock = asyncio.Lock()
+        self._beats = 0
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -157,6 +159,12 @@ class ClusterMember:
         claimed = await self._claim_orphans()
         if claimed:
             await self.engine._recover(claimed)
+        self._beats += 1
+        if self._beats % self.schedule_resync_beats == 0:
+            # Schedules other hosts created since this one started (their host may die).
+            from .hooks import arm_missing
+
+            arm_missing(self.engine, await self.store.load_schedules())
 
     async def _heartbeat(self) -> None:
         await self.store.heartbeat(self.host_id, self.url, self.engine_id, self.load())

@@ -76,10 +76,26 @@ def where(c: ActorContext) -> str:
     return _host()
 
 
+async def later(c: ActorContext, delay: float) -> int:
+    """Schedule ``tick`` in ``delay`` seconds (durable: a schedule row)."""
+    return await c.schedule.after(delay, "tick")
+
+
+def tick(c: ActorContext) -> None:
+    c.state["count"] += 1
+    _append("CLUSTER_EFFECTS", f"counter/{c.key[0]} tick {_host()}")
+
+
 counter = actor(
     state={"count": 0},
     queues={"jobs": queue()},
-    actions={"increment": increment, "get_count": get_count, "where": where},
+    actions={
+        "increment": increment,
+        "get_count": get_count,
+        "where": where,
+        "later": later,
+        "tick": tick,
+    },
 )
 
 

@@ -71,14 +71,25 @@ def test_a_killed_host_s_workflows_and_runs_finish_elsewhere_exactly_once(
     units = set(on_a) | set(on_b) | set(runs)
     wait_for(lambda: _waiting(f), lambda w: units <= w, what="every unit at the gate")
 
+    # A schedule A armed (and only A: it was made after B started) fires on B.
+    _create_on(a, "counter", "sched")
+    with a.http() as c:
+        r = c.post("/actors/counter/sched/actions/later", json={"args": [4.0]})
+        assert r.status_code == 200, r.text
     a.kill()
     # Within about a ttl, B owns everything A owned and has woken it.
     for actor_id in [*on_a.values(), job_id]:
         wait_for(lambda i=actor_id: lease_owner(db, i), lambda o: o == "host-b", what="takeover")  # type: ignore[misc]
     f.gate.touch()
     wait_for(lambda: _done(f, units), what="every unit finished", timeout=60)
+    wait_for(
+        lambda: [e for e in _effects(f) if e[0] == "counter/sched"],
+        what="the schedule fired",
+    )
 
     effects = _effects(f)
+    assert [e for e in effects if e[0] == "counter/sched"] == [("counter/sched", "tick", "host-b")]
+    effects = [e for e in effects if e[0] != "counter/sched"]
     counts = collections.Counter((u, s) for u, s, _ in effects)
     assert all(n == 1 for n in counts.values()), [k for k, n in counts.items() if n > 1]
     assert set(counts) == {(u, s) for u in units for s in ("s0", "s1", "s2")}
