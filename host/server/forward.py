@@ -90,8 +90,11 @@ def moving(exc: NotOwner, why: str) -> Response:
 def _client(app: Any) -> httpx.AsyncClient:
     client: httpx.AsyncClient | None = getattr(app.state, "cluster_http", None)
     if client is None:
-        # No read deadline: event streams stay open; the owner bounds its own work.
-        client = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=5.0))
+        # Every hop has deadlines. Between two bytes of an answer: the longest a send
+        # may wait (the owner answers then), with a margin; event streams ping every 15 s.
+        read = app.state.settings.max_wait_ms / 1000 + 60.0
+        timeout = httpx.Timeout(connect=5.0, read=read, write=60.0, pool=30.0)
+        client = httpx.AsyncClient(timeout=timeout)
         app.state.cluster_http = client
     return client
 

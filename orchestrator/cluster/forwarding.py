@@ -29,9 +29,9 @@ async def remote_transport(engine: Engine, exc: NotOwner, actor_id: str) -> Http
         headers = {FORWARDED_HEADER: member.host_id}
         if member.api_token:
             headers["Authorization"] = f"Bearer {member.api_token}"
-        client = httpx.AsyncClient(
-            base_url=url, headers=headers, timeout=httpx.Timeout(None, connect=5.0)
-        )
+        # Between two bytes: a send's longest wait by default (an hour) and a margin.
+        timeout = httpx.Timeout(connect=5.0, read=3660.0, write=60.0, pool=30.0)
+        client = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout)
         transport = HttpTransport(url, client=client, upload_repos=False)
         _transports(member)[url] = transport
     # The HTTP contract names actors by type and key: look the id up once.
