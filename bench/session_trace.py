@@ -34,6 +34,7 @@ READ = {0, 17, 19, 45, 47, 295}  # read, pread64, readv, recvfrom, recvmsg, prea
 WRITE = {1, 18, 20, 44, 46, 296}  # write, pwrite64, writev, sendto, sendmsg, pwritev
 _ENTER = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+raw_syscalls:sys_enter:\s+NR (\d+) \(([0-9a-f]+)")
 _EXIT = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+raw_syscalls:sys_exit:\s+NR (\d+) = (-?\d+)")
+_SWITCH = re.compile(r"^\s*(\d+)\s+(\d+\.\d+):\s+PERF_RECORD_SWITCH (IN|OUT)\s*(preempt)?")
 
 # (name, from, to): the p50 (µs) of each, in turn order.
 HOPS = [
@@ -104,7 +105,7 @@ class SyscallTrace:
     """perf record of the supervisor, the agent and the fake model during the turns."""
 
     def __init__(self, supervisor: int, agent: int, fake: int) -> None:
-        self.pids = {"sup": supervisor, "agent": agent, "fake": fake}
+        self.pids = {"host": os.getpid(), "sup": supervisor, "agent": agent, "fake": fake}
         # The pipes between supervisor and agent, by inode (seen from both ends).
         agent_fds = _fds(agent)
         self.agent_stdin, self.agent_stdout = agent_fds.get(0), agent_fds.get(1)
@@ -138,26 +139,28 @@ class SyscallTrace:
         self.tids = {name: _tids(pid) for name, pid in self.pids.items()}
         pids = ",".join(str(p) for p in self.pids.values())
         self.proc = await asyncio.create_subprocess_exec(
-            "perf", "record", "-q", "-k", "CLOCK_MONOTONIC",
+            "perf", "record", "-q", "-k", "CLOCK_MONOTONIC", "--switch-events",
             "-e", "raw_syscalls:sys_enter", "-e", "raw_syscalls:sys_exit",
             "-p", pids, "-o", f"{self.dir}/perf.data",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         await asyncio.sleep(0.5)  # perf attaches to every thread before the turns
 
-    async def stop(self) -> list[Call]:
+    async def stop(self) -> tuple[list[Call], list[Slice]]:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGINT)
         _, err = await self.proc.communicate()
         script = await asyncio.create_subprocess_exec(
             "perf", "script", "-i", f"{self.dir}/perf.data", "-F", "tid,time,event,trace",
-            "--ns", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
+            "--ns", "--show-switch-events",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         out, _ = await script.communicate()
         shutil.rmtree(self.dir, ignore_errors=True)
         if not out:
             raise RuntimeError(f"perf recorded nothing: {err.decode(errors='replace')[-500:]}")
-        return _calls(out.decode(errors="replace"))
+        text = out.decode(errors="replace")
+        return _calls(text), _slices(text)
 
     def stamps(self, calls: list[Call], row: dict[str, int]) -> dict[str, int]:
         """The in-sandbox and fake stamps of one turn (``row``: the host's)."""
@@ -205,6 +208,59 @@ class SyscallTrace:
             if fw:
                 out["fake_last_write"] = fw[-1].enter
         return out
+
+
+class Slice:
+    """A thread on a CPU from ``start`` to ``end``; ``waited``: runnable but not
+    running (preempted) right before it, in ns."""
+
+    __slots__ = ("end", "start", "tid", "waited")
+
+    def __init__(self, tid: int, start: int, end: int, waited: int) -> None:
+        self.tid, self.start, self.end, self.waited = tid, start, end, waited
+
+
+def _slices(text: str) -> list[Slice]:
+    on: dict[int, int] = {}
+    preempted: dict[int, int] = {}
+    out: list[Slice] = []
+    for line in text.splitlines():
+        m = _SWITCH.match(line)
+        if not m:
+            continue
+        tid, at = int(m[1]), round(float(m[2]) * 1e9)
+        if m[3] == "IN":
+            on[tid] = at
+        elif tid in on:
+            start = on.pop(tid)
+            waited = start - preempted.pop(tid, start)
+            out.append(Slice(tid, start, at, waited))
+            if m[4]:
+                preempted[tid] = at
+    return out
+
+
+def cpu(trace: SyscallTrace, slices: list[Slice], row: dict[str, int]) -> dict[str, int]:
+    """CPU time (ns) each process used in one turn (``call_in`` .. ``call_out``), and
+    the time its threads were preempted (runnable, waiting for a CPU)."""
+    lo, hi = row["call_in"], row["call_out"]
+    out: dict[str, int] = {}
+    for name, tids in trace.tids.items():
+        used = waited = 0
+        for sl in slices:
+            if sl.tid in tids and sl.end > lo and sl.start < hi:
+                used += min(sl.end, hi) - max(sl.start, lo)
+                if sl.start >= lo:
+                    waited += sl.waited
+        out[f"cpu_{name}"] = used
+        out[f"preempted_{name}"] = waited
+    return out
+
+
+def cpu_table(rows: list[dict[str, int]]) -> dict[str, int]:
+    """p50 (µs) per turn of each process's CPU time and preempted time."""
+    keys = sorted({k for r in rows for k in r if k.startswith(("cpu_", "preempted_"))})
+    return {k: round(statistics.median(r.get(k, 0) for r in rows) / 1000) for k in keys}
 
 
 def _calls(text: str) -> list[Call]:

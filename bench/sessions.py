@@ -435,9 +435,12 @@ class Bench:
                 tracer = None
             through_s, direct_s, calls = await self.turns(vm, sid, tracer)
             if tracer is not None and self.trace is not None:
-                calls_seen = await tracer.stop()
-                rows = [{**r, **tracer.stamps(calls_seen, r)} for r in self.trace.rows]
+                seen, slices = await tracer.stop()
+                rows = [{**r, **tracer.stamps(seen, r)} for r in self.trace.rows]
                 out["syscall_hops_us"] = session_trace.table(rows)
+                out["cpu_in_turn_us"] = session_trace.cpu_table(
+                    [session_trace.cpu(tracer, slices, r) for r in self.trace.rows]
+                )
             # Where a turn's time goes, robust to a loaded machine: CPU used per turn
             # in the sandbox, and by this process (engine, gateway, and the direct
             # client's calls too).
@@ -462,6 +465,8 @@ class Bench:
             # Where the time goes: send_prompt -> the first model call arriving at the
             # fake (host, supervisor, agent, SDK, forwarder, gateway), and the rest.
             turn_to_model_ms=ms(statistics.median(self.to_model)),
+            host_cpu_through_ms=ms(statistics.median(t for t, _ in self.host_cpu)),
+            host_cpu_direct_ms=ms(statistics.median(d for _, d in self.host_cpu)),
             turn_after_model_ms=ms(t50 - d50 - statistics.median(self.to_model)),
         )
         return out
@@ -489,6 +494,8 @@ class Bench:
         direct_s: list[float] = []
         calls: list[int] = []
         self.to_model: list[float] = []
+        # CPU of this process (every thread) in each through turn / direct replay.
+        self.host_cpu: list[tuple[float, float]] = []
         if self.trace is not None:  # this agent's turns only
             self.trace.rows = []
         for i in range(3 + self.n_turns):
@@ -497,12 +504,14 @@ class Bench:
             await self.fake.take()  # (untimed) nothing earlier belongs to this turn
             wall = time.time()
             call_in = time.perf_counter_ns()
+            cpu0 = time.process_time()
             start = time.perf_counter()
             try:
                 result = await vm.send_prompt(sid, "say ok")
             except Exception as exc:
                 raise RuntimeError(f"turn {i + 1}: {type(exc).__name__}: {exc}") from exc
             elapsed = time.perf_counter() - start
+            cpu_through = time.process_time() - cpu0
             if self.trace is not None and i >= 3:
                 row = self.trace.turn
                 row.update(call_in=call_in, call_out=call_in + round(elapsed * 1e9))
@@ -511,12 +520,15 @@ class Bench:
                 raise RuntimeError(f"turn ended with {result}")
             taken = await self.fake.take()
             requests = [r for r in taken if r["path"].startswith("/v1/messages")]
+            cpu0 = time.process_time()
             start = time.perf_counter()
             await replay(self.direct, self.fake.url, requests)
             direct = time.perf_counter() - start
+            cpu_direct = time.process_time() - cpu0
             if i >= 3 and requests:  # the first turns warm up both sides
                 through_s.append(elapsed)
                 direct_s.append(direct)
+                self.host_cpu.append((cpu_through, cpu_direct))
                 calls.append(len(requests))
                 self.to_model.append(requests[0]["at"] - wall)
         return through_s, direct_s, calls

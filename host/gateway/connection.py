@@ -267,7 +267,6 @@ class HttpConnection:
                 close=not complete,
             )
             return complete
-        model = _model(prefix, complete)
         content: bytes | AsyncIterator[bytes]
         if complete:
             content = prefix
@@ -296,13 +295,18 @@ class HttpConnection:
             )
             return complete
         try:
-            await self._relay(response, session_id, model, r.path)
+            await self._relay(response, session_id, prefix, complete, r.path)
         finally:
             await response.aclose()
         return True
 
     async def _relay(
-        self, response: httpx.Response, session_id: str | None, model: str | None, path: str
+        self,
+        response: httpx.Response,
+        session_id: str | None,
+        body: bytes,
+        complete: bool,
+        path: str,
     ) -> None:
         out_headers = [
             (k, v) for k, v in response.headers.multi_items() if k.lower() not in HOP_BY_HOP
@@ -333,7 +337,9 @@ class HttpConnection:
                     UsageRecord(
                         sandbox=self.owner.sandbox,
                         session_id=session_id,
-                        model=model,
+                        # Read from the request only now, once the answer is out: a
+                        # whole conversation's JSON is not parsed on the turn's path.
+                        model=_model(body, complete),
                         path=path,
                         status=response.status_code,
                         stream=sse is not None,

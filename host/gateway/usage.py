@@ -41,6 +41,10 @@ class SSEUsage:
             self._event(event)
 
     def _event(self, raw: bytes) -> None:
+        # Only these two carry usage: the text deltas (most of a stream) are not
+        # JSON-decoded (the type is checked again once decoded).
+        if b"message_start" not in raw and b"message_delta" not in raw:
+            return
         data_lines = [
             line[5:].lstrip(b" ")
             for line in raw.replace(b"\r\n", b"\n").split(b"\n")
