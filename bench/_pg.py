@@ -110,6 +110,28 @@ def agentvm_has_postgres() -> str | None:
     return None
 
 
+async def _commit_us(url: str, n: int) -> float:
+    import asyncpg
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE IF NOT EXISTS bench_commit (x int)")
+        t0 = time.perf_counter()
+        for i in range(n):
+            await conn.execute("INSERT INTO bench_commit VALUES ($1)", i)  # one commit each
+        return (time.perf_counter() - t0) / n * 1e6
+    finally:
+        await conn.close()
+
+
+def commit_us(server: PgServer, n: int = 200) -> float:
+    """The floor: microseconds per one-row INSERT committed alone (asyncpg, autocommit)
+    on this server right now - what one durable commit costs under the current load."""
+    import asyncio
+
+    return asyncio.run(_commit_us(server.database("commit"), n))
+
+
 def compare(
     server: PgServer,
     *,
@@ -135,7 +157,11 @@ def compare(
     res: dict[str, Any] = {"pg_settings": server_settings(probe)}
     log(f"PostgreSQL settings (both sides): {res['pg_settings']}")
     why = agentvm_has_postgres()
+    # The disk's flush time moves with the machine's load: the floor is measured next to
+    # each side's steps, so a ratio can be read against it.
+    n_floor = min(200, n_steps)
     if why is None:
+        res["pg_commit_us_before_agentvm"] = commit_us(server, n_floor)
         log(f"PostgreSQL: agentvm, {n_steps} no-op steps x{repeat}")
         vals = asyncio.run(agentvm_steps(server.database("av_steps"), "NORMAL", n_steps, repeat))
         res["pg_step_overhead_us"] = statistics.median(vals)
@@ -146,6 +172,7 @@ def compare(
     else:
         res["pg_note"] = why
         log(f"PostgreSQL: agentvm side skipped: {why}")
+    res["pg_commit_us_before_dbos"] = commit_us(server, n_floor)
     log(f"PostgreSQL: DBOS, {n_steps} steps x{repeat} and {n_dbos_msgs} queued messages")
     dbos = asyncio.run(
         dbos_in_process(server.database("dbos"), "NORMAL", n_steps, n_dbos_msgs, repeat)

@@ -50,6 +50,9 @@ databases), reported as ``pg_settings`` and read back from DBOS's pool as
 ``pg_step_overhead_us``, ``pg_dbos_step_overhead_us`` (DBOS's faster path),
 ``pg_step_overhead_ratio`` (target >= 5), ``pg_queue_throughput``,
 ``pg_dbos_queue_throughput`` (DBOS drains at most 1,000 messages there),
+``pg_commit_us_before_agentvm`` / ``pg_commit_us_before_dbos`` (the floor: one
+one-row INSERT committed alone, measured right before each side's steps - with
+``synchronous_commit=on`` it is the disk's flush time, which moves with the load),
 ``pg_queue_throughput_ratio`` (target >= 10). Recovery is measured on SQLite only.
 ``--smoke`` includes the PostgreSQL part (a few seconds).
 
