@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ClusterError, NotOwner
@@ -61,7 +61,7 @@ class ClusterMember:
     """Runs next to the engine when its store supports leases (PostgreSQL)."""
 
     # Orphans one host claims per beat: several live hosts share a dead one's actors.
-    claim_per_beat = 50
+    claim_per_beat = 100
     # Every this many beats, arm the schedules this host has no timer for.
     schedule_resync_beats = 30
 
@@ -78,6 +78,10 @@ class ClusterMember:
         self.held: dict[str, int] = {}
         self.hosts: list[Any] = []
         self.load_sources: list[Callable[[], dict[str, Any]]] = []
+        # Before a claim: ``await prefer(actor_id)`` names a live host the actor belongs
+        # on instead (a vm whose container is on that host's Docker engine:
+        # host/vm/takeover.py), or None. Then the claim raises NotOwner naming it.
+        self.affinity: list[Callable[[str], Awaitable[Any]]] = []
         # owner URL → HTTP transport for in-process calls forwarded there (forwarding.py).
         self.remotes: dict[str, Any] = {}
         self._task: asyncio.Task[None] | None = None
@@ -125,6 +129,12 @@ class ClusterMember:
             self.url = url.replace("://0.0.0.0:", "://127.0.0.1:").replace(
                 "://[::]:", "://127.0.0.1:"
             )
+            if self.url != url or "://127." in url or "://[::1]" in url:
+                log.warning(
+                    "other hosts will forward requests to %s: set AGENTVM_HOST_URL to an "
+                    "address they can reach when they run on other machines",
+                    self.url,
+                )
         self.api_token = token
         if self._task is not None:
             asyncio.get_running_loop().create_task(self._quiet(self._heartbeat()))
@@ -211,6 +221,15 @@ class ClusterMember:
     async def claim(self, actor_id: str) -> None:
         """Own ``actor_id`` (before waking or creating it); :class:`NotOwner` if a
         live host holds it."""
+        for prefer in self.affinity:
+            host = await prefer(actor_id)
+            if host is not None and host.host_id != self.host_id and actor_id not in self.held:
+                raise NotOwner(
+                    f"actor {actor_id} belongs on host {host.host_id} at {host.url}",
+                    actor_id=actor_id,
+                    owner_host_id=host.host_id,
+                    owner_url=host.url,
+                )
         res = await self.store.acquire_lease(actor_id, self.host_id, self.ttl)
         if not res.acquired:
             self._forget(actor_id)
