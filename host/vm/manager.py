@@ -234,7 +234,10 @@ class SandboxManager:
         self._lease_ttl = float(getattr(engine.config, "lease_ttl", 10.0))
         cluster = getattr(engine, "cluster", None)
         if cluster is not None:  # heartbeats name the engine this host drives
+            from .takeover import engine_affinity
+
             cluster.engine_id = self.engine_id
+            cluster.affinity.append(engine_affinity(self, engine))
         if self._reaper is None and not self._closed:
             self._reaper = asyncio.create_task(self._reap_loop(), name="vm-reaper")
         if not self._closed:

@@ -18,6 +18,7 @@ machine. When a vm actor wakes on a host that did not create its container:
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from typing import Any
@@ -85,9 +86,44 @@ async def take_over(
     return True
 
 
+def engine_affinity(manager: SandboxManager, engine: Any) -> Any:
+    """A cluster member's affinity callback (``ClusterMember.affinity``): a vm whose
+    container is on another Docker engine that a live host drives belongs on that
+    host (it adopts the container there; here it could only be re-created from a
+    checkpoint or lost). Costs nothing while every live host drives this engine."""
+    names = {d.name for d in manager._definitions if d.name}
+
+    async def prefer(actor_id: str) -> Any:
+        cluster = engine.cluster
+        mine = manager.engine_id
+        hosts = [h for h in cluster.hosts if h.alive and h.url and h.engine_id]
+        if not mine or all(h.engine_id == mine for h in hosts):
+            return None
+        rec = await engine.store.get_actor(actor_id)
+        if rec is None or rec.name not in names:
+            return None
+        try:
+            sandbox = json.loads(rec.state).get("sandbox") or {}
+        except (ValueError, AttributeError):
+            return None
+        where = sandbox.get("engine") if isinstance(sandbox, dict) else None
+        if not where or where == mine:
+            return None
+        there = [h for h in hosts if h.engine_id == where]
+        if not there:
+            return None  # nobody drives it any more: re-created here, or lost
+        lease = await engine.store.lease_of(actor_id)
+        if lease is not None and lease.alive:
+            return None  # a live owner has it: the claim names that one
+        # The same choice on every host (no ping-pong between two of that engine).
+        return min(there, key=lambda h: h.host_id)
+
+    return prefer
+
+
 def _mark_lost(c: ActorContext, record: SandboxRecord, reason: str) -> None:
     log.warning("vm %s is lost: %s", list(c.key), reason)
     c.state["lost"] = {"reason": reason, "container": record.name, "engine": record.engine}
 
 
-__all__ = ["newest_checkpoint", "take_over"]
+__all__ = ["engine_affinity", "newest_checkpoint", "take_over"]

@@ -246,3 +246,46 @@ async def test_reaper_removes_dead_hosts_unowned_containers(
 
 async def _dead(manager: SandboxManager, host_id: str) -> bool:
     return host_id in await manager._dead_hosts()
+
+
+async def test_a_vm_is_claimed_by_a_live_host_of_its_engine(
+    pg_url: str, tmp_path: Path, host_ids: Callable[[str], str], engine2: SecondDockerd
+) -> None:
+    """Three hosts on PostgreSQL: A and B on this engine, C on the second. A's vm,
+    asleep after A stopped, is not claimed by C (it could only re-create or lose it):
+    C's claim names B, the live host of the vm's engine, which adopts the container."""
+    from orchestrator.errors import NotOwner
+
+    hosts = Hosts(pg_url, tmp_path)
+    url = {"host_url": "http://127.0.0.1:9"}  # in-process hosts: no server is called
+    async with (
+        hosts.host(host_ids("b"), lease_ttl=1.0, **url) as (_, eng_b),
+        hosts.host(host_ids("c"), engine2.address, lease_ttl=1.0, **url) as (_, eng_c),
+    ):
+        async with hosts.host(host_ids("a"), lease_ttl=1.0, **url) as (_, eng_a):
+            vm = eng_a.client().vm.get_or_create(["stay-home"])
+            await vm.write_file("work.txt", "here")
+            actor_id = await vm.resolve()
+            before = await _record(eng_a, ["stay-home"])
+        assert eng_c.cluster is not None and eng_b.cluster is not None
+        from tests.support import eventually
+
+        b_id = eng_b.cluster.host_id
+        await eventually(  # C's view: B alive on the vm's engine, A gone
+            lambda: _engines(eng_c),
+            lambda e: e.get(b_id) == before.engine and not any(h.endswith("-a") for h in e),
+            timeout=30,
+        )
+        with pytest.raises(NotOwner) as moved:
+            await eng_c.cluster.claim(actor_id)
+        assert moved.value.metadata["owner_host_id"] == b_id
+        # B, on the vm's engine, takes it and adopts the running container.
+        vm_b = eng_b.client().vm.get(["stay-home"])
+        assert await vm_b.read_file("work.txt") == b"here"
+        assert (await _record(eng_b, ["stay-home"])).id == before.id
+        await vm_b.destroy()
+
+
+async def _engines(eng: Engine) -> dict[str, str]:
+    assert eng.cluster is not None
+    return {h.host_id: h.engine_id for h in eng.cluster.hosts if h.alive}
