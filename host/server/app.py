@@ -33,6 +33,7 @@ from . import (
 from .arguments import ArgumentChecker
 from .common import json_response
 from .errors import install_error_handlers
+from .fastpath import QueueSendFastPath
 from .forward import ClusterOriginMiddleware, install_forwarding
 from .guard import BrowserGuardMiddleware, JsonBodyMiddleware
 from .middleware import (
@@ -97,6 +98,7 @@ def create_app(
         Middleware(UnexpectedErrorMiddleware),
         # Several hosts on one database: where a request came from (forward.py).
         *([Middleware(ClusterOriginMiddleware)] if engine.cluster is not None else []),
+        Middleware(QueueSendFastPath),  # innermost: plain queue sends skip the router
     ]
     app = FastAPI(
         title="agentvm",
