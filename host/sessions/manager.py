@@ -445,7 +445,11 @@ class SessionManager(SessionFeatures, PrestartMixin):
             session.status = "prompting"
             session.last_active = time.time()
             session.reset_text()
-            await session.emit("prompt", {"text": text})
+            # Committed while the ACP request is built; write_message sends it to the
+            # agent only once the event is stored (so a crash never loses a prompt).
+            stored = asyncio.ensure_future(session.emit("prompt", {"text": text}))
+            stored.add_done_callback(_ignore_result)
+            session.prompt_stored = stored
             turn = asyncio.create_task(
                 self._call(
                     session,

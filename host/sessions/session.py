@@ -164,6 +164,8 @@ class Session:
         self._terminal_ids = itertools.count(1)
         self._emit_lock = asyncio.Lock()
         self._write_lock = asyncio.Lock()
+        # The next session/prompt's ``prompt`` event being stored (send_prompt).
+        self.prompt_stored: asyncio.Future[Any] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -606,6 +608,9 @@ class Session:
             raise ConnectionError(f"agent of session {self.id} has exited")
         data = (json.dumps(message, separators=(",", ":")) + "\n").encode()
         prompt_id = message.get("id") if message.get("method") == "session/prompt" else None
+        if message.get("method") == "session/prompt" and self.prompt_stored is not None:
+            stored, self.prompt_stored = self.prompt_stored, None
+            await stored  # the prompt reaches the agent only once its event is stored
         if prompt_id is not None:
             self.prompt_ids.add(prompt_id)
         async with self._write_lock:

@@ -1,5 +1,8 @@
-"""One read of an agent's stdout is stored in one write (not one commit per line),
-still before the ACP connection sees any of it and before it is acknowledged.
+"""The host's side of an agent turn, cut short without weakening what is stored when:
+one read of an agent's stdout is stored in one write (not one commit per line), still
+before the ACP connection sees any of it and before it is acknowledged; a prompt is
+written to the agent only once its ``prompt`` event is stored (the commit runs while
+the ACP request is built).
 
 The agent's output is fed to ``Session._stdout`` as the supervisor delivers it (one
 chunk per pipe read), so what lands in one batch is deterministic; the whole path with
@@ -10,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 from typing import Any
+
+import pytest
 
 from host.sessions import MemoryEventStore, SessionEvent
 from host.sessions.limits import SessionLimits
@@ -40,9 +45,13 @@ class GatedStore(MemoryEventStore):
 class Sandbox:
     def __init__(self) -> None:
         self.acks: list[int] = []
+        self.stdin: list[bytes] = []
 
     async def ack_output(self, pid: int, offset: int) -> None:
         self.acks.append(offset)
+
+    async def write_stdin(self, pid: int, data: bytes) -> None:
+        self.stdin.append(data)
 
 
 class Manager:
@@ -122,3 +131,32 @@ async def test_a_read_with_one_event_or_none_writes_once_or_not_at_all() -> None
     assert manager.store.writes == []
     await s._stdout(chunk_update("x")[10:])
     assert manager.store.writes == [["update"]]
+
+
+PROMPT = {"jsonrpc": "2.0", "id": 7, "method": "session/prompt", "params": {}}
+
+
+async def test_a_prompt_reaches_the_agent_only_once_its_event_is_stored() -> None:
+    s, manager = session()
+    s.prompt_ids.clear()
+    stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    s.prompt_stored = stored
+    writing = asyncio.create_task(s.write_message(dict(PROMPT)))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert manager.sandbox.stdin == [] and not writing.done()
+    stored.set_result(None)
+    await writing
+    assert [json.loads(b) for b in manager.sandbox.stdin] == [PROMPT]
+    assert s.prompt_ids == {7} and s.prompt_stored is None
+
+
+async def test_a_prompt_whose_event_was_not_stored_is_never_sent() -> None:
+    s, manager = session()
+    s.prompt_ids.clear()
+    stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    stored.set_exception(OSError("disk full"))
+    s.prompt_stored = stored
+    with pytest.raises(OSError, match="disk full"):
+        await s.write_message(dict(PROMPT))
+    assert manager.sandbox.stdin == [] and s.prompt_ids == set()
