@@ -10,7 +10,6 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -158,23 +157,35 @@ while True:
 """
 
 
-@pytest.fixture
-def live(image: str, tmp_path: Path) -> Iterator[LiveServer]:
-    """The real host with a token; its containers removed after."""
+@pytest.fixture(scope="module")
+def live_host(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The real host with a token, one for the module; its containers removed after."""
     host_id = f"{HOST_ID}-pv"
     env = {
         "AGENTVM_HOST_ID": host_id,
         "AGENTVM_WARM_POOL": "0",
         # A sandbox port that never answers is given up after this (a 504).
-        "AGENTVM_PREVIEW_IDLE_TIMEOUT_S": "5",
+        "AGENTVM_PREVIEW_IDLE_TIMEOUT_S": "3",
         "AGENTVM_PREVIEW_MAX_CONNECTIONS": "4",
     }
-    server = start_server(tmp_path / "host.db", token=TOKEN, env=env, registry=None, deadline_s=120)
+    db = tmp_path_factory.mktemp("ports") / "host.db"
+    server = start_server(db, token=TOKEN, env=env, registry=None, deadline_s=120)
     yield server
     server.stop()
     client = docker.from_env()
     remove_host(client, host_id)
     client.close()
+
+
+@pytest.fixture
+def live(live_host: LiveServer) -> Iterator[LiveServer]:
+    """The module's host; the test's vm is destroyed after it, so the next test starts
+    on a fresh vm whose ports are free."""
+    yield live_host
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    url = f"{live_host.url}/actors/vm/{KEY}/actions/destroy"
+    resp = httpx.post(url, json={"args": []}, headers=auth, timeout=120)
+    assert resp.status_code in (200, 404), resp.text
 
 
 def _act(http: httpx.Client, action: str, *args: Any) -> Any:
@@ -301,8 +312,8 @@ def test_preview_proxy(live: LiveServer) -> None:
         with ws_connect(url) as ws:
             ws.send("link")
             assert ws.recv(timeout=30) == "knil"
-            # Quiet for longer than the idle deadline (5 s here): a WebSocket stays.
-            ws.send("wait:6")
+            # Quiet for longer than the idle deadline (3 s here): a WebSocket stays.
+            ws.send("wait:4")
             assert ws.recv(timeout=60) == "waited"
 
 
