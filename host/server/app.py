@@ -33,7 +33,7 @@ from . import (
 from .arguments import ArgumentChecker
 from .common import json_response
 from .errors import install_error_handlers
-from .fastpath import QueueSendFastPath
+from .fastpath import QueueSendFastPath, fastapi_telemetry
 from .forward import ClusterOriginMiddleware, install_forwarding
 from .guard import BrowserGuardMiddleware, JsonBodyMiddleware
 from .middleware import (
@@ -108,6 +108,7 @@ def create_app(
         docs_url="/docs",
         redoc_url=None,
         generate_unique_id_function=operation_id,
+        telemetry=fastapi_telemetry(),
     )
     app.state.engine = engine
     app.state.settings = cfg
