@@ -415,6 +415,9 @@ class Engine:
         loop = asyncio.get_running_loop()
         delay = max(0.0, rec.fire_at - time.time())
         handle = loop.call_later(delay, lambda: self._spawn(self._fire_schedule(rec)))
+        old = self._schedule_timers.get(rec.schedule_id)
+        if old is not None:
+            old[1].cancel()  # armed again (a cluster host re-arms on takeover): one timer
         self._schedule_timers[rec.schedule_id] = (rec.actor_id, handle)
 
     async def _fire_schedule(self, rec: ScheduleRecord) -> None:
