@@ -246,7 +246,8 @@ async def _events(body: _Body) -> Any:
         chunk = await body.read()
         if not chunk:
             return
-        buf += chunk.replace(b"\r\n", b"\n")
+        # Normalised over the whole leftover: a CRLF may be split between chunks.
+        buf = (buf + chunk).replace(b"\r\n", b"\n")
         while b"\n\n" in buf:
             raw, buf = buf.split(b"\n\n", 1)
             name, data = "", []
