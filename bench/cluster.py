@@ -31,7 +31,11 @@ run at size 1 / everyone's CPU per run at size 3 - one host is one process, at m
 one core), ``actors_per_host_{H}`` (where placement put them) and, to say what
 bounds it, CPU seconds per run of each party (``cpu_ms_per_run_{H}``: the hosts,
 PostgreSQL's processes, the fake model, this client) next to the machine's cores and
-``loadavg``. On a 2-core machine the whole cluster, its database, the model and the
+``loadavg``, the share of the machine that was busy (``cpu_busy_share_{H}``), the
+cost of one durable commit at the time (``commit_floor_us_{H}``: each host has one
+group commit in flight at a time, so when commits are slow a host is bound by them,
+not by its CPU) and ``commits_per_run_{H}`` (how much the group commit shares).
+On a 2-core machine the whole cluster, its database, the model and the
 client share two cores: H hosts cannot go faster than the cores allow.
 
 ``--quick``: 600 runs per size; full: 2,000; ``--smoke``: sizes 1 and 3, 12 runs each
@@ -435,9 +439,13 @@ def start_hosts(db: str, n: int, model_url: str) -> tuple[list[subprocess.Popen[
 async def measure_size(
     server: Any, size: int, runs: int, model_url: str, fake_pid: int, forwarded: bool
 ) -> dict[str, Any]:
+    from bench import _pg
+
     db = server.database(f"cluster_{size}")
+    commits0 = await xact_commits(db)
     procs, urls = await asyncio.to_thread(start_hosts, db, size, model_url)
     res: dict[str, Any] = {}
+    sent = 0
     try:
         note = await wait_cluster(urls)
         if note:
@@ -448,6 +456,9 @@ async def measure_size(
         log(f"{size} host(s): actors per host {per_host}; warming up")
         warm = ACTORS * RUN_CONCURRENCY
         await drive(targets, warm)
+        # What one durable commit costs on this server right now (the disk's flush time
+        # with synchronous_commit=on): each host has one commit in flight at a time.
+        res[f"commit_floor_us_{size}"] = await asyncio.to_thread(_pg.commit_us, server, 50)
         meter = CpuMeter([p.pid for p in procs], postmaster_pid(server), fake_pid)
         meter.start()
         elapsed = await drive(targets, runs, start=warm)
@@ -463,6 +474,7 @@ async def measure_size(
             f"{size} host(s): {runs} runs in {elapsed:.2f}s = {rate:.1f} runs/s; CPU ms/run "
             f"{res[f'cpu_ms_per_run_{size}']}; machine busy {res[f'cpu_busy_share_{size}']:.0%}"
         )
+        sent = warm + runs
         done = await completed_runs(db)
         if done != warm + runs:
             raise RuntimeError(f"{done} runs completed in the database, expected {warm + runs}")
@@ -471,12 +483,32 @@ async def measure_size(
             other = {k: next(u for u in urls if u != owner) for k, owner in targets.items()}
             n = max(ACTORS, runs // 2)
             t = await drive(other, n, start=warm + runs)
+            sent += n
             res["forwarded_runs_per_s"] = n / t
             res["forwarded_vs_direct"] = res["forwarded_runs_per_s"] / rate
             log(f"{size} hosts, every run forwarded: {n / t:.1f} runs/s")
     finally:
         await asyncio.to_thread(stop, procs)
+    if sent:
+        # Transactions per run over the whole phase (heartbeats and leases included):
+        # how much the hosts' group commit shares. Read after the hosts exit, when their
+        # connections have reported their counts.
+        res[f"commits_per_run_{size}"] = (await xact_commits(db) - commits0) / sent
     return res
+
+
+async def xact_commits(db: str) -> int:
+    import asyncpg
+
+    conn = await asyncpg.connect(db)
+    try:
+        return int(
+            await conn.fetchval(
+                "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+            )
+        )
+    finally:
+        await conn.close()
 
 
 def main() -> None:
@@ -544,7 +576,7 @@ def main() -> None:
     # the client share every core: runs_per_s_3 <= cpus * 1000 / (their ms per run).
     one, three = res["cpu_ms_per_run_1"], res["cpu_ms_per_run_3"]
     ours = sum(v for k, v in three.items() if k != "machine_busy")
-    if ours > 0:
+    if ours > 0:  # (meaningful when size 1 was CPU-bound: cpu_busy_share_1 near 1)
         res["scaling_ceiling_cpu"] = min(CPUS, 3) * one["hosts"] / ours
     res["targets"] = {"scaling_3_hosts>=2": res["scaling_3_hosts"] >= 2}
     res["loadavg_end"] = os.getloadavg()[0]
