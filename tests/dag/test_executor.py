@@ -15,7 +15,16 @@ import pytest
 from orchestrator.dag import workflow_view
 from orchestrator.errors import InvalidRequest
 from orchestrator.remote import RemoteClient, create_client
-from tests.e2e.conftest import buggy_repo, e2e_images, fake_model, host, host_id  # noqa: F401
+from tests.e2e.conftest import (  # noqa: F401
+    buggy_repo,
+    e2e_images,
+    host_id,
+    module_hosts,
+    module_model,
+    own_host,
+    shared_host,
+    shared_model,
+)
 from tests.server.live import LiveServer
 from tests.support import eventually
 from tests.support.fake_anthropic import FakeAnthropic, Turn, _prompt_text
@@ -23,6 +32,20 @@ from tests.support.fake_anthropic import FakeAnthropic, Turn, _prompt_text
 pytestmark = pytest.mark.docker
 
 WAIT_S = 300.0
+
+
+# One live host for the module's tests (each uses workflow names and markers of its
+# own); the kill -9 test has one of its own (``own_host``).
+@pytest.fixture
+def host(shared_host: Callable[..., LiveServer]) -> Callable[..., LiveServer]:  # noqa: F811
+    return shared_host
+
+
+@pytest.fixture
+def fake_model(shared_model: FakeAnthropic) -> FakeAnthropic:  # noqa: F811
+    return shared_model
+
+
 FAILING = Turn.fail(400, "invalid_request_error", "upstream refuses")
 
 
@@ -93,8 +116,8 @@ DIAMOND: dict[str, Any] = {
 
 
 async def test_diamond_runs_its_middle_steps_side_by_side_and_interpolates(
-    host,  # noqa: F811
-    fake_model: FakeAnthropic,  # noqa: F811
+    host,
+    fake_model: FakeAnthropic,
 ) -> None:
     """The registry versions a definition; bad params are refused at send time naming
     the param; a diamond's two middle steps overlap (each one's model turn is held
@@ -230,8 +253,8 @@ FAILS: dict[str, Any] = {
 
 
 async def test_failures_skip_dependents_and_a_retry_restarts_from_the_checkpoint(
-    host,  # noqa: F811
-    fake_model: FakeAnthropic,  # noqa: F811
+    host,
+    fake_model: FakeAnthropic,
 ) -> None:
     """b dirties the workspace and its check fails: c is skipped and the run ends
     ``partial``; x fails once and its retry passes; y fails but continues, so z runs;
@@ -335,8 +358,8 @@ RACE: dict[str, Any] = {
 
 
 async def test_a_race_step_keeps_the_candidate_whose_check_passes(
-    host,  # noqa: F811
-    fake_model: FakeAnthropic,  # noqa: F811
+    host,
+    fake_model: FakeAnthropic,
 ) -> None:
     """Three candidates, each in a fork of the step's vm (they all see base.txt); only
     c1 leaves won.txt, so only its check passes: it wins, the others' vms are
@@ -386,8 +409,8 @@ CANCEL: dict[str, Any] = {
 
 
 async def test_cancel_mid_run_cancels_the_prompt_and_starts_nothing_new(
-    host,  # noqa: F811
-    fake_model: FakeAnthropic,  # noqa: F811
+    host,
+    fake_model: FakeAnthropic,
 ) -> None:
     server = host()
     never = fake_model.gate()
@@ -436,9 +459,10 @@ CRASH: dict[str, Any] = {
 }
 
 
+@pytest.mark.usefixtures("own_host")
 async def test_kill_9_mid_dag_resumes_without_rerunning_completed_steps(
-    host,  # noqa: F811
-    fake_model: FakeAnthropic,  # noqa: F811
+    host,
+    fake_model: FakeAnthropic,
 ) -> None:
     server = host()
     never = fake_model.gate()  # b's first turn (before the crash) never finishes
@@ -494,8 +518,8 @@ REPO: dict[str, Any] = {
 
 
 async def test_a_run_on_the_callers_vm_with_a_repo(
-    host,  # noqa: F811
-    fake_model: FakeAnthropic,  # noqa: F811
+    host,
+    fake_model: FakeAnthropic,
     buggy_repo,  # noqa: F811
 ) -> None:
     """``repo`` is put into the shared vm first and the sessions start in it (the

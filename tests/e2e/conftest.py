@@ -48,6 +48,18 @@ def fake_model() -> Iterator[FakeAnthropic]:
         yield fake
 
 
+def start_host(db: Path, host_id: str, model: FakeAnthropic, **settings: str) -> LiveServer:
+    """The real host on ``db``, the fake model as its upstream."""
+    env = {
+        "AGENTVM_HOST_ID": host_id,
+        "AGENTVM_WARM_POOL": "0",
+        "AGENTVM_REPO_ROOTS": "",
+        "ANTHROPIC_BASE_URL": model.url,
+        "ANTHROPIC_API_KEY": HOST_KEY,
+    }
+    return start_server(db, env={**env, **settings}, registry=None, deadline_s=120)
+
+
 @pytest.fixture
 def host(
     e2e_images: None, tmp_path: Path, host_id: str, fake_model: FakeAnthropic
@@ -55,18 +67,95 @@ def host(
     """``start()`` → a live host on the same database each time (a restart);
     ``start(AGENTVM_X="...")`` adds settings."""
     servers: list[LiveServer] = []
-    env = {
-        "AGENTVM_HOST_ID": host_id,
-        "AGENTVM_WARM_POOL": "0",
-        "AGENTVM_REPO_ROOTS": "",
-        "ANTHROPIC_BASE_URL": fake_model.url,
-        "ANTHROPIC_API_KEY": HOST_KEY,
-    }
 
     def start(**settings: str) -> LiveServer:
-        server = start_server(
-            tmp_path / "host.db", env={**env, **settings}, registry=None, deadline_s=120
-        )
+        server = start_host(tmp_path / "host.db", host_id, fake_model, **settings)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        if server.proc.poll() is None:
+            server.stop()
+
+
+@pytest.fixture
+def own_host() -> None:
+    """Used (``@pytest.mark.usefixtures("own_host")``) by a test under ``shared_host``
+    that kills or restarts its host: it gets a host of its own."""
+
+
+class SharedHosts:
+    """A module's live hosts, one per distinct settings (each its own host id, so no
+    host's reaper takes another's containers), started on first use."""
+
+    def __init__(self, root: Path, model: FakeAnthropic) -> None:
+        self.root = root
+        self.model = model
+        self.servers: dict[tuple[tuple[str, str], ...], tuple[str, LiveServer]] = {}
+
+    def get(self, settings: dict[str, str]) -> LiveServer:
+        key = tuple(sorted(settings.items()))
+        if key not in self.servers:
+            host_id = f"e2e-{uuid.uuid4().hex[:8]}"
+            db = self.root / f"{host_id}.db"
+            self.servers[key] = (host_id, start_host(db, host_id, self.model, **settings))
+        return self.servers[key][1]
+
+    def close(self) -> None:
+        client = docker.from_env()
+        try:
+            for host_id, server in self.servers.values():
+                if server.proc.poll() is None:
+                    server.stop()
+                remove_host(client, host_id)
+        finally:
+            client.close()
+
+
+@pytest.fixture(scope="module")
+def module_model() -> Iterator[FakeAnthropic]:
+    with FakeAnthropic() as fake:
+        yield fake
+
+
+@pytest.fixture(scope="module")
+def module_hosts(
+    e2e_images: None, tmp_path_factory: pytest.TempPathFactory, module_model: FakeAnthropic
+) -> Iterator[SharedHosts]:
+    hosts = SharedHosts(tmp_path_factory.mktemp("e2e-hosts"), module_model)
+    yield hosts
+    hosts.close()
+
+
+@pytest.fixture
+def shared_model(module_model: FakeAnthropic) -> FakeAnthropic:
+    """The module's fake model, its scripts and recorded requests cleared for this
+    test (tests use markers of their own)."""
+    module_model.reset()
+    module_model.fallback = None
+    return module_model
+
+
+@pytest.fixture
+def shared_host(
+    request: pytest.FixtureRequest,
+    module_hosts: SharedHosts,
+    shared_model: FakeAnthropic,
+    tmp_path: Path,
+    host_id: str,
+) -> Iterator[Callable[..., LiveServer]]:
+    """Like ``host``, but ``start(**settings)`` returns the module's running host with
+    those settings (a start-up per module, not per test): for tests that neither
+    restart nor kill it and use keys, markers and names of their own. A test using
+    ``own_host`` (it kills or restarts its host) gets one of its own."""
+    own = "own_host" in request.fixturenames
+    servers: list[LiveServer] = []
+
+    def start(**settings: str) -> LiveServer:
+        if not own:
+            return module_hosts.get(settings)
+        server = start_host(tmp_path / "host.db", host_id, shared_model, **settings)
         servers.append(server)
         return server
 
