@@ -272,9 +272,11 @@ class PostgresStore(Store):
         async with self._pool.acquire() as conn, conn.transaction():
             await self._migrate(conn)
         self._conn = await asyncpg.connect(self.url, command_timeout=60)
-        for ids in self._ids.values():
-            for _ in range(2):
-                ids.spare.append(await self._nextval(ids.sequence))
+        # Two blocks of each kind of id, in one round trip.
+        seqs = [ids.sequence for ids in self._ids.values() for _ in range(2)]
+        row = await self._pool.fetchrow("SELECT " + ", ".join(f"nextval('{seq}')" for seq in seqs))
+        for ids, i in zip(self._ids.values(), range(0, len(seqs), 2), strict=True):
+            ids.spare.extend((int(row[i]), int(row[i + 1])))
 
     async def _migrate(self, conn: asyncpg.Connection) -> None:
         # Several hosts may start at once: one applies each migration, the others wait.

@@ -146,3 +146,26 @@ async def test_migrations_apply_once_for_hosts_starting_together(pg_url: str) ->
     finally:
         for s in stores:
             await s.close()
+
+
+async def test_a_new_owner_numbers_after_the_previous_owner(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """Ids come in per-host blocks; after a takeover the new owner's history seqs and
+    message ids must still sort after the old owner's (replay and queue order)."""
+    a, b = hosts
+    # Push A's blocks above B's: B opened second but A reserves fresh blocks now.
+    for _ in range(3000):
+        a.next_seq()
+        a.next_message_id()
+    seq, mid = a.next_seq(), a.next_message_id()
+    assert seq > b.next_seq() and mid > b.next_message_id()
+    await a.submit([(base.PUT_ACTOR, _actor("t"))])
+    await a.submit(
+        [
+            (base.PUT_HISTORY, "t", base.HistoryRecord("s", "step", "completed", seq=seq)),
+            (base.PUT_MESSAGE, base.MessageRecord(mid, "t", "q", "{}", 1.0)),
+        ]
+    )
+    await b.load_snapshots(["t"])  # B wakes it (takes it over)
+    assert b.next_seq() > seq and b.next_message_id() > mid
