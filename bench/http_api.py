@@ -143,7 +143,21 @@ async def _raw_sends(url: str, path: str, sends: int, in_flight: int) -> float:
     return sends / (time.perf_counter() - t)
 
 
-async def measure(url: str, n: int, sends: int, warm: int = 300) -> dict[str, Any]:
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 where /proc is absent)."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(
+    url: str, n: int, sends: int, warm: int = 300, pid: int | None = None
+) -> dict[str, Any]:
     import httpx
 
     from orchestrator import create_client
@@ -184,8 +198,13 @@ async def measure(url: str, n: int, sends: int, warm: int = 300) -> dict[str, An
         await asyncio.gather(*(one(i) for i in range(sends)))
         conc_rate = sends / (time.perf_counter() - t)
 
+    # The server's CPU per send in each phase: with two cores and a CPU-bound server,
+    # 16 in flight can only be faster by as much as it saves per send (docs/http.md).
+    cpu0 = _cpu_s(pid)
     raw_seq = await _raw_sends(url, send_path, sends, 1)
+    cpu1 = _cpu_s(pid)
     raw_16 = await _raw_sends(url, send_path, sends, 16)
+    cpu2 = _cpu_s(pid)
 
     client_samples: list[float] = []
     async with create_client(url) as client:
@@ -212,6 +231,8 @@ async def measure(url: str, n: int, sends: int, warm: int = 300) -> dict[str, An
         "send_seq_per_s": round(raw_seq, 1),
         "send_16_per_s": round(raw_16, 1),
         "send_scaling": round(raw_16 / raw_seq, 2),
+        "server_cpu_us_per_send_seq": round((cpu1 - cpu0) / sends * 1e6, 1),
+        "server_cpu_us_per_send_16": round((cpu2 - cpu1) / sends * 1e6, 1),
         "requests_per_route": len(action),
         "sends": sends,
     }
@@ -232,7 +253,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         proc, url = _start_server(os.path.join(tmp, "bench.db"))
         try:
-            result = asyncio.run(measure(url, n, sends, warm))
+            result = asyncio.run(measure(url, n, sends, warm, proc.pid))
         finally:
             proc.send_signal(signal.SIGINT)
             try:
@@ -257,6 +278,11 @@ def main() -> None:
         f"{result['queue_send_c16_per_s']:.0f}/s with 16 in flight (httpx); "
         f"{result['send_seq_per_s']:.0f}/s and {result['send_16_per_s']:.0f}/s "
         f"({result['send_scaling']:.2f}x; targets 2000/s, 4x) from a minimal client",
+        file=sys.stderr,
+    )
+    print(
+        f"server CPU         {result['server_cpu_us_per_send_seq']:.0f} us per send sequential, "
+        f"{result['server_cpu_us_per_send_16']:.0f} us with 16 in flight",
         file=sys.stderr,
     )
     sys.stderr.flush()
