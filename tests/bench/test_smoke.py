@@ -57,6 +57,8 @@ FIGURES: dict[str, tuple[str, ...]] = {
 # idle 2-core machine, 45-50 s under load. ``make bench-smoke`` runs them too.
 SLOW = {"sessions.py", "runs.py", "cluster.py"}  # cluster: 1 then 3 hosts start, ~30 s
 NO_DOCKER = {"http_api.py", "engine.py", "cluster.py"}
+# Modules the benchmarks import, not benchmarks (as are bench/_*.py).
+HELPERS = {"session_trace.py"}
 
 
 def _command(name: str) -> list[str]:
@@ -77,7 +79,11 @@ def _marks(name: str) -> list[pytest.MarkDecorator]:
 
 
 def test_every_benchmark_has_a_smoke_run() -> None:
-    scripts = [p.name for p in (ROOT / "bench").glob("*.py") if not p.name.startswith("_")]
+    scripts = [
+        p.name
+        for p in (ROOT / "bench").glob("*.py")
+        if not p.name.startswith("_") and p.name not in HELPERS
+    ]
     assert sorted(scripts) == sorted(FIGURES)
 
 
