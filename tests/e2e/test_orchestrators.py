@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -13,15 +14,27 @@ import pytest
 
 from orchestrator import create_client
 from tests.e2e.conftest import HOST_KEY
-from tests.server.live import agentvm
+from tests.server.live import LiveServer, agentvm
 from tests.support import eventually
-from tests.support.fake_anthropic import Turn
+from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 pytestmark = pytest.mark.docker
 
 FIX_EDIT = {"path": "calc.py", "old_string": "return a - b", "new_string": "return a + b"}
 # Idempotent, so it does no harm when an agent from before a crash also runs it.
 FIX_SED = {"command": "sed -i 's/return a - b/return a + b/' calc.py"}
+
+
+# One live host per settings for the module's tests (each uses vm keys and markers of
+# its own); the kill -9 test has one of its own (``own_host``).
+@pytest.fixture
+def host(shared_host: Callable[..., LiveServer]) -> Callable[..., LiveServer]:
+    return shared_host
+
+
+@pytest.fixture
+def fake_model(shared_model: FakeAnthropic) -> FakeAnthropic:
+    return shared_model
 
 
 def _steps(run: Any) -> dict[str, Any]:
@@ -92,6 +105,7 @@ async def test_fix_bug_fixes_the_repo_and_files_are_inspectable_meanwhile(
 # Slow: tests/e2e/test_runs_e2e.py::test_kill_9_with_three_runs_in_flight_all_complete_after_restart
 # covers the same path (fixBug resumed after kill -9, clone-repo not rerun) by default.
 @pytest.mark.slow
+@pytest.mark.usefixtures("own_host")
 async def test_fix_bug_resumes_after_kill_9_without_cloning_again(host, fake_model, buggy_repo):
     server = host()
     never = fake_model.gate()  # the first attempt's model turn never finishes

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import pytest_asyncio
 
 from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec
 from tests.support.docker import docker_client, remove_host, sandbox_backend
@@ -54,3 +55,21 @@ def spec(image: str, request: pytest.FixtureRequest) -> SandboxSpec:
 @pytest.fixture
 async def sandbox(backend: DockerBackend, spec: SandboxSpec) -> Sandbox:
     return await backend.create(spec)
+
+
+# For a module whose tests leave nothing another depends on: one backend and one
+# sandbox for all of them, in the module's event loop (the module sets
+# ``pytest.mark.asyncio(loop_scope="module")`` and returns these as its ``backend``
+# and ``sandbox``), instead of a container start-up per test.
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_backend(image: str) -> AsyncIterator[DockerBackend]:
+    async with sandbox_backend(HOST_ID) as be:
+        yield be
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def module_sandbox(
+    module_backend: DockerBackend, image: str, request: pytest.FixtureRequest
+) -> Sandbox:
+    key = ["test", f"module-{request.module.__name__}"[:60]]
+    return await module_backend.create(SandboxSpec(image=image, key=key, limits=TEST_LIMITS))

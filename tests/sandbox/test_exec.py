@@ -7,7 +7,20 @@ from sandbox_helpers import eventually
 
 from host.sandbox import DockerBackend, FileNotFoundInSandbox, Sandbox, SandboxSpec
 
-pytestmark = pytest.mark.docker
+# One backend and one sandbox for the whole module (conftest's module_backend and
+# module_sandbox, in the module's event loop): each test runs commands that leave
+# nothing another one depends on, so a container start-up per test buys nothing.
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture
+def backend(module_backend: DockerBackend) -> DockerBackend:
+    return module_backend
+
+
+@pytest.fixture
+def sandbox(module_sandbox: Sandbox) -> Sandbox:
+    return module_sandbox
 
 
 async def test_string_runs_through_bash(sandbox: Sandbox) -> None:
@@ -98,5 +111,6 @@ async def test_large_output_under_the_cap_arrives_whole(sandbox: Sandbox) -> Non
 
 
 async def test_background_child_holding_the_pipe_does_not_hang_exec(sandbox: Sandbox) -> None:
-    result = await sandbox.exec("sleep 1000 & echo started")
+    # sleep 2000: not a process test_timeout_kills_the_whole_process_group looks for.
+    result = await sandbox.exec("sleep 2000 & echo started")
     assert result.stdout == "started\n" and not result.timed_out
