@@ -81,7 +81,7 @@ class ActorLogEventStore:
     async def append(self, event: SessionEvent) -> int:
         payload = event.model_dump(mode="json", exclude={"seq"})
         event.seq = await self._log(event.session_id).append(payload)
-        self.ctx.broadcast("session_event", event.model_dump(mode="json"))
+        self.ctx.broadcast("session_event", {**payload, "seq": event.seq})  # dumped once
         return event.seq
 
     async def append_many(self, events: list[SessionEvent]) -> None:
