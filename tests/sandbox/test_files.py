@@ -12,7 +12,15 @@ import pytest
 
 from host.sandbox import FileNotFoundInSandbox, Sandbox, SupervisorError
 
-pytestmark = pytest.mark.docker
+# One sandbox for the whole module (conftest's module_sandbox, in the module's event
+# loop): each test works on paths of its own, so a container start-up per test buys
+# nothing.
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture
+def sandbox(module_sandbox: Sandbox) -> Sandbox:
+    return module_sandbox
 
 
 async def test_write_and_read_text_and_binary(sandbox: Sandbox) -> None:
