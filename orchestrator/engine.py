@@ -422,19 +422,19 @@ class Engine:
 
     async def _fire_schedule(self, rec: ScheduleRecord) -> None:
         self._schedule_timers.pop(rec.schedule_id, None)
+        if self.cluster is not None:
+            from .cluster.hooks import fire_schedule
+
+            await fire_schedule(self, rec)  # the owner fires it, once
+            return
         drop = [(base.DELETE_SCHEDULE, rec.schedule_id)]
         try:
             inst = await self.instance(rec.actor_id)
         except ActorNotFound:
             self.store.submit_nowait(drop)
             return
-        except (EngineStopped, ClusterError):
-            return  # another host owns the actor and fires it
-        if self.cluster is not None:
-            from .cluster.hooks import schedule_still_due
-
-            if not await schedule_still_due(self, rec.actor_id, rec.schedule_id):
-                return
+        except EngineStopped:
+            return
         try:
             # Deleting the schedule commits with the action: at-least-once.
             await inst.call_action(rec.action, json.loads(rec.args), extra_ops=drop)

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from ..errors import LeaseLost, NotOwner
+from ..errors import ActorNotFound, ClusterError, EngineStopped, LeaseLost, NotOwner
+from ..storage import base
 from .member import ClusterMember, default_cluster_host_id
 
 if TYPE_CHECKING:
@@ -35,7 +37,7 @@ async def start_cluster(engine: Engine) -> ClusterMember:
     engine.cluster = member
     _watch_refusals(engine, member)
     claimed = await member.start()
-    await recover(engine, claimed)
+    await recover(engine, claimed, arm=False)
     return member
 
 
@@ -71,7 +73,7 @@ def _watch_refusals(engine: Engine, member: ClusterMember) -> None:
     store.submit = watched
 
 
-async def recover(engine: Engine, actor_ids: list[str]) -> None:
+async def recover(engine: Engine, actor_ids: list[str], *, arm: bool = True) -> None:
     """Wake the claimed actors that are awake (or whose alarm is due); arm the alarm
     of the sleeping ones. Their lease stays held either way."""
     if not actor_ids:
@@ -103,6 +105,8 @@ async def recover(engine: Engine, actor_ids: list[str]) -> None:
             engine._set_alarm(actor_id, rec.alarm_at)
         elif member is not None:
             await member.release(actor_id)  # asleep with nothing to do: no owner
+    if not arm:
+        return  # at start-up the engine arms every schedule next
     # Schedules the dead owner had armed (created after this host started).
     for sched in await engine.store.load_schedules():
         if sched.actor_id in snaps:
@@ -152,10 +156,34 @@ async def drop_local(engine: Engine, actor_id: str) -> None:
             await sub.close()
 
 
-async def schedule_still_due(engine: Engine, actor_id: str, schedule_id: int) -> bool:
-    """Another host may have fired (and deleted) the schedule meanwhile."""
-    scheds = await engine.store.load_schedules(actor_id)
-    return any(s.schedule_id == schedule_id for s in scheds)
+async def fire_schedule(engine: Engine, rec: Any) -> None:
+    """Fire a schedule if this host owns (or can claim) its actor and nobody fired it
+    meanwhile: at most one fire in flight per schedule here, and the row re-read after
+    the claim (a claim waits for the previous owner's last commit)."""
+    member = engine.cluster
+    assert member is not None
+    if rec.schedule_id in member.firing:
+        return
+    member.firing.add(rec.schedule_id)
+    try:
+        try:
+            inst = await engine.instance(rec.actor_id)
+        except ActorNotFound:
+            engine.store.submit_nowait([(base.DELETE_SCHEDULE, rec.schedule_id)])
+            return
+        except (EngineStopped, ClusterError):
+            return  # another host owns the actor and fires it
+        scheds = await engine.store.load_schedules(rec.actor_id)
+        if not any(s.schedule_id == rec.schedule_id for s in scheds):
+            return
+        drop = [(base.DELETE_SCHEDULE, rec.schedule_id)]
+        try:
+            # Deleting the schedule commits with the action: at-least-once.
+            await inst.call_action(rec.action, json.loads(rec.args), extra_ops=drop)
+        except Exception:
+            log.exception("scheduled action %s of actor %s failed", rec.action, rec.actor_id)
+    finally:
+        member.firing.discard(rec.schedule_id)
 
 
 async def stop_cluster(engine: Engine) -> None:

@@ -87,6 +87,8 @@ class ClusterMember:
         self._task: asyncio.Task[None] | None = None
         self._last_renewed = time.monotonic()
         self._beats = 0
+        # Schedules being fired here (a re-armed timer must not fire one twice).
+        self.firing: set[int] = set()
 
     # -- lifecycle ---------------------------------------------------------------------
 
