@@ -9,7 +9,21 @@ from sandbox_helpers import eventually
 
 from host.sandbox import DockerBackend, Sandbox, SandboxLimits, SandboxSpec, SupervisorError
 
-pytestmark = pytest.mark.docker
+# One backend and one sandbox for the whole module (conftest's module_backend and
+# module_sandbox, in the module's event loop): the attacks here must all fail and
+# change nothing, so a container start-up per test buys nothing; the tests that need
+# a sandbox of their own (limits, network, the fork bomb) create it.
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
+
+
+@pytest.fixture
+def backend(module_backend: DockerBackend) -> DockerBackend:
+    return module_backend
+
+
+@pytest.fixture
+def sandbox(module_sandbox: Sandbox) -> Sandbox:
+    return module_sandbox
 
 
 def status_field(status: str, name: str) -> str:
