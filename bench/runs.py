@@ -26,7 +26,9 @@ CPU figures, to tell whether the machine can reach the targets: ``cpus``;
 ``vm_cpu_per_run_s``, the median CPU one run's container used (its cgroup, from
 the vm taking it to its destroy); ``host_cpu_per_run_s``, this process's CPU (the
 engine, gateway, session manager) in the concurrent phase over N;
-``loadavg_start``. A phase cannot take less than
+``loadavg_start``; ``serial_step_median_s``, where a serial run's time goes (each
+workflow step's median seconds, ``fix-bug`` with its model calls, and
+``after-last-step``: the vm's destroy and the answer). A phase cannot take less than
 busy CPU / cpus: N runs at once fit in the model time only if N x CPU per run
 stays under cpus x model time.
 """
@@ -191,6 +193,8 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
         raise RuntimeError("the warm pool's containers did not settle")
 
     vm_cpu: list[float] = []
+    # Per run: seconds of each workflow step, and from its last step to the answer.
+    steps_of: list[dict[str, float]] = []
     taken_at: dict[str, float] = {}
 
     def measure_vms(manager: Any) -> None:
@@ -222,8 +226,12 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
                 if sent.status != "completed" or not sent.response["fixed"]:
                     raise RuntimeError(f"run {i}: {sent.status} {sent.error or sent.response}")
                 elapsed = time.perf_counter() - start
+                run = await automator.run(sent.message_id)
+                took = {e.path: (e.finished_at or 0) - (e.started_at or 0) for e in run.history}
+                last = max((e.finished_at or 0) for e in run.history) if run.history else 0
+                took["after-last-step"] = elapsed - (last - run.created_at) if last else 0
+                steps_of.append(took)
                 if VERBOSE:
-                    run = await automator.run(sent.message_id)
                     t0 = run.created_at
                     steps = []
                     for e in run.history:
@@ -248,6 +256,7 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
             host_cpu = time.process_time() - own
 
             await pool_full()
+            steps_of.clear()  # the serial runs' steps only: no contention between runs
             serial: list[float] = []
             serial_cpu = 0.0
             for i in range(runs, 2 * runs):
@@ -285,6 +294,12 @@ async def main(runs: int, latency: float) -> dict[str, Any]:
         "serial_cpu_per_run_s": round(serial_cpu / runs, 2),
         "vm_cpu_per_run_s": round(statistics.median(vm_cpu), 2) if vm_cpu else None,
         "host_cpu_per_run_s": round(host_cpu / runs, 2),
+        # Where a serial run's overhead goes: median seconds per step (fix-bug
+        # includes the model time), and from the last step to the answer.
+        "serial_step_median_s": {
+            k: round(statistics.median(t.get(k, 0.0) for t in steps_of), 3)
+            for k in (steps_of[0] if steps_of else {})
+        },
     }
 
 
