@@ -18,13 +18,14 @@ import asyncio
 import json
 import os
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.server.live import agentvm
+from tests.server.live import LiveServer, agentvm
 from tests.support import eventually
 from tests.support.fake_anthropic import FakeAnthropic, Turn, _prompt_text
 
@@ -35,6 +36,19 @@ EXAMPLES = ROOT / "examples" / "dag"
 WAIT_MS = 300_000
 TIMEOUT = WAIT_MS / 1000 + 30
 FINISHED = {"completed", "partial", "failed", "cancelled"}
+
+
+# One live host per settings for the module's tests (each uses workflow names and
+# markers of its own); a test that kills its host or lists every workflow has one of
+# its own (``own_host``).
+@pytest.fixture
+def host(shared_host: Callable[..., LiveServer]) -> Callable[..., LiveServer]:
+    return shared_host
+
+
+@pytest.fixture
+def fake_model(shared_model: FakeAnthropic) -> FakeAnthropic:
+    return shared_model
 
 
 @pytest.fixture
@@ -193,6 +207,7 @@ async def test_diamond_interpolation_failure_and_events(host, fake_model) -> Non
 # is tests/dag/test_executor.py::test_kill_9_mid_dag_resumes_without_rerunning_completed_steps
 # in the default suite.
 @pytest.mark.slow
+@pytest.mark.usefixtures("own_host")
 async def test_kill_9_mid_dag_does_not_rerun_completed_steps(host, fake_model) -> None:
     definition = {
         "name": "two-steps",
@@ -358,6 +373,7 @@ async def test_checkpoint_restore_and_fork_over_http(host) -> None:
         assert (await http.get("/vms/dag-ck-2/files/home/user/notes.txt")).content == b"fork's"
 
 
+@pytest.mark.usefixtures("own_host")
 async def test_fix_review_apply_example_through_the_cli(host, fake_model, calc_repo) -> None:
     """examples/dag/fix_review_apply.json run by ``agentvm workflow run FILE --json``
     (the local repo uploaded by the CLI), then ``put`` and ``ls``."""

@@ -395,8 +395,8 @@ async def test_fix_delivered_as_a_branch_and_as_a_patch(host, fake_model, buggy_
 
 async def test_kept_vms_stay_until_they_expire(host, host_id, fake_model, buggy_repo):
     """``keep_vm`` keeps the run's vm after the run; it expires after
-    ``AGENTVM_KEEP_VM_HOURS`` (here about 11 s) through a durable schedule."""
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent), AGENTVM_KEEP_VM_HOURS="0.003")
+    ``AGENTVM_KEEP_VM_HOURS`` (here about 5 s) through a durable schedule."""
+    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent), AGENTVM_KEEP_VM_HOURS="0.0015")
     fake_model.script(Turn.tool("edit", FIX_EDIT), Turn.text("Fixed."), marker="keep-me")
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_MS / 1000 + 30) as http:
         body = _fix_body(buggy_repo, "keep-me", vm_key="kept-vm", keep_vm=True)
