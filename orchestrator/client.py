@@ -63,7 +63,7 @@ class InProcessTransport:
         if self.engine.cluster is None:
             return await local()
         from .cluster import in_process
-        from .cluster.forwarding import remote_transport
+        from .cluster.forwarding import forward_call, remote_transport
         from .errors import NotOwner
 
         try:
@@ -73,7 +73,7 @@ class InProcessTransport:
             if not exc.metadata.get("owner_url") or exc.metadata.get("actor_id") is None:
                 raise
             transport = await remote_transport(self.engine, exc, actor_id)
-        return await getattr(transport, remote)(actor_id, *args, **kw)
+        return await forward_call(self.engine, transport, remote, actor_id, *args, **kw)
 
     async def resolve(self, name: str, key: ActorKey, *, create: bool, input: Any) -> str:
         if self.engine.cluster is None:

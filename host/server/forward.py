@@ -94,7 +94,10 @@ def _client(app: Any) -> httpx.AsyncClient:
         # may wait (the owner answers then), with a margin; event streams ping every 15 s.
         read = app.state.settings.max_wait_ms / 1000 + 60.0
         timeout = httpx.Timeout(connect=5.0, read=read, write=60.0, pool=30.0)
-        client = httpx.AsyncClient(timeout=timeout)
+        # Keep as many connections alive as may be open: a busy owner gets many
+        # forwarded requests at once (httpx keeps 20 by default, then reconnects).
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        client = httpx.AsyncClient(timeout=timeout, limits=limits)
         app.state.cluster_http = client
     return client
 
@@ -125,6 +128,9 @@ async def forward(request: Request, exc: NotOwner) -> Response:
         resp = await client.send(req, stream=True)
     except httpx.TransportError as err:
         log.warning("forwarding %s %s to %s failed: %s", request.method, raw_path, url, err)
+        actor_id = exc.metadata.get("actor_id")
+        if engine.cluster is not None and isinstance(actor_id, str):
+            engine.cluster.forget_owner(actor_id)
         return moving(exc, f"host {exc.metadata.get('owner_host_id')} did not answer")
 
     async def stream() -> AsyncIterator[bytes]:

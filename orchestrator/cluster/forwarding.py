@@ -31,7 +31,8 @@ async def remote_transport(engine: Engine, exc: NotOwner, actor_id: str) -> Http
             headers["Authorization"] = f"Bearer {member.api_token}"
         # Between two bytes: a send's longest wait by default (an hour) and a margin.
         timeout = httpx.Timeout(connect=5.0, read=3660.0, write=60.0, pool=30.0)
-        client = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        client = httpx.AsyncClient(base_url=url, headers=headers, timeout=timeout, limits=limits)
         transport = HttpTransport(url, client=client, upload_repos=False)
         _transports(member)[url] = transport
     # The HTTP contract names actors by type and key: look the id up once.
@@ -41,6 +42,26 @@ async def remote_transport(engine: Engine, exc: NotOwner, actor_id: str) -> Http
             raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
         transport._refs[actor_id] = (rec.name, rec.key, False)
     return transport
+
+
+async def forward_call(
+    engine: Engine, transport: HttpTransport, method: str, actor_id: str, *args: Any, **kw: Any
+) -> Any:
+    """``transport.<method>(actor_id, ...)`` on the owner; an owner that does not
+    answer is :class:`OwnerMoving` (retry: the next claim asks the database)."""
+    import httpx
+
+    from .member import OwnerMoving
+
+    try:
+        return await getattr(transport, method)(actor_id, *args, **kw)
+    except httpx.TransportError as err:
+        if engine.cluster is not None:
+            engine.cluster.forget_owner(actor_id)
+        raise OwnerMoving(
+            f"the owner of actor {actor_id} at {transport.url} did not answer: {err}",
+            actor_id=actor_id,
+        ) from err
 
 
 def _transports(member: Any) -> dict[str, HttpTransport]:

@@ -64,6 +64,8 @@ class ClusterMember:
     claim_per_beat = 100
     # Every this many beats, arm the schedules this host has no timer for.
     schedule_resync_beats = 30
+    # Remote owners remembered (for a third of the ttl) to forward without a query.
+    owner_cache_size = 10_000
 
     def __init__(self, engine: Engine, *, host_id: str, ttl: float, url: str | None) -> None:
         self.engine = engine
@@ -89,6 +91,8 @@ class ClusterMember:
         self._beats = 0
         # Schedules being fired here (a re-armed timer must not fire one twice).
         self.firing: set[int] = set()
+        # actor id → (owner host id, its URL, monotonic deadline) of actors owned elsewhere.
+        self._owners: dict[str, tuple[str, str, float]] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -220,9 +224,28 @@ class ClusterMember:
 
     # -- leases ------------------------------------------------------------------------
 
+    def _owner_error(self, actor_id: str, host_id: str, url: str | None) -> NotOwner:
+        return NotOwner(
+            f"actor {actor_id} is owned by host {host_id}"
+            + (f" at {url}" if url else " (address unknown)"),
+            actor_id=actor_id,
+            owner_host_id=host_id,
+            owner_url=url,
+        )
+
+    def forget_owner(self, actor_id: str) -> None:
+        """The cached owner did not answer: ask the database next time."""
+        self._owners.pop(actor_id, None)
+
     async def claim(self, actor_id: str) -> None:
         """Own ``actor_id`` (before waking or creating it); :class:`NotOwner` if a
         live host holds it."""
+        cached = self._owners.get(actor_id)
+        if cached is not None:
+            # Forwarded requests for a busy remote actor: no lease query each time.
+            if time.monotonic() < cached[2]:
+                raise self._owner_error(actor_id, cached[0], cached[1])
+            del self._owners[actor_id]
         for prefer in self.affinity:
             host = await prefer(actor_id)
             if host is not None and host.host_id != self.host_id and actor_id not in self.held:
@@ -236,13 +259,14 @@ class ClusterMember:
         if not res.acquired:
             self._forget(actor_id)
             url = res.owner_url or None
-            raise NotOwner(
-                f"actor {actor_id} is owned by host {res.owner_host_id}"
-                + (f" at {url}" if url else " (address unknown)"),
-                actor_id=actor_id,
-                owner_host_id=res.owner_host_id,
-                owner_url=url,
-            )
+            if url:
+                if len(self._owners) >= self.owner_cache_size:
+                    self._owners.clear()  # bounded; rebuilt from the next requests
+                # A third of the ttl: the owner cannot lose the lease much sooner unnoticed.
+                until = time.monotonic() + self.ttl / 3
+                self._owners[actor_id] = (res.owner_host_id, url, until)
+            raise self._owner_error(actor_id, res.owner_host_id, url)
+        self._owners.pop(actor_id, None)
         self.held[actor_id] = res.token
         self.store.fence(actor_id, res.token)
 
