@@ -40,6 +40,16 @@ The lease protocol
 - A clean stop commits what is pending, then marks the host stopped and deletes its
   leases (``host_stopped``), so the others take its busy actors at their next beat
   instead of after the ttl.
+- Schedules (``c.schedule.after``): every host arms every schedule row it knows (at
+  start, for the actors it takes over, and every 30 beats for rows made since); only
+  the owner fires one (a fire first claims the actor; ``NotOwner`` ends it), at most
+  one fire per schedule is in flight on a host, and the row is read again after the
+  claim, so a schedule the previous owner already fired is not fired twice.
+- Affinity: callbacks in :attr:`ClusterMember.affinity` may name the host an actor
+  belongs on before it is claimed (the vm manager: a vm whose container is on another
+  live host's Docker engine belongs there); the claim then raises ``NotOwner``.
+- A host remembers the owner a claim named for a third of the ttl (forwarded requests
+  for a busy remote actor skip the lease query) and forgets it when it does not answer.
 
 Failure cases
 -------------
@@ -54,7 +64,17 @@ Failure cases
   Note: a side effect outside the database made by a step that was already running
   when the lease moved can happen twice (the new owner re-runs the step); only the
   *recording* of steps is exactly-once.
-- *Database down*: nothing commits anywhere; hosts keep retrying their beats.
+- *Database down*: nothing commits anywhere; hosts keep retrying their beats, and a
+  host that could not renew for a whole ttl drops its actors (others may own them).
+- *Process restarted with the same* ``AGENTVM_HOST_ID``: it re-owns its old leases at
+  once (same token). Two live processes must never share a host id: fencing cannot
+  tell them apart. The default id is new per process, so a restart waits for the ttl.
+- *A commit in flight when its host was killed* may still land in PostgreSQL after
+  the kill: the next owner's claim updates the lease row, which waits for that
+  commit (it holds the row ``FOR SHARE``), and a schedule is re-read after the claim.
+- *A stalled commit*: a host frozen (SIGSTOP) in the middle of a commit holds its
+  lease rows ``FOR SHARE`` until PostgreSQL drops its connection; takeovers of those
+  actors wait that long (TCP keepalive / ``idle_in_transaction_session_timeout``).
 - *Forwarding races*: a request forwarded to an owner that has just lost or released
   the actor meets ``NotOwner`` again; it is not forwarded a second time (no loops):
   the client gets ``503 cluster/owner_moving`` with ``Retry-After: 1``.

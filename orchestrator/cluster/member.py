@@ -143,7 +143,7 @@ class ClusterMember:
                 )
         self.api_token = token
         if self._task is not None:
-            asyncio.get_running_loop().create_task(self._quiet(self._heartbeat()))
+            self.engine._spawn(self._quiet(self._heartbeat()))
 
     # -- the beat ----------------------------------------------------------------------
 
@@ -164,6 +164,8 @@ class ClusterMember:
 
     async def beat(self) -> None:
         """Heartbeat, renew, drop lost leases, claim and wake orphans."""
+        if not self.engine.running:
+            return  # stopping: take nothing new over
         await self._heartbeat()
         before = dict(self.held)
         still = await self.store.renew_leases(self.host_id, self.ttl)
