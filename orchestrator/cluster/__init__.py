@@ -72,9 +72,9 @@ Failure cases
 - *A commit in flight when its host was killed* may still land in PostgreSQL after
   the kill: the next owner's claim updates the lease row, which waits for that
   commit (it holds the row ``FOR SHARE``), and a schedule is re-read after the claim.
-- *A stalled commit*: a host frozen (SIGSTOP) in the middle of a commit holds its
-  lease rows ``FOR SHARE`` until PostgreSQL drops its connection; takeovers of those
-  actors wait that long (TCP keepalive / ``idle_in_transaction_session_timeout``).
+- *A host frozen mid-commit*: a commit is one statement, which PostgreSQL finishes
+  without the client, so its ``FOR SHARE`` row locks never outlive it and a takeover
+  never waits for a frozen host.
 - *Forwarding races*: a request forwarded to an owner that has just lost or released
   the actor meets ``NotOwner`` again; it is not forwarded a second time (no loops):
   the client gets ``503 cluster/owner_moving`` with ``Retry-After: 1``.
