@@ -455,9 +455,9 @@ class PostgresStore(Store):
                     else:
                         log.warning("a store write failed: %s", exc)
                     continue
-                _resolve([one], lost)
+                _resolve([one], lost, self._fences)
             return
-        _resolve(batch, lost)
+        _resolve(batch, lost, self._fences)
 
     # -- fencing
 
@@ -692,7 +692,9 @@ class PostgresStore(Store):
         )
 
     async def host_stopped(self, host_id: str) -> None:
-        """A clean shutdown: the host is marked stopped and its leases are released."""
+        """A clean shutdown: the host is marked stopped and its leases are released
+        (after the writes submitted before this call have committed)."""
+        await self.flush()
         async with self.pool.acquire() as c, c.transaction():
             await c.execute("UPDATE hosts SET stopped = true WHERE host_id = $1", host_id)
             await c.execute("DELETE FROM leases WHERE host_id = $1", host_id)
@@ -761,6 +763,9 @@ class PostgresStore(Store):
         return {r[0] for r in rows}
 
     async def release_lease(self, actor_id: str, host_id: str, token: int) -> None:
+        """Give the lease up. Writes submitted before this call commit first, under
+        the lease (a commit still in flight would otherwise meet a missing lease)."""
+        await self.flush()
         await self.pool.execute(
             "DELETE FROM leases WHERE actor_id = $1 AND host_id = $2 AND token = $3",
             actor_id,
@@ -797,11 +802,12 @@ class PostgresStore(Store):
         return LeaseInfo(row[0], row[1], int(row[2]), row[3], row[4], bool(row[5]))
 
 
-def _resolve(batch: list[_Write], lost: list[int] | None) -> None:
+def _resolve(batch: list[_Write], lost: list[int] | None, fenced: Any = ()) -> None:
     gone = set(lost or ())
     for i, (ops, fut) in enumerate(batch):
         if i in gone:
-            actors = sorted({a for op in ops if (a := _actor_of(op)) is not None})
+            touched = {a for op in ops if (a := _actor_of(op)) is not None}
+            actors = sorted(touched & set(fenced) or touched)
             exc = LeaseLost(
                 "this host no longer holds the lease of "
                 + ", ".join(actors)
