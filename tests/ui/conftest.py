@@ -109,6 +109,17 @@ def console_server(console_assets: None, tmp_path: Path) -> Iterator[LiveServer]
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def module_console_server(
+    console_assets: None, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """Like ``console_server``, one for a module's tests that need no empty server (a
+    start-up per module, not per test)."""
+    server = start_server(tmp_path_factory.mktemp("console") / "console.db", token=TOKEN)
+    yield server
+    server.stop()
+
+
 @pytest.fixture
 def console_host(
     console_assets: None,

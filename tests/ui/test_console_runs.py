@@ -41,12 +41,12 @@ def _run(url: str, actor: str, run_id: int, key: str = "main") -> dict[str, Any]
 
 
 def test_console_files_are_served_with_a_strict_policy_and_the_api_keeps_its_token(
-    console_server,
+    module_console_server,
 ):
     """The static files need no token and carry the CSP (the import map allowed by
     its hash, nothing else inline); paths out of src/ and vendor/ are 404; the
     run-event stream needs the token and refuses a cross-site page."""
-    url = console_server.url
+    url = module_console_server.url
     index = httpx.get(f"{url}/ui/")
     assert index.status_code == 200, index.text
     csp = index.headers["content-security-policy"]
@@ -113,12 +113,12 @@ def test_without_built_assets_the_console_says_how_to_build_them(
         assert again.status_code == 304 and "content-security-policy" in again.headers
 
 
-def test_run_event_streams_are_bounded(console_server):
+def test_run_event_streams_are_bounded(module_console_server):
     """At most MAX_STREAMS run-event streams at once: one more is a 429 naming the
     limit; a closed stream frees its slot."""
     from host.server.routes_run_events import MAX_STREAMS
 
-    url = f"{console_server.url}/runs/events"
+    url = f"{module_console_server.url}/runs/events"
     with httpx.Client(headers=AUTH, timeout=30) as http:
         streams = [http.stream("GET", url) for _ in range(MAX_STREAMS)]
         opened = [s.__enter__() for s in streams]
@@ -191,10 +191,10 @@ def test_runs_page_lists_runs_live_and_cancels_and_retries(console_server, page)
     assert "done a" in page.locator("#run-page").inner_text()
 
 
-def test_start_form_sends_a_run_and_bad_input_names_the_field(console_server, page):
+def test_start_form_sends_a_run_and_bad_input_names_the_field(module_console_server, page):
     """The form lists the run queues; a slow run started from it opens its run page,
     running; the cancel button there ends it."""
-    url = console_server.url
+    url = module_console_server.url
     page.goto(f"{url}/ui/#/runs")
     give_token(page)
     page.locator("#start-run").click()
@@ -207,10 +207,10 @@ def test_start_form_sends_a_run_and_bad_input_names_the_field(console_server, pa
     page.locator("#run-page[data-status=cancelled]").wait_for()
 
 
-def test_actors_and_metrics_pages(console_server, page):
+def test_actors_and_metrics_pages(module_console_server, page):
     """Actors: the list, then one actor's state, queue and history; Metrics: charts
     drawn from /metrics samples."""
-    url = console_server.url
+    url = module_console_server.url
     run_id = _send(url, "runner", "jobs", {"label": "m"})
     page.goto(f"{url}/ui/#/actors")
     give_token(page)
