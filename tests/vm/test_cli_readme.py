@@ -12,7 +12,6 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
@@ -28,12 +27,14 @@ CALC = "def add(a, b):\n    return a - b\n"
 FIXED = CALC.replace("a - b", "a + b")
 
 
-@pytest.fixture
-def vm_server(image: str, tmp_path: Path) -> Iterator[LiveServer]:
-    """The real host (vm actor on Docker) in a subprocess; its containers removed after."""
+@pytest.fixture(scope="module")
+def vm_server(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The real host (vm actor on Docker) in a subprocess, one for the module (its tests
+    use vm keys of their own); its containers removed after."""
     host_id = f"{HOST_ID}-readme"
     env = {"AGENTVM_HOST_ID": host_id, "AGENTVM_WARM_POOL": "0"}
-    server = start_server(tmp_path / "host.db", env=env, registry=None, deadline_s=120)
+    db = tmp_path_factory.mktemp("readme") / "host.db"
+    server = start_server(db, env=env, registry=None, deadline_s=120)
     yield server
     server.stop()
     client = docker.from_env()

@@ -254,11 +254,13 @@ async def test_limits_bad_input_and_idle_close(vm_host: Any) -> None:
 TOKEN = "pty-test-token-7f3a"
 
 
-@pytest.fixture
-def pty_server(image: str, tmp_path: Path) -> Iterator[LiveServer]:
+# One for the module: its tests use vm keys of their own.
+@pytest.fixture(scope="module")
+def pty_server(image: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     host_id = f"{HOST_ID}-pty"
     env = {"AGENTVM_HOST_ID": host_id, "AGENTVM_WARM_POOL": "0", "AGENTVM_VM_BUNDLES": '["common"]'}
-    server = start_server(tmp_path / "host.db", token=TOKEN, env=env, registry=None, deadline_s=120)
+    db = tmp_path_factory.mktemp("pty") / "host.db"
+    server = start_server(db, token=TOKEN, env=env, registry=None, deadline_s=120)
     yield server
     server.stop()
     client = docker.from_env()
