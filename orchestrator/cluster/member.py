@@ -200,10 +200,16 @@ class ClusterMember:
 
     async def _claim_orphans(self) -> list[str]:
         orphans = await self.store.orphaned_actors(self.ttl, limit=self.claim_per_beat * 4)
+        if not orphans:
+            return []
         random.shuffle(orphans)
+        # This host's share (the live hosts beat at different instants): a dead host's
+        # actors spread over the survivors; the rest are claimed at the next beats.
+        live = max(1, sum(1 for h in self.hosts if h.alive))
+        share = min(self.claim_per_beat, max(10, -(-len(orphans) // live)))
         claimed: list[str] = []
         for rec in orphans:
-            if len(claimed) >= self.claim_per_beat:
+            if len(claimed) >= share:
                 break
             if rec.name not in self.engine.registry:
                 continue

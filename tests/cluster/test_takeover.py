@@ -149,3 +149,30 @@ def test_a_stalled_host_is_fenced_and_drops_the_actor(
     paths = [e["path"] for e in history["entries"]]
     assert len(paths) == len(set(paths)), paths  # nothing recorded twice
     assert {"s0", "gate", "s1", "s2"} <= {p.rsplit("/", 1)[-1] for p in paths}
+
+
+@pytest.mark.slow
+def test_a_dead_host_s_actors_spread_over_the_survivors(pg_url: str, tmp_path: Path) -> None:
+    """Three hosts; the one holding 30 parked workflows is killed: both survivors take
+    a share (each claims at most its share per beat), and every workflow finishes once."""
+    hosts = start_hosts(pg_url, ["host-a", "host-b", "host-c"], tmp_path)
+    try:
+        all_alive(hosts)
+        a = hosts[0]
+        f = files(tmp_path)
+        ids = {f"flow/s{i}": _create_on(a, "flow", f"s{i}") for i in range(30)}
+        wait_for(lambda: _waiting(f), lambda w: set(ids) <= w, what="every flow at the gate")
+        a.kill()
+        owners = wait_for(
+            lambda: {lease_owner(pg_url, i) for i in ids.values()},
+            lambda o: o <= {"host-b", "host-c"},
+            what="takeover",
+        )
+        assert owners == {"host-b", "host-c"}, owners
+        f.gate.touch()
+        wait_for(lambda: _done(f, set(ids)), what="every flow finished", timeout=60)
+        counts = collections.Counter((u, s) for u, s, _ in _effects(f))
+        assert set(counts.values()) == {1}
+        assert len(counts) == 3 * len(ids)
+    finally:
+        stop_hosts(hosts)
