@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,9 @@ import httpx
 import pytest
 
 from host.sandbox.backend import LABEL_HOST, LABEL_KEY
+from tests.server.live import LiveServer
 from tests.support import eventually
-from tests.support.fake_anthropic import Turn
+from tests.support.fake_anthropic import FakeAnthropic, Turn
 
 pytestmark = pytest.mark.docker
 
@@ -26,6 +28,25 @@ FIX_EDIT = {"path": "calc.py", "old_string": "return a - b", "new_string": "retu
 # Idempotent: harmless when an agent from before a crash also runs it.
 FIX_SED = {"command": "sed -i 's/return a - b/return a + b/' calc.py"}
 WAIT_MS = 300_000
+
+
+# The tests that neither restart their host nor look at every run of a key or at its
+# containers share one live host (and fake model) for the module; the others use
+# ``own_host``. The shared host's repository root is pytest's base temporary
+# directory, which holds every test's ``buggy_repo``: one setting, one host.
+@pytest.fixture
+def host(shared_host: Callable[..., LiveServer]) -> Callable[..., LiveServer]:
+    return shared_host
+
+
+@pytest.fixture
+def fake_model(shared_model: FakeAnthropic) -> FakeAnthropic:
+    return shared_model
+
+
+def _roots(repo: Path) -> str:
+    """``AGENTVM_REPO_ROOTS`` for a shared host: the base temporary directory."""
+    return str(repo.parents[1])
 
 
 def _fix_body(repo: Path, marker: str, **extra: Any) -> dict[str, Any]:
@@ -109,6 +130,7 @@ def _git(repo: Path, *args: str) -> str:
     return proc.stdout
 
 
+@pytest.mark.usefixtures("own_host")
 async def test_a_failing_run_answers_failed_and_the_next_request_is_served(
     host, fake_model, buggy_repo
 ):
@@ -137,6 +159,7 @@ async def test_a_failing_run_answers_failed_and_the_next_request_is_served(
     assert result["usage"]["output_tokens"] >= 40, result["usage"]  # two model turns
 
 
+@pytest.mark.usefixtures("own_host")
 async def test_code_review_without_a_review_file_completes_with_findings(
     host, host_id, fake_model, buggy_repo
 ):
@@ -167,7 +190,7 @@ async def test_three_fix_bug_runs_on_one_key_overlap(host, fake_model, tmp_path,
     """Three runs on ``automator/main`` are in their agent step at the same time:
     every first model turn is held until all three asked (they can only all ask if
     they run side by side), and the recorded step times overlap."""
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    server = host(AGENTVM_REPO_ROOTS=_roots(buggy_repo))
     gate = fake_model.gate()
     for i in range(3):
         fake_model.script(
@@ -193,7 +216,7 @@ async def test_cancel_a_running_fix_mid_prompt(host, fake_model, buggy_repo):
     """The model is slow (its answer held back): cancelling the run interrupts the
     agent's prompt through the session, the run ends ``cancelled`` and the waiting
     sender is told."""
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    server = host(AGENTVM_REPO_ROOTS=_roots(buggy_repo))
     never = fake_model.gate()
     fake_model.script(Turn.tool("edit", FIX_EDIT, wait_for=never), marker="cancel-me")
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_MS / 1000 + 30) as http:
@@ -208,8 +231,10 @@ async def test_cancel_a_running_fix_mid_prompt(host, fake_model, buggy_repo):
         )
         await asyncio.to_thread(fake_model.wait_for_requests, 1, 240)
         runs = (await http.get("/actors/automator/main/runs")).json()["runs"]
-        run_id = runs[0]["run_id"]
-        assert runs[0]["status"] == "running"
+        # The key's only running run (earlier tests' runs on the shared host ended).
+        running = [r for r in runs if r["status"] == "running"]
+        assert len(running) == 1, runs
+        run_id = running[0]["run_id"]
         sessions = (
             await http.post("/actors/vm/fix-cancel/actions/list_sessions", json={"args": []})
         ).json()["output"]
@@ -244,7 +269,7 @@ async def test_retry_a_failed_run_does_not_repeat_completed_steps(host, fake_mod
     """The model upstream keeps answering errors: the fix step exhausts its retries
     and the run fails (its vm destroyed). Once the model answers, a retry runs again
     from the failed step: the clone step's record is the same one."""
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    server = host(AGENTVM_REPO_ROOTS=_roots(buggy_repo))
     overloaded = Turn.fail(400, "invalid_request_error", "upstream refuses")
     fake_model.script(*[overloaded] * 20, marker="retry-me")
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_MS / 1000 + 30) as http:
@@ -274,6 +299,7 @@ async def test_retry_a_failed_run_does_not_repeat_completed_steps(host, fake_mod
     assert after["fix-bug"]["status"] == "completed"
 
 
+@pytest.mark.usefixtures("own_host")
 async def test_kill_9_with_three_runs_in_flight_all_complete_after_restart(
     host, fake_model, buggy_repo
 ):
@@ -311,7 +337,7 @@ async def test_kill_9_with_three_runs_in_flight_all_complete_after_restart(
 async def test_failing_tests_prompt_the_same_session_again(host, fake_model, buggy_repo):
     """The agent's first turn does not fix the bug: the tests fail, the same session
     is prompted with their output, the second turn fixes it."""
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    server = host(AGENTVM_REPO_ROOTS=_roots(buggy_repo))
     fake_model.script(
         Turn.tool("bash", {"command": "true"}),
         Turn.text("Should be fine now."),
@@ -338,7 +364,7 @@ async def test_failing_tests_prompt_the_same_session_again(host, fake_model, bug
 
 
 async def test_tests_still_failing_complete_with_fixed_false(host, fake_model, buggy_repo):
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    server = host(AGENTVM_REPO_ROOTS=_roots(buggy_repo))
     fake_model.script(*[Turn.text("I cannot fix this.")] * 2, marker="hopeless")
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_MS / 1000 + 30) as http:
         body = _fix_body(buggy_repo, "hopeless", max_attempts=2)
@@ -353,7 +379,7 @@ async def test_fix_delivered_as_a_branch_and_as_a_patch(host, fake_model, buggy_
     """``deliver: branch`` writes the fix into the source repository as a branch
     (working tree untouched); the patch route serves a patch that ``git am`` applies
     to a fresh clone. A blob or URL repository cannot take ``branch``: a 400."""
-    server = host(AGENTVM_REPO_ROOTS=str(buggy_repo.parent))
+    server = host(AGENTVM_REPO_ROOTS=_roots(buggy_repo))
     fake_model.script(Turn.tool("edit", FIX_EDIT), Turn.text("Fixed."), marker="deliver-me")
     head_before = _git(buggy_repo, "rev-parse", "HEAD").strip()
     async with httpx.AsyncClient(base_url=server.url, timeout=WAIT_MS / 1000 + 30) as http:
@@ -393,6 +419,7 @@ async def test_fix_delivered_as_a_branch_and_as_a_patch(host, fake_model, buggy_
     assert "return a + b" in (fresh / "calc.py").read_text()
 
 
+@pytest.mark.usefixtures("own_host")
 async def test_kept_vms_stay_until_they_expire(host, host_id, fake_model, buggy_repo):
     """``keep_vm`` keeps the run's vm after the run; it expires after
     ``AGENTVM_KEEP_VM_HOURS`` (here about 5 s) through a durable schedule."""
