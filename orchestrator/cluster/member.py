@@ -332,6 +332,9 @@ class ClusterMember:
         host = self.place()
         if host is None:
             return None
+        if isinstance(host.load, dict):
+            # Until its next heartbeat: a burst of creates spreads instead of piling up.
+            host.load["actors"] = int(host.load.get("actors", 0) or 0) + 1
         return NotOwner(
             f"new actor {name!r} {list(key)!r} is placed on host {host.host_id}",
             actor_id=None,
