@@ -109,10 +109,13 @@ async def forward(request: Request, exc: NotOwner) -> Response:
         return moving(exc, "a forwarded request met another owner")
     if not url:
         return moving(exc, f"host {exc.metadata.get('owner_host_id')} has no address yet")
-    try:
-        body = await request.body()
-    except RuntimeError:  # a streamed upload the route already began reading
-        return moving(exc, "the request body was already consumed")
+    # A JSON body the route parsed is cached; an upload the route has not read yet is
+    # streamed through (never buffered whole); one it began reading cannot be replayed.
+    body: Any = getattr(request, "_body", None)
+    if body is None:
+        if getattr(request, "_stream_consumed", False):
+            return moving(exc, "the request body was already consumed")
+        body = request.stream()
     engine = request.app.state.engine
     me = engine.cluster.host_id if engine.cluster is not None else ""
     headers = [(k, v) for k, v in request.headers.items() if k.lower() not in _DROP_REQUEST]

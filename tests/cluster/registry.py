@@ -132,4 +132,6 @@ job = actor(state={}, actions={"where": where}, queues={"work": queue(run=_work,
 
 
 def build() -> Registry:
-    return Registry({"counter": counter, "relay": relay, "flow": flow, "job": job})
+    from tests.server.registry import vm  # the vm actor's test double (files in its state)
+
+    return Registry({"counter": counter, "relay": relay, "flow": flow, "job": job, "vm": vm})

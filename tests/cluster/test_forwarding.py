@@ -91,6 +91,23 @@ def test_call_send_and_events_are_forwarded_to_the_owner(cluster: tuple[str, Hos
         assert data == {"count": 5, "host": "host-a"}
 
 
+def test_a_raw_upload_is_forwarded_whole(cluster: tuple[str, Host, Host]) -> None:
+    """``PUT /vms/{key}/files/...`` (a raw body, not JSON) through a non-owner."""
+    _, a, b = cluster
+    _create_on(a, "vm", "up")
+    data = bytes(range(256)) * 4096  # 1 MiB
+    with b.http() as c:
+        r = c.put(
+            "/vms/up/files/home/user/blob.bin",
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["size"] == len(data)
+    with a.http() as c:
+        assert c.get("/vms/up/files/home/user/blob.bin").content == data
+
+
 def test_in_process_calls_are_forwarded_to_the_owner(cluster: tuple[str, Host, Host]) -> None:
     """Actor code on B calling an actor A owns: the in-process client re-sends the
     call to A over HTTP (with the cluster's token)."""
