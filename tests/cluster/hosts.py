@@ -69,7 +69,7 @@ def files(tmp: Path) -> Files:
     return Files(tmp / "effects.txt", tmp / "marks.txt", tmp / "gate")
 
 
-def start_hosts(db_url: str, names: list[str], tmp: Path, ttl: float = 1.0) -> list[Host]:
+def start_hosts(db_url: str, names: list[str], tmp: Path, ttl: float = 2.0) -> list[Host]:
     """Start the hosts at once (each in a thread: start-up is mostly imports)."""
     f = files(tmp)
 

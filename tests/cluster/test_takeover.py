@@ -1,4 +1,4 @@
-"""A host dies or stalls mid-work: another host takes its actors over (lease ttl 1 s),
+"""A host dies or stalls mid-work: another host takes its actors over (lease ttl 2 s),
 their workflows and runs finish there, and every step's side effect happens exactly
 once; a stalled host that comes back has its writes refused and drops the actor.
 
