@@ -473,6 +473,7 @@ class SessionManager(SessionFeatures, PrestartMixin):
             finally:
                 if session.status == "prompting":
                     session.status = "ready"
+            await session.flushed()  # its prompt_end is stored before anyone sees it
             usage = _dump(response.usage) or None
             return PromptResult(
                 stop_reason=str(response.stop_reason),

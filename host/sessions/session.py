@@ -166,6 +166,8 @@ class Session:
         self._write_lock = asyncio.Lock()
         # The next session/prompt's ``prompt`` event being stored (send_prompt).
         self.prompt_stored: asyncio.Future[Any] | None = None
+        # The commit of the last read whose answers went on before it ended.
+        self._storing: asyncio.Future[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -420,11 +422,27 @@ class Session:
                     forward.append(message)
         if done is None:
             return
-        await self.emit_many(batch)
+        if forward and batch and all("method" not in m for m in forward):
+            # Only answers to our own requests (a prompt's end): the ACP client takes
+            # them while the commit runs, and send_prompt returns only once it is
+            # done (flushed). Requests from the agent wait for it here.
+            self._storing = storing = asyncio.ensure_future(self.emit_many(batch))
+            for message in forward:
+                self.transport.queue.put_nowait(message)
+            forward = []
+            await storing
+        else:
+            await self.emit_many(batch)
         self.processed = max(self.processed, done)
         for message in forward:
             self.transport.queue.put_nowait(message)
         self._schedule_ack()
+
+    async def flushed(self) -> None:
+        """Wait until the events of the agent output handed on so far are stored (a
+        failed commit raises here too)."""
+        if self._storing is not None:
+            await asyncio.shield(self._storing)
 
     def _dropped_line(self, batch: list[_Pending], data: dict[str, Any], end: int) -> None:
         """A line the host does not act on: one (rate-limited) ``protocol_error``."""

@@ -1,8 +1,9 @@
 """The host's side of an agent turn, cut short without weakening what is stored when:
-one read of an agent's stdout is stored in one write (not one commit per line), still
-before the ACP connection sees any of it and before it is acknowledged; a prompt is
-written to the agent only once its ``prompt`` event is stored (the commit runs while
-the ACP request is built).
+one read of an agent's stdout is stored in one write (not one commit per line), before
+it is acknowledged and before the ACP client acts on the agent's requests (answers to
+ours go on during the commit; send_prompt returns only after it); a prompt is written
+to the agent only once its ``prompt`` event is stored (the commit runs while the ACP
+request is built).
 
 The agent's output is fed to ``Session._stdout`` as the supervisor delivers it (one
 chunk per pipe read), so what lands in one batch is deterministic; the whole path with
@@ -95,11 +96,16 @@ async def test_the_lines_of_one_read_are_stored_in_one_write_before_acp_sees_the
             break
         await asyncio.sleep(0)
     assert store.writes == [["update", "update", "prompt_end"]]
-    # Held in the store: nothing is handed on or acknowledged yet.
-    assert s.transport.queue.empty()
+    # Held in the store: nothing is acknowledged yet; the answer to our prompt is
+    # with the ACP client already, but what it resolves waits for the commit.
     assert s.processed == 0
+    flushed = asyncio.create_task(s.flushed())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not flushed.done()
     store.gate.set()
     await feeding
+    await flushed
     events = await store.read("s1")
     assert [(e.seq, e.kind) for e in events] == [(1, "update"), (2, "update"), (3, "prompt_end")]
     ends = [len(chunk_update("hel")), len(chunk_update("hel") + chunk_update("lo"))]
@@ -160,3 +166,19 @@ async def test_a_prompt_whose_event_was_not_stored_is_never_sent() -> None:
     with pytest.raises(OSError, match="disk full"):
         await s.write_message(dict(PROMPT))
     assert manager.sandbox.stdin == [] and s.prompt_ids == set()
+
+
+async def test_a_request_from_the_agent_waits_for_the_commit_of_its_read() -> None:
+    s, manager = session()
+    store = manager.store
+    store.gate.clear()
+    request = {"jsonrpc": "2.0", "id": "r1", "method": "fs/read_text_file", "params": {}}
+    feeding = asyncio.create_task(s._stdout(chunk_update("a") + line(request) + ANSWER))
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert store.writes == [["update", "prompt_end"]]
+    assert s.transport.queue.empty()  # neither the request nor the answer yet
+    store.gate.set()
+    await feeding
+    got = [s.transport.queue.get_nowait() for _ in range(2)]
+    assert got == [request, json.loads(ANSWER)]  # in the agent's order
