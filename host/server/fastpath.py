@@ -75,7 +75,7 @@ class QueueSendFastPath:
 
         try:
             request = json.loads(raw) if raw else None
-        except ValueError:
+        except (ValueError, RecursionError):  # the router answers it in its own words
             request = None
         if type(request) is not dict or not request.keys() <= {"body"}:
             await self.app(scope, replay, send)  # the router answers (422, wait, ...)
