@@ -31,6 +31,10 @@ from .manager import SandboxManager, SandboxRecord
 
 log = logging.getLogger("agentvm.vm")
 
+# A host of a vm's engine counts as there for this many lease ttls after its last
+# heartbeat (engine_affinity).
+_GRACE_TTLS = 3
+
 
 async def _no_close(c: ActorContext, sid: str) -> None:
     """The sessions of a lost container have no agent left to close."""
@@ -96,7 +100,18 @@ def engine_affinity(manager: SandboxManager, engine: Any) -> Any:
     async def prefer(actor_id: str) -> Any:
         cluster = engine.cluster
         mine = manager.engine_id
-        hosts = [h for h in cluster.hosts if h.alive and h.url and h.engine_id]
+        # Lenient about "alive": a host of the vm's engine that missed a beat or two
+        # (a loaded machine) still gets the vm; re-creating it elsewhere is final.
+        # Heartbeats are database-clock times: the freshest one stands for "now".
+        now = max((h.heartbeat_at for h in cluster.hosts), default=0.0)
+        hosts = [
+            h
+            for h in cluster.hosts
+            if h.url
+            and h.engine_id
+            and not h.stopped
+            and (h.alive or h.heartbeat_at > now - _GRACE_TTLS * cluster.ttl)
+        ]
         if not mine or all(h.engine_id == mine for h in hosts):
             return None
         rec = await engine.store.get_actor(actor_id)
@@ -115,8 +130,9 @@ def engine_affinity(manager: SandboxManager, engine: Any) -> Any:
         lease = await engine.store.lease_of(actor_id)
         if lease is not None and lease.alive:
             return None  # a live owner has it: the claim names that one
-        # The same choice on every host (no ping-pong between two of that engine).
-        return min(there, key=lambda h: h.host_id)
+        # The same choice on every host (no ping-pong between two of that engine), a
+        # live one first.
+        return min(there, key=lambda h: (not h.alive, h.host_id))
 
     return prefer
 

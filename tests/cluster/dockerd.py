@@ -153,7 +153,12 @@ class SecondDockerd:
         ]
         for mount in sorted(mounts, reverse=True):  # the deepest first
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
-        shutil.rmtree(self.dir, ignore_errors=True)
+        # Exiting shims may still hold files for a moment: retry until a deadline.
+        deadline = time.monotonic() + 30
+        while self.dir.exists() and time.monotonic() < deadline:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            if self.dir.exists():
+                time.sleep(0.2)
         subprocess.run(["ip", "link", "delete", self.bridge], check=False, capture_output=True)
 
     def tail(self) -> str:
