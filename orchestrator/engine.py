@@ -135,6 +135,10 @@ class Engine:
             handle.cancel()
         self._schedule_timers.clear()
         for inst in list(self.instances.values()):
+            if not inst.alive:
+                # Going to sleep: _sleep writes its record (with the alarm it read
+                # before unwinding the waits; reading it here would find none).
+                continue
             idle = inst.inflight == 0 and inst.active_fibers == 0
             # Read the timers before stop_run: cancelling the run unwinds the waits
             # that registered them, and a lost alarm means a durable sleep never fires.
