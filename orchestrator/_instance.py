@@ -358,7 +358,7 @@ class ActorInstance:
             ops.extend(self.state_ops())
             if ops:
                 try:
-                    await self.store.submit(ops)
+                    await self.store.submit_await(ops)
                 except Exception:
                     # Not committed (e.g. a full disk): memory must not keep a change
                     # the file does not have, or the next commit would write it.
@@ -387,7 +387,7 @@ class ActorInstance:
             tx.closed = True
         ops = tx.ops + self.state_ops()
         if ops:
-            await self.store.submit(ops)
+            await self.store.submit_await(ops)
         tx.run_after()
 
     # -- broadcast --------------------------------------------------------------------------
@@ -479,7 +479,7 @@ class ActorInstance:
             tx.ops.extend(ops)
             tx.after.append(lambda: self.accept(rec, run))
         else:
-            await self.store.submit(ops)
+            await self.store.submit_await(ops)
             self.accept(rec, run)
         return rec.message_id
 

@@ -485,7 +485,7 @@ class Engine:
                 fut = asyncio.get_running_loop().create_future()
                 self._waiters[rec.message_id] = fut
             try:
-                await self.store.submit(ops)
+                await self.store.submit_await(ops)  # one loop iteration (sqlite.py)
             except BaseException:
                 self._waiters.pop(rec.message_id, None)
                 raise
