@@ -395,7 +395,14 @@ class PostgresStore(Store):
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                await self._commit(batch)
+                try:
+                    await self._commit(batch)
+                except Exception as exc:  # never leave a waiter hanging
+                    # E.g. asyncpg's InternalClientError on a connection that died
+                    # mid-protocol: start the next commit on a fresh connection.
+                    log.exception("the PostgreSQL group commit failed")
+                    self._drop_writer()
+                    _fail(batch, exc)
         finally:
             self._writer = None
             if self._pending:  # cancelled mid-way: do not strand later submissions
@@ -419,6 +426,11 @@ class PostgresStore(Store):
             subs.append({"f": fenced, "o": [_encode(op) for op in ops]})
         return json.dumps(subs, separators=(",", ":"))
 
+    def _drop_writer(self) -> None:
+        if self._conn is not None:
+            self._conn.terminate()
+            self._conn = None
+
     async def _writer_conn(self) -> asyncpg.Connection:
         import asyncpg
 
@@ -432,16 +444,19 @@ class PostgresStore(Store):
         if all(not ops for ops, _ in batch):
             _resolve(batch, [])
             return
+        conn: asyncpg.Connection | None = None
         try:
             conn = await self._writer_conn()
             lost = await conn.fetchval("SELECT agentvm_apply($1::jsonb)", self._payload(batch))
         except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
             # The connection broke: whether the batch committed is unknown to us.
-            for _, fut in batch:
-                if fut is not None and not fut.done():
-                    fut.set_exception(exc)
+            self._drop_writer()
+            _fail(batch, exc)
             return
-        except asyncpg.PostgresError:
+        except (asyncpg.PostgresError, TypeError, ValueError) as exc:
+            if conn is None:
+                _fail(batch, exc)
+                return
             # One submission is bad: commit each alone, so it fails alone.
             for one in batch:
                 try:
@@ -800,6 +815,12 @@ class PostgresStore(Store):
         if row is None:
             return None
         return LeaseInfo(row[0], row[1], int(row[2]), row[3], row[4], bool(row[5]))
+
+
+def _fail(batch: list[_Write], exc: BaseException) -> None:
+    for _, fut in batch:
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
 
 
 def _resolve(batch: list[_Write], lost: list[int] | None, fenced: Any = ()) -> None:

@@ -5,9 +5,11 @@ real PostgreSQL server (tests/support/postgres.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -298,3 +300,56 @@ async def test_postgres_newer_schema_is_refused(pg_server: PgServer) -> None:
     with pytest.raises(RuntimeError, match="newer agentvm"):
         await again.open()
     await again.close()
+
+
+async def test_a_value_the_database_rejects_fails_alone(store: Store) -> None:
+    await store.submit([(base.PUT_ACTOR, _actor("a"))])
+    nan = ScheduleRecord(store.next_schedule_id(), "a", float("nan"), "ping", "[]", 1.0)
+    good = store.submit([(base.SET_STATE, "a", '{"n":5}')])
+    bad = store.submit([(base.PUT_SCHEDULE, nan)])
+    results = await asyncio.gather(good, bad, return_exceptions=True)
+    assert results[0] is None and isinstance(results[1], Exception)
+    rec = await store.get_actor("a")
+    assert rec is not None and rec.state == '{"n":5}'
+    assert await store.load_schedules() == []
+
+
+async def test_postgres_group_commit_is_one_round_trip(pg_server: PgServer) -> None:
+    store = PostgresStore(pg_server.store_url(), pool_size=1)
+    await store.open()
+    try:
+        calls: list[int] = []
+        commit = store._commit
+
+        async def counted(batch: list[Any]) -> None:
+            calls.append(len(batch))
+            await commit(batch)
+
+        store._commit = counted  # type: ignore[method-assign]
+        await store.submit([(base.PUT_ACTOR, _actor("a"))])
+        futs = [store.submit([(base.SET_STATE, "a", f'{{"n":{n}}}')]) for n in range(100)]
+        await asyncio.gather(*futs)
+        assert calls == [1, 100]  # the tick's 100 submissions: one commit
+        rec = await store.get_actor("a")
+        assert rec is not None and rec.state == '{"n":99}'
+    finally:
+        await store.close()
+
+
+async def test_postgres_writer_reconnects_after_its_connection_dies(pg_server: PgServer) -> None:
+    store = PostgresStore(pg_server.store_url(), pool_size=1)
+    await store.open()
+    try:
+        await store.submit([(base.PUT_ACTOR, _actor("a"))])
+        assert store._conn is not None
+        pid = store._conn.get_server_pid()
+        await store.pool.execute("SELECT pg_terminate_backend($1)", pid)
+        # A write that meets the dead connection fails (its outcome is unknown to the
+        # caller) unless the loss was noticed first; either way the writer reconnects.
+        with contextlib.suppress(Exception):
+            await store.submit([(base.SET_STATE, "a", '{"n":1}')])
+        await store.submit([(base.SET_STATE, "a", '{"n":2}')])
+        rec = await store.get_actor("a")
+        assert rec is not None and rec.state == '{"n":2}'
+    finally:
+        await store.close()
