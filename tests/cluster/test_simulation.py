@@ -135,7 +135,10 @@ async def test_three_hosts_two_engines_sixty_runs_one_host_killed(
         for host_id, address in zip(ids, engines, strict=True):
             env = {
                 "AGENTVM_HOST_ID": host_id,
-                "AGENTVM_LEASE_TTL": "3",
+                # The default ttl: this 2-core machine runs 3 hosts, 2 engines and up
+                # to 60 vms at once; with a few seconds a live host's renewals come late
+                # and its leases churn (a refused write then fails a step).
+                "AGENTVM_LEASE_TTL": "10",
                 "AGENTVM_WARM_POOL": "0",
                 "AGENTVM_REAP_INTERVAL": "3",
                 "AGENTVM_REPO_ROOTS": str(tmp_path),
