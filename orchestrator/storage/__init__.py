@@ -11,7 +11,8 @@ from .base import (
     ScheduleRecord,
     Store,
 )
-from .postgres import HostRecord, LeaseInfo, LeaseResult, PostgresStore
+from .postgres import PostgresStore
+from .postgres_leases import HostRecord, LeaseInfo, LeaseResult
 from .sqlite import SQLiteStore
 
 
