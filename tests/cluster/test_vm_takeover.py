@@ -11,6 +11,9 @@ containers keep running, as after a crash), then another host wakes the vm:
 - another engine, no checkpoint -> ``VmLost`` (410), never an empty home;
 - the reaper of a live host removes the containers of dead hosts (PostgreSQL's
   ``hosts`` table) that no vm owns, and keeps the ones a vm still records.
+
+The tests on the second engine (re-created there, lost, engine affinity) are
+``-m slow``; the others are in the default suite (a few seconds each).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from vm_images.builder import ensure_image
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(600)]
 
 second_dockerd = dockerd.second_dockerd  # the session's second engine (a fixture)
+# Tests on the second engine run with -m slow: starting a dockerd and loading the
+# image into it costs 10-80 s (the default suite is at its time budget).
+SECOND_ENGINE = pytest.mark.slow
 LIMITS = SandboxLimits(memory_mb=256, cpus=1.0, pids=128, tmp_mb=64)
 
 
@@ -147,6 +153,7 @@ async def test_same_engine_other_host_id_adopts_the_running_container(
             docker_client().containers.get(before.id)
 
 
+@SECOND_ENGINE
 async def test_other_engine_recreates_the_vm_from_its_newest_checkpoint(
     hosts: Hosts, host_ids: Callable[[str], str], engine2: SecondDockerd
 ) -> None:
@@ -175,6 +182,7 @@ async def test_other_engine_recreates_the_vm_from_its_newest_checkpoint(
         assert engine2.managed_containers() == []
 
 
+@SECOND_ENGINE
 async def test_other_engine_without_a_checkpoint_is_lost_never_empty(
     hosts: Hosts, host_ids: Callable[[str], str], engine2: SecondDockerd
 ) -> None:
@@ -197,6 +205,31 @@ async def test_other_engine_without_a_checkpoint_is_lost_never_empty(
         assert client.volumes.list(filters={"name": before.volume}) == []
         client.close()
         await vm.destroy()  # a lost vm can still be destroyed
+
+
+async def test_container_and_volume_gone_is_re_created_from_a_checkpoint_not_empty(
+    hosts: Hosts, host_ids: Callable[[str], str]
+) -> None:
+    """Same engine, but the container and its home volume were removed while the host
+    was down: the vm comes back from its checkpoint (not on a new, empty volume)."""
+    async with hosts.host(host_ids("a")) as (_, eng):
+        vm = eng.client().vm.get_or_create(["wiped"])
+        await vm.write_file("work.txt", "saved")
+        await vm.call("checkpoint", "c1")
+        before = await _record(eng, ["wiped"])
+    client = docker_client()
+    try:
+        client.containers.get(before.id).remove(force=True)
+        client.volumes.get(before.volume).remove(force=True)
+    finally:
+        client.close()
+    async with hosts.host(host_ids("b")) as (_, eng):
+        vm = eng.client().vm.get(["wiped"])
+        assert await vm.read_file("work.txt") == b"saved"
+        state = await vm.fetch_state()
+        assert state["taken_over"]["checkpoint"] == "c1"
+        assert state["sandbox"]["volume"] != before.volume
+        await vm.destroy()
 
 
 async def test_resume_refuses_a_record_of_another_engine(
@@ -248,6 +281,7 @@ async def _dead(manager: SandboxManager, host_id: str) -> bool:
     return host_id in await manager._dead_hosts()
 
 
+@SECOND_ENGINE
 async def test_a_vm_is_claimed_by_a_live_host_of_its_engine(
     pg_url: str, tmp_path: Path, host_ids: Callable[[str], str], engine2: SecondDockerd
 ) -> None:
