@@ -163,8 +163,9 @@ class HostSettings(BaseSettings):
     checkpoint_dir: Path | None = Field(
         None,
         description="where vm workspace checkpoints are kept (default: checkpoints/ next to "
-        "the SQLite database); with several hosts, storage every host reads and writes "
-        "(e.g. NFS), so a vm whose host died is re-created from its newest checkpoint",
+        "the SQLite database; with PostgreSQL /var/lib/agentvm/checkpoints, as root); with "
+        "several hosts, storage every host reads and writes (e.g. NFS), so a vm whose host "
+        "died is re-created from its newest checkpoint",
     )
     checkpoint_timeout: float = Field(
         1800.0,

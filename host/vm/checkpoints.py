@@ -65,6 +65,10 @@ def root_for(db: str | None) -> Path:
         if _memory_root is None:
             _memory_root = Path(tempfile.mkdtemp(prefix="agentvm-checkpoints-"))
         return _memory_root
+    if "://" in db:  # PostgreSQL: no database file to sit next to (AGENTVM_CHECKPOINT_DIR)
+        if os.geteuid() == 0:
+            return Path("/var/lib/agentvm/checkpoints")
+        return Path.home() / ".local" / "share" / "agentvm" / "checkpoints"
     return Path(os.path.abspath(db)).parent / "checkpoints"
 
 
