@@ -35,18 +35,19 @@ from pathlib import Path
 import pytest
 
 USER = "agentvm"
-# Every table of the store but schema_migrations (emptied between tests).
-STORE_TABLES = (
-    "meta",
-    "actors",
-    "workflow_history",
-    "queue_messages",
-    "schedules",
-    "runs",
-    "actor_logs",
-    "hosts",
-    "leases",
-)
+# Empties every table of the store but schema_migrations (whatever migrations added).
+_TRUNCATE = """
+SET lock_timeout = '10s';
+DO $$
+DECLARE names text;
+BEGIN
+    SELECT string_agg(format('%I', tablename), ', ') INTO names
+    FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'schema_migrations';
+    IF names IS NOT NULL THEN
+        EXECUTE 'TRUNCATE ' || names;
+    END IF;
+END $$;
+"""
 
 
 class PostgresUnavailable(RuntimeError):
@@ -165,10 +166,7 @@ class PgServer:
                 url = self.create_database(f"agentvm_shared_{os.getpid()}")
                 _migrate(url)
                 self._shared = url
-            self.psql(
-                "SET lock_timeout = '10s'; TRUNCATE " + ", ".join(STORE_TABLES),
-                dbname=self._shared.rsplit("/", 1)[1],
-            )
+            self.psql(_TRUNCATE, dbname=self._shared.rsplit("/", 1)[1])
             return self._shared
 
     def stop(self) -> None:
