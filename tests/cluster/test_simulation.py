@@ -1,15 +1,17 @@
 """Issue 14 §3, by simulation: three ``agentvm serve`` hosts on one PostgreSQL and two
 Docker engines (hosts 1 and 2 on the machine's engine, host 3 on a second ``dockerd``
 started by the test), 60 fixBug runs against the fake model, and ``kill -9`` of host 2
-mid-way. Every run completes exactly once, no step is recorded twice (a step that was
-running on the dead host is re-run once by the new owner: ``attempts`` 2), and no
-container is left on either engine.
+mid-way (once 15 runs completed and the held ones wait in their agent's first model
+turn, so the kill always meets runs in flight). Every run completes exactly once, no
+step is recorded twice (an agent step cut off by the kill runs again on the new owner
+— its extra model calls show it — and is recorded once), and no container is left on
+either engine.
 
 What carries the dead host's work: its leases expire (``AGENTVM_LEASE_TTL``), hosts 1
 and 3 claim its automators; each vm stays with its container's engine (the vm's
 affinity hands it to host 1, which adopts the running container: the same
-``/home/user``); host 1's reaper removes what the dead host left unowned (the killed
-host's half-created containers). Slow (minutes; two engines, 60 vms with agents)."""
+``/home/user``); host 1's reaper removes what the dead host left unowned. Slow (1-3
+minutes here; two engines, 60 vms with agents)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import asyncio
 import json
 import os
 import subprocess
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +43,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.docker, pytest.mark.timeout(2400)]
 second_dockerd = dockerd.second_dockerd  # the session's second engine (a fixture)
 RUNS = 60
 KILL_AFTER = 15  # completed runs before host 2 is killed
+HELD = 25  # runs from this one on wait in their agent step until the kill
 TOKEN = "simulation-token"
 HOST_KEY = "sk-ant-simulation-host-key-7c1e"
 FIX_SED = {"command": "sed -i 's/return a - b/return a + b/' calc.py"}
@@ -125,11 +129,14 @@ async def test_three_hosts_two_engines_sixty_runs_one_host_killed(
     tag = uuid.uuid4().hex[:6]
     ids = [f"sim{tag}-{n}" for n in (1, 2, 3)]
     engines: list[str | None] = [None, None, second_dockerd.address]
+    # Runs from HELD on wait in their agent's first model turn until host 2 is dead,
+    # so the kill always meets runs in flight (however fast the machine is).
+    held = fake_model.gate()
     for i in range(RUNS):
+        first = Turn.tool("bash", FIX_SED, wait_for=held if i >= HELD else None)
         # A run whose agent was cut off by the kill asks again: spare turns.
-        fake_model.script(
-            *[Turn.tool("bash", FIX_SED), Turn.text("Fixed.")] * 3, marker=f"[sim{i:02d}]"
-        )
+        spare = [Turn.tool("bash", FIX_SED), Turn.text("Fixed.")] * 2
+        fake_model.script(first, Turn.text("Fixed."), *spare, marker=f"[sim{i:02d}]")
     servers: list[LiveServer] = []
     try:
         for host_id, address in zip(ids, engines, strict=True):
@@ -157,7 +164,9 @@ async def test_three_hosts_two_engines_sixty_runs_one_host_killed(
                     deadline_s=180,
                 )
             )
-        await _run_simulation(servers, ids, engines, second_dockerd, tmp_path, pg_url)
+        await _run_simulation(
+            servers, ids, engines, second_dockerd, tmp_path, pg_url, fake_model, held
+        )
         # The model calls per run: 2 (tool, text) unless its agent step was cut off by
         # the kill and ran again on the new owner (recorded once, run twice).
         calls = [
@@ -188,6 +197,8 @@ async def _run_simulation(
     engine2: SecondDockerd,
     tmp_path: Path,
     pg_url: str,
+    fake_model: FakeAnthropic,
+    gate: threading.Event,
 ) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     clients = [httpx.AsyncClient(base_url=s.url, headers=headers, timeout=60) for s in servers]
@@ -221,12 +232,25 @@ async def _run_simulation(
             interval=1.0,
             what=f"{KILL_AFTER} runs completed",
         )
+
+        def asking() -> int:  # held runs whose agent waits on the model
+            seen = json.dumps([r.body for r in fake_model.message_requests()])
+            return sum(f"[sim{i:02d}]" in seen for i in range(HELD, RUNS))
+
+        await eventually(
+            lambda: asyncio.to_thread(asking),
+            lambda n: n >= (RUNS - HELD) // 2,
+            timeout=900,
+            interval=1.0,
+            what="half the held runs in their agent step",
+        )
         placed = await _get(survivor, "/cluster")
-        held = await _leases_of(pg_url, ids[1])  # what host 2 owns when it dies
+        owned = await _leases_of(pg_url, ids[1])  # what host 2 owns when it dies
         running = {k for k, v in (await statuses()).items() if v != "completed"}
         servers[1].proc.kill()  # kill -9 host 2 mid-way
         servers[1].proc.wait(timeout=30)
         killed_at = time.monotonic()
+        gate.set()
         final = await eventually(
             statuses,
             lambda s: all(v in ("completed", "failed", "cancelled") for v in s.values()),
@@ -245,8 +269,8 @@ async def _run_simulation(
         assert not failed, json.dumps(failed, default=str)[:6000]
         # Host 2 died owning runs in flight: they were taken over and completed.
         keys_of = {await _actor_id(survivor, key): key for key in sent}
-        taken_over = sorted(keys_of[a] for a in held if a in keys_of and keys_of[a] in running)
-        assert taken_over, (held, running)
+        taken_over = sorted(keys_of[a] for a in owned if a in keys_of and keys_of[a] in running)
+        assert taken_over, (owned, running)
 
         rerun: dict[str, dict[str, int]] = {}
         for key, run_id in sent.items():
@@ -258,7 +282,8 @@ async def _run_simulation(
             assert len(paths) == len(set(paths)), (key, paths)  # no step recorded twice
             assert any(p.endswith("record-result") for p in paths), (key, paths)
             many = {e["path"].rsplit("/", 1)[-1]: e["attempts"] for e in steps if e["attempts"] > 1}
-            # A step re-runs at most once: the one running on host 2 when it died.
+            # At most one retry of a step (none expected: an attempt cut off by the
+            # kill is not recorded).
             assert all(n <= 2 for n in many.values()), (key, many)
             if many:
                 rerun[key] = many
