@@ -376,6 +376,30 @@ class Inspector:
             raise RunNotFound(f"no run {run_id} on actor {actor_id}", run_id=run_id)
         return run_detail(rec, await self._store.load_run_history(actor_id, run_id))
 
+    # -- cluster --
+
+    async def hosts(self, ttl: float) -> list[Any]:
+        """The hosts sharing the store (``HostRecord``s; ``alive`` judged with ``ttl``),
+        or ``[]`` on a store without leases (SQLite: one host)."""
+        if not self._store.supports_leases:
+            return []
+        return list(await self._store.list_hosts(ttl))  # type: ignore[attr-defined]
+
+    async def lease_of(self, actor_id: str) -> Any:
+        """The lease on ``actor_id`` (``LeaseInfo``), or None (no lease, or a store
+        without leases)."""
+        if not self._store.supports_leases:
+            return None
+        return await self._store.lease_of(actor_id)  # type: ignore[attr-defined]
+
+    async def committed_state(self, actor_id: str) -> tuple[str, Any] | None:
+        """``(type name, last committed state)`` of an actor as the store has it (not
+        the live instance's), or None when there is no such actor."""
+        rec = await self._store.get_actor(actor_id)
+        if rec is None:
+            return None
+        return rec.name, _loads(rec.state)
+
     # -- stats --
 
     def live_stats(self) -> LiveStats:

@@ -161,7 +161,6 @@ class SandboxManager(OrphanReaper):
         self._inspector: Inspector | None = None
         # The attached engine's store and lease ttl: the reaper asks it which hosts
         # are dead (cluster mode; see reap()).
-        self._store: Any = None
         self._lease_ttl = 10.0
         # The attached engine's database (put_blob reads the blob store next to it).
         self.db: str | None = None
@@ -230,7 +229,6 @@ class SandboxManager(OrphanReaper):
         self._inspector = engine.inspector
         self.db = engine.config.db
         _BY_ENGINE[engine] = self
-        self._store = engine.store
         self._lease_ttl = float(getattr(engine.config, "lease_ttl", 10.0))
         cluster = getattr(engine, "cluster", None)
         if cluster is not None:  # heartbeats name the engine this host drives

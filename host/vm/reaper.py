@@ -27,7 +27,6 @@ class OrphanReaper:
     _definitions: list[ActorDefinition]
     _claimed: dict[str, Any]
     _creating: set[str]
-    _store: Any
     _lease_ttl: float
 
     def pool_names(self) -> set[str]:
@@ -71,9 +70,9 @@ class OrphanReaper:
     async def _dead_hosts(self) -> set[str]:
         """Host ids the cluster's store knows as dead (stopped, or no heartbeat within
         the lease ttl); empty on a single host (no leases in the store)."""
-        if self._store is None or not getattr(self._store, "supports_leases", False):
+        if self._inspector is None:
             return set()
-        hosts = await self._store.list_hosts(self._lease_ttl)
+        hosts = await self._inspector.hosts(self._lease_ttl)
         return {h.host_id for h in hosts if not h.alive and h.host_id != self.host_id}
 
     async def reap(self) -> list[str]:

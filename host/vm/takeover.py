@@ -18,7 +18,6 @@ machine. When a vm actor wakes on a host that did not create its container:
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import time
 from typing import Any
@@ -114,20 +113,18 @@ def engine_affinity(manager: SandboxManager, engine: Any) -> Any:
         ]
         if not mine or all(h.engine_id == mine for h in hosts):
             return None
-        rec = await engine.store.get_actor(actor_id)
-        if rec is None or rec.name not in names:
+        found = await engine.inspector.committed_state(actor_id)
+        if found is None or found[0] not in names:
             return None
-        try:
-            sandbox = json.loads(rec.state).get("sandbox") or {}
-        except (ValueError, AttributeError):
-            return None
+        state = found[1]
+        sandbox = (state.get("sandbox") or {}) if isinstance(state, dict) else {}
         where = sandbox.get("engine") if isinstance(sandbox, dict) else None
         if not where or where == mine:
             return None
         there = [h for h in hosts if h.engine_id == where]
         if not there:
             return None  # nobody drives it any more: re-created here, or lost
-        lease = await engine.store.lease_of(actor_id)
+        lease = await engine.inspector.lease_of(actor_id)
         if lease is not None and lease.alive:
             return None  # a live owner has it: the claim names that one
         # The same choice on every host (no ping-pong between two of that engine), a
