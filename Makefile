@@ -19,7 +19,8 @@ bench-quick:
 		&& "$$UV" run python bench/http_api.py --quick \
 		&& "$$UV" run python bench/runs.py --quick \
 		&& "$$UV" run python bench/checkpoints.py --quick \
-		&& "$$UV" run python bench/cli.py --quick
+		&& "$$UV" run python bench/cli.py --quick \
+		&& "$$UV" run python bench/cluster.py --quick
 
 # Every benchmark with tiny counts (seconds each): do they all still run?
 # (tests/bench/test_smoke.py; the default test run leaves out the two slow ones.)

@@ -1,14 +1,11 @@
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
 
 from orchestrator import Engine, Registry
 
