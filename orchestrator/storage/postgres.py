@@ -46,6 +46,8 @@ from .postgres_schema import MIGRATION_LOCK, MIGRATIONS, SCHEMA_VERSION
 from .sqlite import _ACTOR_COLS, _HISTORY_COLS, _RUN_COLS, _actor, _history, _message, _run
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import asyncpg
 
 log = logging.getLogger("agentvm.storage")
@@ -227,6 +229,10 @@ class PostgresStore(LeaseMethods, Store):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ids = {name: _Ids(self, seq) for name, seq in _SEQUENCES.items()}
         self._fences: dict[str, int] = {}
+        # Called with the actor id of a submission refused because this host no longer
+        # holds its lease (set by orchestrator/cluster: drop the actor at once, not at
+        # the next beat; a fire-and-forget write has no future to carry the refusal).
+        self.on_lease_lost: Callable[[str], None] | None = None
         self._closed = False
 
     # -- lifecycle
@@ -444,9 +450,9 @@ class PostgresStore(LeaseMethods, Store):
                     else:
                         log.warning("a store write failed: %s", exc)
                     continue
-                _resolve([one], lost, self._fences)
+                _resolve([one], lost, self._fences, self.on_lease_lost)
             return
-        _resolve(batch, lost, self._fences)
+        _resolve(batch, lost, self._fences, self.on_lease_lost)
 
     # -- fencing
 
@@ -665,7 +671,12 @@ def _fail(batch: list[_Write], exc: BaseException) -> None:
             fut.set_exception(exc)
 
 
-def _resolve(batch: list[_Write], lost: list[int] | None, fenced: Any = ()) -> None:
+def _resolve(
+    batch: list[_Write],
+    lost: list[int] | None,
+    fenced: Any = (),
+    on_lost: Callable[[str], None] | None = None,
+) -> None:
     gone = set(lost or ())
     for i, (ops, fut) in enumerate(batch):
         if i in gone:
@@ -677,9 +688,15 @@ def _resolve(batch: list[_Write], lost: list[int] | None, fenced: Any = ()) -> N
                 + "; nothing of the write was applied",
                 actor_id=actors[0] if actors else None,
             )
+            if on_lost is not None:
+                for actor_id in touched & set(fenced):
+                    try:
+                        on_lost(actor_id)
+                    except Exception:  # the hook must not strand the other waiters
+                        log.exception("on_lease_lost hook failed for %s", actor_id)
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
-            else:
+            elif on_lost is None:
                 log.warning("%s", exc)
             continue
         if fut is not None and not fut.done():

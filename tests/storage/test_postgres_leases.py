@@ -169,3 +169,33 @@ async def test_a_new_owner_numbers_after_the_previous_owner(
     )
     await b.load_snapshots(["t"])  # B wakes it (takes it over)
     assert b.next_seq() > seq and b.next_message_id() > mid
+
+
+async def test_a_refused_write_calls_the_lease_lost_hook(
+    hosts: tuple[PostgresStore, PostgresStore],
+) -> None:
+    """``on_lease_lost`` names the fenced actor of a refused submission, also for a
+    fire-and-forget ``submit_nowait`` (no future to carry the refusal), and only it."""
+    a, b = hosts
+    await a.submit([(base.PUT_ACTOR, _actor("f")), (base.PUT_ACTOR, _actor("g"))])
+    mine = await a.acquire_lease("f", "A", ttl=60)
+    assert mine.acquired and mine.token is not None
+    a.fence("f", mine.token)
+    lost: list[str] = []
+    a.on_lease_lost = lost.append
+    await a.submit([(base.SET_STATE, "f", '{"n":1}')])
+    assert lost == []  # held: nothing refused
+
+    # B steals the lease (as if A's renewals came late): A's token is stale.
+    await b.pool.execute("UPDATE leases SET expires_at = 0 WHERE actor_id = 'f'")
+    taken = await b.acquire_lease("f", "B", ttl=60)
+    assert taken.acquired
+
+    a.submit_nowait([(base.SET_STATE, "f", '{"n":2}'), (base.SET_STATE, "g", '{"n":2}')])
+    await a.flush()  # commits what was submitted before it
+    assert lost == ["f"]  # g is not fenced: it is not named
+    with pytest.raises(LeaseLost):
+        await a.submit([(base.SET_STATE, "f", '{"n":3}')])
+    assert lost == ["f", "f"]
+    rec = await b.get_actor("f")
+    assert rec is not None and rec.state == '{"n":1}'
