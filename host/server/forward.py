@@ -6,8 +6,7 @@ POST body, no CORS between hosts), and SSE streams are streamed through. The
 path, query, body, the bearer token — with ``x-agentvm-forwarded: <this host>``;
 the response (status, headers, streamed body) comes back as is. A forwarded request
 that meets ``NotOwner`` again is not forwarded twice: ``503 cluster/owner_moving``
-with ``Retry-After: 1``. WebSocket routes are not proxied: they close with code 4421
-after an error frame naming the owner's URL (the client reconnects there).
+with ``Retry-After: 1``. WebSockets are proxied too (``forward_ws.py``).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import httpx
 from fastapi import FastAPI, Request, WebSocket
 from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.websockets import WebSocketState
 
 from orchestrator.cluster import OwnerMoving
 from orchestrator.cluster.context import FORWARDED, HTTP, reset_origin, set_origin
@@ -28,6 +28,7 @@ from orchestrator.cluster.forwarding import FORWARDED_HEADER
 from orchestrator.errors import NotOwner
 
 from .errors import agentvm_error_response
+from .forward_ws import proxy_websocket
 
 log = logging.getLogger("agentvm.server")
 
@@ -152,6 +153,9 @@ async def forward(request: Request, exc: NotOwner) -> Response:
 async def _on_not_owner(conn: Any, exc: Exception) -> Response | None:
     assert isinstance(exc, NotOwner)
     if isinstance(conn, WebSocket):
+        if conn.client_state == WebSocketState.CONNECTING:
+            await proxy_websocket(conn, exc)
+            return None
         url = exc.metadata.get("owner_url")
         with contextlib.suppress(Exception):
             await conn.accept()

@@ -24,6 +24,7 @@ from orchestrator.errors import AgentVMError, SubscriberTooSlow
 from orchestrator.wire import to_wire
 
 from .common import ERRORS, engine_of, reject_unknown_query, resolve, settings_of
+from .forward_ws import claim, forwarded
 from .settings import ServerSettings
 
 router = APIRouter(tags=["events"], responses=ERRORS, dependencies=[Depends(reject_unknown_query)])
@@ -171,6 +172,8 @@ async def connect(
 ) -> None:
     engine = websocket.app.state.engine
     settings: ServerSettings = websocket.app.state.settings
+    if await forwarded(websocket, lambda: claim(engine, name, key, create=create)):
+        return  # another host owns the actor: proxied there
     await websocket.accept()
     try:
         actor_id, _, _ = await resolve(engine, name, key, create=create)

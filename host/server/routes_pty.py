@@ -35,6 +35,7 @@ from host.vm.manager import manager_of
 from orchestrator.errors import AgentVMError, InvalidRequest
 
 from .common import resolve
+from .forward_ws import claim, forwarded
 
 router = APIRouter(tags=["vms"])
 
@@ -157,6 +158,9 @@ async def _control(stream: pty.TerminalStream, text: str) -> None:
 @router.websocket("/vms/{key}/pty")
 async def terminal_socket(websocket: WebSocket, key: str) -> None:
     engine = websocket.app.state.engine
+    create = websocket.query_params.get("terminal") is None
+    if await forwarded(websocket, lambda: claim(engine, VM, key, create=create)):
+        return  # another host owns the vm: proxied there
     await websocket.accept()
     sock = _Socket(websocket)
     try:

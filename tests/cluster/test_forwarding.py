@@ -138,23 +138,94 @@ def test_a_forwarded_request_is_never_forwarded_again(cluster: tuple[str, Host, 
     assert _call(a, "counter", "loop", "get_count").json()["output"] == 0
 
 
-def test_websocket_to_a_non_owner_closes_with_4421(cluster: tuple[str, Host, Host]) -> None:
-    """WebSockets are not proxied: the stream closes with 4421 and an error frame
-    naming the owner's URL, where the client reconnects."""
-    from websockets.exceptions import ConnectionClosed
+def _ws(host: Host, path: str, **kw: Any) -> Any:
     from websockets.sync.client import connect
 
+    return connect(host.url.replace("http://", "ws://") + path, open_timeout=10, **kw)
+
+
+def test_a_websocket_through_a_non_owner_is_proxied_to_the_owner(
+    cluster: tuple[str, Host, Host],
+) -> None:
+    """``/connect`` opened at B for an actor A owns: B proxies it to A, with the
+    console's token subprotocol; A's broadcasts reach the client through B, and
+    the owner's close reaches it too."""
+    import base64
+
+    from websockets.exceptions import ConnectionClosed
+
+    db, a, b = cluster
+    actor_id = _create_on(a, "counter", "ws")
+    bearer = "agentvm.bearer." + base64.urlsafe_b64encode(TOKEN.encode()).decode().rstrip("=")
+    with _ws(b, "/actors/counter/ws/connect", subprotocols=["agentvm", bearer]) as ws:
+        assert ws.subprotocol == "agentvm"
+        assert json.loads(ws.recv(timeout=10)) == {"type": "connected", "actor_id": actor_id}
+        assert _call(a, "counter", "ws", "increment", 4).json()["output"] == 4
+        frame = json.loads(ws.recv(timeout=10))
+        assert frame["type"] == "event" and frame["event"] == "changed"
+        assert frame["payload"] == {"count": 4, "host": "host-a"}
+        ws.send("ignored by the route")  # client frames travel to the owner too
+    assert lease_owner(db, actor_id) == "host-a"
+
+    # With the header token as well; the owner closing (the actor is destroyed) is
+    # passed through as a close, not a dropped connection.
+    with _ws(
+        b, "/actors/counter/ws/connect", additional_headers={"Authorization": f"Bearer {TOKEN}"}
+    ) as ws:
+        assert json.loads(ws.recv(timeout=10))["type"] == "connected"
+        with a.http() as c:
+            assert c.delete("/actors/counter/ws").status_code in (200, 202, 204)
+        with pytest.raises(ConnectionClosed):
+            while True:
+                ws.recv(timeout=10)
+        assert ws.close_code is not None and ws.close_code != 1006
+
+
+def test_a_forwarded_websocket_is_never_forwarded_again(cluster: tuple[str, Host, Host]) -> None:
+    """A socket already forwarded once that meets another owner closes with 4503
+    (owner moving) after an error frame: no second hop."""
+    from websockets.exceptions import ConnectionClosed
+
     _, a, b = cluster
-    _create_on(a, "counter", "ws")
-    ws_url = b.url.replace("http://", "ws://") + "/actors/counter/ws/connect"
-    with connect(ws_url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+    _create_on(a, "counter", "wsloop")
+    headers = {"Authorization": f"Bearer {TOKEN}", FORWARDED: "x"}
+    with _ws(b, "/actors/counter/wsloop/connect", additional_headers=headers) as ws:
         frame = json.loads(ws.recv(timeout=10))
         assert frame["type"] == "error"
         assert frame["error"]["code"] == "not_owner"
-        assert frame["error"]["metadata"]["owner_url"] == a.url
+        assert frame["error"]["metadata"]["owner_host_id"] == "host-a"
         with pytest.raises(ConnectionClosed):
             ws.recv(timeout=10)
-        assert ws.close_code == 4421
+        assert ws.close_code == 4503
+
+
+def test_the_owner_url_never_comes_from_the_request(cluster: tuple[str, Host, Host]) -> None:
+    """The attacker names its own listener in every header a proxy might trust: the
+    socket still goes to the owner the lease table names, and the listener sees no
+    connection."""
+    import socket
+
+    _, a, b = cluster
+    actor_id = _create_on(a, "counter", "wshostile")
+    trap = socket.socket()
+    trap.bind(("127.0.0.1", 0))
+    trap.listen(8)
+    trap.setblocking(False)
+    evil = f"127.0.0.1:{trap.getsockname()[1]}"
+    headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "X-Forwarded-Host": evil,
+        "Forwarded": f"host={evil}",
+        "X-Agentvm-Owner-Url": f"http://{evil}",
+        "X-Original-URL": f"http://{evil}/actors/counter/wshostile/connect",
+    }
+    try:
+        with _ws(b, "/actors/counter/wshostile/connect", additional_headers=headers) as ws:
+            assert json.loads(ws.recv(timeout=10)) == {"type": "connected", "actor_id": actor_id}
+        with pytest.raises(BlockingIOError):
+            trap.accept()
+    finally:
+        trap.close()
 
 
 def test_new_actors_go_to_the_least_loaded_host(cluster: tuple[str, Host, Host]) -> None:
