@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import LeaseLost
 from .base import ActorRecord
-from .sqlite import _ACTOR_COLS, _actor
+from .sqlite_ops import _ACTOR_COLS, _actor
 
 if TYPE_CHECKING:
     import asyncpg
