@@ -48,12 +48,14 @@ async def prepare_repo(vm: ActorHandle, repo: str, policy: RepoPolicy | None) ->
             f"could not get the repository into the vm: {str(put.get('stderr', ''))[-2000:]}",
             field="repo",
         )
-    if (await _git(vm, "rev-parse", "--verify", "HEAD"))["exit_code"] != 0:
+    # A git repository (the usual case) answers its base in this one round trip.
+    head = await _git(vm, "rev-parse", "--verify", "HEAD")
+    if head["exit_code"] != 0:
         env = {"GIT_AUTHOR_DATE": _FIXED_DATE, "GIT_COMMITTER_DATE": _FIXED_DATE}
         await _git(vm, "init", "-q")
         await _git(vm, "add", "-A")
         await _git(vm, *_AS_AGENTVM, "commit", "-qm", "snapshot", "--allow-empty", env=env)
-    head = await _git(vm, "rev-parse", "HEAD")
+        head = await _git(vm, "rev-parse", "HEAD")
     if head["exit_code"] != 0:
         raise InvalidRequest(f"not a git repository: {head['stderr'][-500:]}", field="repo")
     return {"base": head["stdout"].strip()}
@@ -78,8 +80,14 @@ async def commit_fix(vm: ActorHandle, base: str, message: str) -> dict[str, Any]
     """Commit the tracked changes (``commit -a``; safe to run again) and return
     ``{"commit", "patch"}``: the ``git format-patch`` mbox of ``base..HEAD`` (None
     when nothing changed or the patch is over :data:`MAX_DIFF`)."""
-    await _git(vm, *_AS_AGENTVM, "commit", "-qam", message)  # 1 = nothing to commit
-    head = str((await _git(vm, "rev-parse", "HEAD"))["stdout"]).strip()
+    # Commit and read HEAD in one exec (a round trip less on every run's end); the
+    # message goes in as an argument, never into the script. Commit exits 1 when
+    # there is nothing to commit: HEAD is then still the base.
+    script = 'git "$@" >/dev/null 2>&1; git rev-parse HEAD'
+    committed = await vm.exec(
+        ["sh", "-c", script, "sh", *_AS_AGENTVM, "commit", "-qam", message], {"cwd": REPO_DIR}
+    )
+    head = str(committed["stdout"]).strip()
     if not head or head == base:
         return {"commit": None, "patch": None}
     patch = await _git(vm, "format-patch", "--stdout", f"{base}..HEAD")

@@ -45,15 +45,30 @@ async def note_vm(ctx: WorkflowContext, key: str) -> None:
         await result
 
 
-async def release_vm(ctx: WorkflowContext, key: str, *, keep: bool, keep_hours: float) -> None:
+async def release_vm(
+    ctx: WorkflowContext,
+    key: str,
+    *,
+    keep: bool,
+    keep_hours: float,
+    completed: bool = False,
+) -> None:
     """The final clean-up of a run (called from its ``finally``): destroy the run's vm,
     or, with ``keep``, schedule its expiry after ``keep_hours``. Skipped while the
     engine stops (the run resumes after the restart and needs its vm). Not a step on
     purpose: it runs before the run's end is recorded, so a crash in between replays
     the run to here and it runs again (destroying is idempotent), and a retried run
-    does not find a recorded clean-up to skip."""
+    does not find a recorded clean-up to skip.
+
+    ``completed`` (the handler returned a result): the destroy is a durable schedule
+    due now (``expire_vm``), recorded before the run's end, so the answer does not
+    wait for the container's removal (~0.5 s) and a crash still destroys the vm when
+    the engine starts again. A failed or cancelled run destroys its vm before its end
+    is recorded, as before: a retry must not meet the old vm being destroyed."""
     if ctx.engine_stopping:
         return
+    if completed and not keep:
+        keep, keep_hours = True, 0.0
     task = asyncio.ensure_future(_release(ctx, key, keep=keep, keep_hours=keep_hours))
     try:
         # Shielded: a cancelled run (this task is being cancelled) still cleans up.

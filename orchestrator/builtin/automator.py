@@ -122,11 +122,14 @@ def _fix_bug(policy: RepoPolicy, keep_hours: float) -> Any:
             model=req.model,
             stopping=lambda: ctx.engine_stopping,
         )
+        completed = False
         try:
-            return await _fix(ctx, message.id, req, key, vm, session, policy)
+            result = await _fix(ctx, message.id, req, key, vm, session, policy)
+            completed = True
+            return result
         finally:
             await AgentSession._shielded(session.close())
-            await release_vm(ctx, key, keep=req.keep_vm, keep_hours=keep_hours)
+            await release_vm(ctx, key, keep=req.keep_vm, keep_hours=keep_hours, completed=completed)
 
     return handle
 

@@ -66,10 +66,13 @@ def _code_review(policy: RepoPolicy, keep_hours: float) -> Any:
         key = req.vm_key or f"review-{message.id}"
         vm = ctx.client().vm.get_or_create(key, input=vm_input_for(req.repo))
         await note_vm(ctx, key)
+        completed = False
         try:
-            return await _review(ctx, message.id, req, key, vm, policy)
+            result = await _review(ctx, message.id, req, key, vm, policy)
+            completed = True
+            return result
         finally:
-            await release_vm(ctx, key, keep=req.keep_vm, keep_hours=keep_hours)
+            await release_vm(ctx, key, keep=req.keep_vm, keep_hours=keep_hours, completed=completed)
 
     return handle
 

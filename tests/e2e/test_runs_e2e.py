@@ -181,8 +181,15 @@ async def test_code_review_without_a_review_file_completes_with_findings(
         assert result["fix_stop_reason"] == "end_turn"
         run = await _run(http, "pipeline", done["message_id"])
         assert run["meta"]["vm"] == result["vm"]
-        # The run's vm was destroyed when the run ended: no actor, no container.
-        assert result["vm"] not in await _vm_keys(http)
+        # The run's vm is destroyed right after the run's answer (a durable schedule
+        # recorded with its end): no actor, no container.
+        await eventually(
+            lambda: _vm_keys(http),
+            lambda keys: result["vm"] not in keys,
+            timeout=60,
+            interval=0.2,
+            what="the completed run's vm destroyed",
+        )
     assert _vm_containers(host_id, result["vm"]) == []
 
 
