@@ -151,7 +151,15 @@ async def test_a_failing_run_answers_failed_and_the_next_request_is_served(
         done = await _send(
             http, "automator", "fixBug", _fix_body(buggy_repo, "next-one"), wait=True
         )
-    assert done["status"] == "completed", done
+        assert done["status"] == "completed", done
+        # The answer did not wait for the vm's destroy; it follows (durable schedule).
+        await eventually(
+            lambda: _vm_keys(http),
+            lambda keys: done["response"]["vm"] not in keys,
+            timeout=60,
+            interval=0.2,
+            what="the completed run's vm destroyed",
+        )
     result = done["response"]
     assert result["fixed"] is True and result["attempts"] == 1, result
     assert result["tests_exit_code"] == 0, result["test_output"]
