@@ -10,7 +10,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from . import _run_ops
+from ._engine_views import EngineViews
 from ._instance import ActorInstance, Subscription
 from ._tx import Tx, current_tx
 from .config import EngineConfig
@@ -26,20 +26,11 @@ from .errors import (
     NotSerializable,
     UnknownActorType,
 )
-from .inspect import (
-    ActorInfo,
-    HistoryEntry,
-    Inspector,
-    LiveActor,
-    LiveStats,
-    QueuedMessage,
-    WorkflowHistory,
-)
+from .inspect import ActorInfo, HistoryEntry, Inspector, QueuedMessage, WorkflowHistory
 from .inspect import received_completable as _received_completable
 from .keys import ActorKey, KeyLike, normalize_key
 from .metrics import register_runs_gauge
 from .queues import SendResult
-from .records import RunDetail, RunInfo
 from .storage import Store, base, open_store
 from .storage.base import ActorRecord, ActorSnapshot, HistoryRecord, RunRecord, ScheduleRecord
 
@@ -52,7 +43,7 @@ log = logging.getLogger("agentvm.engine")
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
-class Engine:
+class Engine(EngineViews):
     """Runs the actors of a :class:`Registry` on a :class:`Store`.
 
     ``async with Engine(registry) as engine: client = engine.client()``.
@@ -210,11 +201,11 @@ class Engine:
         self._check_running()
         self._definition(name)
         k = normalize_key(key)
-        actor_id = self._ids.get((name, k))
+        actor_id = self._cached_id(name, k)
         if actor_id is not None:
             return actor_id
         async with self._lock(f"key:{name}:{_dumps(list(k))}"):
-            actor_id = self._ids.get((name, k))
+            actor_id = self._cached_id(name, k)
             if actor_id is not None:
                 return actor_id
             rec = await self.store.find_actor(name, k)
@@ -233,18 +224,30 @@ class Engine:
         self._definition(name)
         k = normalize_key(key)
         async with self._lock(f"key:{name}:{_dumps(list(k))}"):
-            if (name, k) in self._ids or await self.store.find_actor(name, k) is not None:
+            if self._cached_id(name, k) or await self.store.find_actor(name, k) is not None:
                 raise ActorAlreadyExists(
                     f"actor {name!r} with key {list(k)!r} already exists", actor=name, key=list(k)
                 )
             return await self._create(name, k, input)
 
+    def _cached_id(self, name: str, key: ActorKey) -> str | None:
+        """The cached id of ``(name, key)``. In a cluster, only one this host holds:
+        another host may have destroyed an actor this host let go of (asleep, or its
+        lease moved), and a stale id would make every call ``ActorNotFound``."""
+        actor_id = self._ids.get((name, key))
+        if actor_id is None or self.cluster is None or self.cluster.holds(actor_id):
+            return actor_id
+        return None  # re-read from the store
+
+    def _forget_id(self, actor_id: str) -> None:
+        """Drop every cached key naming ``actor_id`` (it is gone from the store)."""
+        for k in [k for k, v in self._ids.items() if v == actor_id]:
+            del self._ids[k]
+
     async def _create(self, name: str, key: ActorKey, input: Any) -> str:
         definition = self._definition(name)
         if self.cluster is not None:
-            placed = self.cluster.placed_elsewhere(name, key)
-            if placed is not None:
-                raise placed  # an HTTP create goes to the least-loaded host
+            self.cluster.check_placement(name, key)  # HTTP creates go to the least loaded
         try:
             input_json = _dumps(input)
         except (TypeError, ValueError) as exc:
@@ -280,14 +283,11 @@ class Engine:
             tx.closed = True
         record.state = _dumps(inst.state)
         inst._persisted_state = record.state
+        ops: list[base.Op] = [(base.PUT_ACTOR, record), *tx.ops]
         if self.cluster is not None:
-            await self.cluster.claim(record.actor_id)
-        try:
-            await self.store.submit([(base.PUT_ACTOR, record), *tx.ops])
-        except BaseException:
-            if self.cluster is not None:
-                await self.cluster.release(record.actor_id)
-            raise
+            await self.cluster.commit_created(record.actor_id, ops)  # under a new lease
+        else:
+            await self.store.submit(ops)
         self._ids[(name, key)] = record.actor_id
         self.instances[record.actor_id] = inst
         tx.run_after()
@@ -311,6 +311,7 @@ class Engine:
             snaps = await self.store.load_snapshots([actor_id])
             snap = snaps.get(actor_id)
             if snap is None:
+                self._forget_id(actor_id)
                 if self.cluster is not None:
                     await self.cluster.release(actor_id)
                 raise ActorNotFound(f"no actor with id {actor_id!r}", actor_id=actor_id)
@@ -581,109 +582,6 @@ class Engine:
                     fut.set_exception(ActorDestroyed(f"actor {actor_id} was destroyed"))
             for sub in list(inst.subscribers):
                 await sub.close()
-
-    # -- cluster (orchestrator/cluster/hooks.py) -------------------------------------------
-
-    async def _recover(self, actor_ids: list[str]) -> None:
-        """Wake (or re-arm the alarm of) actors this host just claimed."""
-        from .cluster.hooks import recover
-
-        await recover(self, actor_ids)
-
-    async def _drop_local(self, actor_id: str) -> None:
-        """Stop an actor whose lease another host took, without writing."""
-        from .cluster.hooks import drop_local
-
-        await drop_local(self, actor_id)
-
-    # -- inspection (delegates to the inspector) -----------------------------------------
-
-    def live_actor(self, actor_id: str) -> LiveActor | None:
-        """A snapshot of an awake actor for the inspector (None if it is asleep)."""
-        inst = self.instances.get(actor_id)
-        if inst is None:
-            return None
-        run = inst.workflow_run
-        return LiveActor(
-            record=inst.record,
-            subscribers=len(inst.subscribers),
-            pending=len(inst.pending),
-            # A running run's message is in flight too.
-            leased=set(inst.leased).union(*inst.runs.running.values()),
-            running_steps=dict(run.running_steps) if run is not None else {},
-        )
-
-    def live_stats(self) -> LiveStats:
-        """Awake actors, queue depths and subscribers by actor type (synchronous)."""
-        out = LiveStats()
-        for inst in list(self.instances.values()):
-            name = inst.name
-            out.awake_by_name[name] = out.awake_by_name.get(name, 0) + 1
-            out.pending_by_name[name] = out.pending_by_name.get(name, 0) + len(inst.pending)
-            out.in_flight_by_name[name] = out.in_flight_by_name.get(name, 0) + len(inst.leased)
-            out.subscribers += len(inst.subscribers)
-        return out
-
-    def broadcast(self, actor_id: str, event: str, payload: Any = None) -> bool:
-        """Send an engine-originated event to an awake actor's subscribers (it is not
-        woken: nobody listens to a sleeping actor). False if it is asleep."""
-        inst = self.instances.get(actor_id)
-        if inst is None:
-            return False
-        inst.broadcast_internal(event, payload)
-        return True
-
-    async def close_subscriptions(self) -> None:
-        """End every broadcast subscription (open SSE/WebSocket streams finish)."""
-        for inst in list(self.instances.values()):
-            for sub in list(inst.subscribers):
-                await sub.close()
-
-    async def list_actors(
-        self, name: str | None = None, *, workflow_status: str | None = None
-    ) -> list[ActorInfo]:
-        return await self.inspector.list_actors(name, workflow_status=workflow_status)
-
-    async def get_state(self, actor_id: str) -> Any:
-        inst = self.instances.get(actor_id)
-        if inst is not None:
-            return json.loads(inst._persisted_state)
-        return await self.inspector.get_state(actor_id)
-
-    async def history(self, actor_id: str) -> WorkflowHistory:
-        """The workflow history of an actor, as the inspector shows it."""
-        return await self.inspector.history(actor_id)
-
-    async def queue_contents(self, actor_id: str) -> list[QueuedMessage]:
-        return await self.inspector.queue_contents(actor_id)
-
-    # -- runs (orchestrator/runs.py; the operations are in _run_ops.py) ---------------------
-
-    async def list_runs(
-        self, actor_id: str | None = None, *, status: str | None = None, name: str | None = None
-    ) -> list[RunInfo]:
-        """Runs, newest first: of one actor, or across actors (``status``, type ``name``)."""
-        return await _run_ops.list_runs(self, actor_id, status=status, name=name)
-
-    async def get_run(self, actor_id: str, run_id: int) -> RunDetail:
-        """A run with its input, result or error, and its history."""
-        return await _run_ops.get_run(self, actor_id, run_id)
-
-    async def cancel_run(self, actor_id: str, run_id: int) -> RunInfo:
-        """Cancel a queued or running run (the step in flight is interrupted)."""
-        return await _run_ops.cancel_run(self, actor_id, run_id)
-
-    async def retry_run(self, actor_id: str, run_id: int) -> RunInfo:
-        """Run a failed or cancelled run again from the step that failed."""
-        return await _run_ops.retry_run(self, actor_id, run_id)
-
-    async def recover_workflow(self, actor_id: str) -> WorkflowHistory:
-        """Re-run an actor's failed main workflow from the step that failed."""
-        return await _run_ops.recover_workflow(self, actor_id)
-
-    async def cancel_workflow(self, actor_id: str) -> WorkflowHistory:
-        """Mark an actor's running or failed main workflow ``cancelled`` (and stop it)."""
-        return await _run_ops.cancel_workflow(self, actor_id)
 
 
 __all__ = ["ActorInfo", "Engine", "HistoryEntry", "QueuedMessage", "WorkflowHistory"]

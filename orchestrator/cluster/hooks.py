@@ -140,6 +140,9 @@ async def drop_local(engine: Engine, actor_id: str) -> None:
     inst = engine.instances.pop(actor_id, None)
     if inst is None:
         return
+    if engine._ids.get((inst.name, inst.key)) == actor_id:
+        # Its new owner may destroy it: the next resolve here re-reads the store.
+        del engine._ids[(inst.name, inst.key)]
     inst.alive = False
     inst._busy()
     with contextlib.suppress(Exception):

@@ -176,7 +176,9 @@ class ClusterMember:
         self.hosts = await self.store.list_hosts(self.ttl)
         claimed = await self._claim_orphans()
         if claimed:
-            await self.engine._recover(claimed)
+            from .hooks import recover
+
+            await recover(self.engine, claimed)
         self._beats += 1
         if self._beats % self.schedule_resync_beats == 0:
             # Schedules other hosts created since this one started (their host may die).
@@ -241,6 +243,10 @@ class ClusterMember:
             owner_url=url,
         )
 
+    def holds(self, actor_id: str) -> bool:
+        """This host holds the lease of ``actor_id`` (as far as it knows)."""
+        return actor_id in self.held or actor_id in self.engine.instances
+
     def forget_owner(self, actor_id: str) -> None:
         """The cached owner did not answer: ask the database next time."""
         self._owners.pop(actor_id, None)
@@ -278,6 +284,16 @@ class ClusterMember:
         self.held[actor_id] = res.token
         self.store.fence(actor_id, res.token)
 
+    async def commit_created(self, actor_id: str, ops: list[Any]) -> None:
+        """Commit a new actor's row under a lease claimed for it; a refused or failed
+        commit gives the lease up (nothing names the actor: no cached id is left)."""
+        await self.claim(actor_id)
+        try:
+            await self.store.submit(ops)
+        except BaseException:
+            await self.release(actor_id)
+            raise
+
     async def release(self, actor_id: str) -> None:
         """Give the lease up (the actor went to sleep without an alarm, or was
         destroyed): the next request on any host claims it."""
@@ -297,7 +313,9 @@ class ClusterMember:
         """Another host owns ``actor_id`` now: drop it here without writing."""
         log.warning("lease of actor %s lost; dropping it on host %s", actor_id, self.host_id)
         self._forget(actor_id)
-        await self.engine._drop_local(actor_id)
+        from .hooks import drop_local
+
+        await drop_local(self.engine, actor_id)
 
     # -- placement ---------------------------------------------------------------------
 
@@ -326,6 +344,12 @@ class ClusterMember:
         if best.host_id == self.host_id or (ours and weight(ours[0])[:2] <= weight(best)[:2]):
             return None
         return best
+
+    def check_placement(self, name: str, key: Any) -> None:
+        """Raise :class:`NotOwner` naming the host a new actor belongs on, if not here."""
+        placed = self.placed_elsewhere(name, key)
+        if placed is not None:
+            raise placed
 
     def placed_elsewhere(self, name: str, key: Any) -> NotOwner | None:
         """``NotOwner`` naming the host a new actor belongs on, or None for here."""

@@ -481,7 +481,7 @@ def _resolve(
                         log.exception("on_lease_lost hook failed for %s", actor_id)
             if fut is not None and not fut.done():
                 fut.set_exception(exc)
-            elif on_lost is None:
+            else:
                 log.warning("%s", exc)
             continue
         if fut is not None and not fut.done():
