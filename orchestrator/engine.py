@@ -231,11 +231,11 @@ class Engine(EngineViews):
             return await self._create(name, k, input)
 
     def _cached_id(self, name: str, key: ActorKey) -> str | None:
-        """The cached id of ``(name, key)``. In a cluster, only one this host holds:
-        another host may have destroyed an actor this host let go of (asleep, or its
-        lease moved), and a stale id would make every call ``ActorNotFound``."""
+        """The cached id of ``(name, key)``. In a cluster, only one this host holds (or
+        just saw owned elsewhere): another host may have destroyed an actor this host let
+        go of (asleep, or its lease moved); a stale id would make calls ActorNotFound."""
         actor_id = self._ids.get((name, key))
-        if actor_id is None or self.cluster is None or self.cluster.holds(actor_id):
+        if actor_id is None or self.cluster is None or self.cluster.knows(actor_id):
             return actor_id
         return None  # re-read from the store
 

@@ -243,9 +243,14 @@ class ClusterMember:
             owner_url=url,
         )
 
-    def holds(self, actor_id: str) -> bool:
-        """This host holds the lease of ``actor_id`` (as far as it knows)."""
-        return actor_id in self.held or actor_id in self.engine.instances
+    def knows(self, actor_id: str) -> bool:
+        """A cached id of ``actor_id`` may be used without re-reading the store: this
+        host holds its lease, or saw its live owner within the last third of the ttl
+        (forwarded requests then skip a query; a call by id goes to the owner)."""
+        if actor_id in self.held or actor_id in self.engine.instances:
+            return True
+        cached = self._owners.get(actor_id)
+        return cached is not None and time.monotonic() < cached[2]
 
     def forget_owner(self, actor_id: str) -> None:
         """The cached owner did not answer: ask the database next time."""
