@@ -84,5 +84,34 @@ async def test_a_key_cached_for_an_actor_owned_elsewhere_is_re_read(
     assert await a.resolve("counter", "s", create=True) == other
 
 
+async def test_a_refused_create_leaves_no_cached_id(
+    two_engines: tuple[Engine, Engine],
+) -> None:
+    """The new actor's lease moves between its claim and its creation commit: the
+    create fails with ``LeaseLost``, nothing names the id, and the next get_or_create
+    creates the actor."""
+    a, b = two_engines
+    member = a.cluster
+    assert member is not None
+    claim = member.claim
+    stolen: list[str] = []
+
+    async def claim_then_lose(actor_id: str) -> None:
+        await claim(actor_id)
+        if not stolen:  # the first create only
+            stolen.append(actor_id)
+            await _steal(b, actor_id)
+
+    member.claim = claim_then_lose  # type: ignore[method-assign]
+    with pytest.raises(LeaseLost):
+        await a.resolve("counter", "c", create=True)
+    assert stolen and stolen[0] not in a._ids.values()
+    assert await b.store.get_actor(stolen[0]) is None  # nothing of it was written
+    made = await a.resolve("counter", "c", create=True)
+    assert made != stolen[0]
+    assert await a.call(made, "increment", [2]) == 2
+    assert await b.resolve("counter", "c") == made
+
+
 async def _async(value: bool) -> bool:
     return value
