@@ -35,6 +35,7 @@ from host.sandbox import (
 )
 from host.sandbox.docker_backend import engine_address
 from host.sandbox.errors import VmLost
+from orchestrator.builtin._runs import REMOVE_IN_BACKGROUND
 from vm_images.builder import ensure_image
 
 from .cold_pool import ColdPool
@@ -581,8 +582,23 @@ class SandboxManager(OrphanReaper):
         elif record is not None:
             self._claimed.pop(record.name, None)
             await self._egress_down(record.name)
+            if REMOVE_IN_BACKGROUND.get():
+                # A completed run's vm: its answer does not wait for Docker. close()
+                # waits for it (bounded); the reaper removes it if the host dies first.
+                task = asyncio.ensure_future(self._remove_record(record))
+                self._removals.add(task)
+                task.add_done_callback(self._removals.discard)
+                return
+            await self._remove_record(record)
+
+    async def _remove_record(self, record: SandboxRecord) -> None:
+        try:
             await self.backend.remove(record.id, volume=False)
             await self.backend.remove_volume(record.volume)
+        except SandboxError as exc:
+            if not REMOVE_IN_BACKGROUND.get():
+                raise
+            log.warning("could not remove the container of vm %s: %s", record.name, exc)
 
     async def status(self, record: SandboxRecord) -> str:
         """Docker's status of the container (``running``, ``exited``, ...; ``missing``;

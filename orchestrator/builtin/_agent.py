@@ -196,9 +196,10 @@ async def put_repo(
     a git bundle), a ``.bundle`` file or a plain directory — but only one inside
     ``policy``'s roots (default: none; see :class:`RepoPolicy`). Safe to run again
     after a crash."""
-    await vm.exec(["rm", "-rf", dest])
     if is_remote(repo):
-        return await vm.exec(["git", "clone", "--quiet", repo, dest], {"timeout": 600})
+        # Emptying ``dest`` and cloning are one exec: a round trip less per run.
+        script = 'rm -rf "$1" && exec git clone --quiet "$2" "$1"'
+        return await vm.exec(["sh", "-c", script, "sh", dest, repo], {"timeout": 600})
     staging = "/home/user/.agentvm/repo.bundle"
     if is_blob(repo):
         check_repo(repo, policy, "repo")
@@ -216,12 +217,13 @@ async def put_repo(
         elif kind == "git":
             await vm.write_file(staging, await _git_bundle(path), {"parents": True})
         else:
+            await vm.exec(["rm", "-rf", dest])
             await vm.mkdir(dest, {"parents": True})
             await vm.upload_dir(dest, await asyncio.to_thread(_tar_dir, path))
             return {"exit_code": 0, "stdout": "", "stderr": "", "source": "directory"}
-    result = await vm.exec(["git", "clone", "--quiet", staging, dest], {"timeout": 600})
-    await vm.exec(["rm", "-f", staging])
-    return result
+    # Empty ``dest``, clone, drop the staged bundle: one exec (three round trips were).
+    script = 'rm -rf "$1" && git clone --quiet "$2" "$1"; rc=$?; rm -f "$2"; exit $rc'
+    return await vm.exec(["sh", "-c", script, "sh", dest, staging], {"timeout": 600})
 
 
 async def read_capped(vm: ActorHandle, path: str, limit: int = MAX_AGENT_FILE) -> str:

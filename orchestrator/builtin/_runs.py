@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import inspect
 import logging
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -24,6 +25,9 @@ BUILTIN_CONCURRENCY: int | None = None
 DEFAULT_KEEP_VM_HOURS = 24.0
 # The longest the final clean-up (destroying a vm) may hold a run's end up.
 RELEASE_TIMEOUT = 120.0
+# Set by a completed run's clean-up: the vm manager removes the destroyed vm's
+# container and volume in the background instead of before destroy() returns.
+REMOVE_IN_BACKGROUND: ContextVar[bool] = ContextVar("agentvm_remove_in_background", default=False)
 
 
 class KeepVm(BaseModel):
@@ -60,16 +64,16 @@ async def release_vm(
     the run to here and it runs again (destroying is idempotent), and a retried run
     does not find a recorded clean-up to skip.
 
-    ``completed`` (the handler returned a result): the destroy is a durable schedule
-    due now (``expire_vm``), recorded before the run's end, so the answer does not
-    wait for the container's removal (~0.5 s) and a crash still destroys the vm when
-    the engine starts again. A failed or cancelled run destroys its vm before its end
-    is recorded, as before: a retry must not meet the old vm being destroyed."""
+    ``completed`` (the handler returned a result): the vm actor is destroyed before
+    the run's end as always, but its container and volume are removed in the
+    background (:data:`REMOVE_IN_BACKGROUND`), so the answer does not wait for
+    Docker (~0.3-0.5 s); if the host dies first, the orphan reaper removes them (no
+    vm owns them any more). A failed or cancelled run waits for the removal."""
     if ctx.engine_stopping:
         return
-    if completed and not keep:
-        keep, keep_hours = True, 0.0
-    task = asyncio.ensure_future(_release(ctx, key, keep=keep, keep_hours=keep_hours))
+    task = asyncio.ensure_future(
+        _release(ctx, key, keep=keep, keep_hours=keep_hours, background=completed)
+    )
     try:
         # Shielded: a cancelled run (this task is being cancelled) still cleans up.
         await asyncio.wait_for(asyncio.shield(task), RELEASE_TIMEOUT)
@@ -79,10 +83,14 @@ async def release_vm(
         log.warning("could not release vm %r of %s: %s", key, ctx.name, exc)
 
 
-async def _release(ctx: ActorContext, key: str, *, keep: bool, keep_hours: float) -> None:
+async def _release(
+    ctx: ActorContext, key: str, *, keep: bool, keep_hours: float, background: bool = False
+) -> None:
     if keep:
         await ctx.schedule.after(keep_hours * 3600, "expire_vm", key)
         return
+    # This task's own context: the flag reaches the vm's on_destroy (in process) only.
+    REMOVE_IN_BACKGROUND.set(background)
     with contextlib.suppress(ActorNotFound):
         await ctx.client().vm.get(key).destroy()
 
@@ -106,6 +114,7 @@ def first_line(text: str, limit: int = 72) -> str:
 __all__ = [
     "BUILTIN_CONCURRENCY",
     "DEFAULT_KEEP_VM_HOURS",
+    "REMOVE_IN_BACKGROUND",
     "KeepVm",
     "expire_vm",
     "first_line",
