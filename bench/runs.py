@@ -7,8 +7,8 @@ agent, warm pool of N containers, the LLM gateway) in this process; the fake
 Anthropic server (tests/support/fake_anthropic.py) in a child process, answering
 every Messages call after a fixed latency L. Each ``fixBug`` run clones a small
 buggy repository into its own vm, lets the agent fix it (two model calls: an edit,
-then a final text), runs the tests, makes the patch and answers; its vm is
-destroyed right after.
+then a final text), runs the tests, makes the patch and destroys its vm (the container's
+removal runs after the answer).
 
 1. **concurrent**: N runs sent at once to ``automator/main`` (run concurrency N),
    until all completed.
@@ -29,8 +29,8 @@ the vm taking it to its destroy); ``host_cpu_per_run_s``, this process's CPU (th
 engine, gateway, session manager) in the concurrent phase over N;
 ``loadavg_start``; ``serial_step_median_s``, where a serial run's time goes (each
 workflow step's median seconds, ``fix-bug`` with its model calls, and
-``after-last-step``: the answer; a completed run's vm is destroyed right after it,
-by a durable schedule recorded with the run's end). A phase cannot take less than
+``after-last-step``: the vm's destroy and the answer; a completed run's container
+and volume are removed in the background, after the answer). A phase cannot take less than
 busy CPU / cpus: N runs at once fit in the model time only if N x CPU per run
 stays under cpus x model time.
 """
