@@ -281,3 +281,118 @@ def test_cluster_route_and_cli(cluster: tuple[str, Host, Host], tmp_path: Path) 
     assert res.returncode == 0, res.stderr
     text = res.stdout.decode()
     assert "* host-a" in text and "host-b" in text and "alive" in text
+
+
+async def _proxy_to(owner_url: str | None) -> tuple[Any, str]:
+    """An in-process server whose one WebSocket route meets ``NotOwner`` naming
+    ``owner_url`` (uvicorn with the same WebSocket protocol as ``agentvm serve``)."""
+    import asyncio
+    import socket
+    from types import SimpleNamespace
+
+    import uvicorn
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.websockets import WebSocket
+
+    from host.server.forward_ws import proxy_websocket
+    from orchestrator.errors import NotOwner
+
+    async def route(websocket: WebSocket) -> None:
+        exc = NotOwner("owned elsewhere", actor_id="x", owner_host_id="o", owner_url=owner_url)
+        await proxy_websocket(websocket, exc)
+
+    app = Starlette(routes=[WebSocketRoute("/ws", route)])
+    app.state.engine = SimpleNamespace(cluster=None)
+    app.state.settings = SimpleNamespace(token=None)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", lifespan="off", ws="websockets-sansio")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    from tests.support import eventually
+
+    await eventually(lambda: asyncio.sleep(0, server.started), what="proxy listening")
+    port = sock.getsockname()[1]
+    return (server, task), f"ws://127.0.0.1:{port}/ws"
+
+
+async def _stop(handle: Any) -> None:
+    server, task = handle
+    server.should_exit = True
+    await task
+
+
+async def test_a_client_that_never_reads_stalls_the_owner() -> None:
+    """The owner floods 256 MiB at a client that never reads: the proxy holds a few
+    frames and socket buffers, then the owner's sends wait (back-pressure through
+    the proxy) instead of the proxy buffering the flood."""
+    import asyncio
+
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from tests.support import eventually
+
+    chunk = b"x" * (256 * 1024)
+    sent = [0]
+
+    async def flood(conn: ServerConnection) -> None:
+        for _ in range(1024):
+            await conn.send(chunk)
+            sent[0] += len(chunk)
+
+    async with serve(flood, "127.0.0.1", 0, max_size=None) as owner:
+        port = owner.sockets[0].getsockname()[1]
+        handle, url = await _proxy_to(f"http://127.0.0.1:{port}")
+        try:
+            # A raw socket that completes the handshake and never reads a byte.
+            reader, writer = await asyncio.open_connection("127.0.0.1", int(url.split(":")[2][:-3]))
+            writer.write(
+                b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+                b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            await writer.drain()
+            await eventually(lambda: asyncio.sleep(0, sent[0]), lambda n: n > 0)
+            samples: list[int] = []
+
+            async def stalled() -> bool:
+                await asyncio.sleep(0.5)
+                samples.append(sent[0])
+                return len(samples) > 2 and samples[-1] == samples[-3]
+
+            await eventually(stalled, timeout=60, what="the owner's sends wait")
+            assert sent[0] < 64 * 1024 * 1024, sent[0]
+            # Reading again resumes it: the stream was only paused.
+            before = sent[0]
+            await asyncio.wait_for(reader.readexactly(before + 4 * 1024 * 1024), 30)
+            await eventually(lambda: asyncio.sleep(0, sent[0]), lambda n: n > before)
+            writer.transport.abort()
+        finally:
+            await _stop(handle)
+
+
+async def test_an_unreachable_owner_closes_with_4421() -> None:
+    """Nothing listens at the owner's address: the client gets an error frame naming
+    it and close code 4421 (within the connect deadline), not a hang."""
+    import socket
+
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    dead = socket.socket()
+    dead.bind(("127.0.0.1", 0))
+    owner_url = f"http://127.0.0.1:{dead.getsockname()[1]}"
+    dead.close()  # nothing listens there now
+    handle, url = await _proxy_to(owner_url)
+    try:
+        async with connect(url) as client:
+            frame = json.loads(await client.recv())
+            assert frame["error"]["code"] == "not_owner"
+            assert frame["error"]["metadata"]["owner_url"] == owner_url
+            with pytest.raises(ConnectionClosed):
+                await client.recv()
+            assert client.close_code == 4421
+            assert owner_url in (client.close_reason or "")
+    finally:
+        await _stop(handle)
