@@ -141,8 +141,16 @@ class Engine(EngineViews):
                 await inst.run_hook(inst.definition.on_sleep)
             if idle:
                 self.store.submit_nowait([(base.SET_SLEEP, inst.actor_id, True, alarm)])
-        for task in list(self._tasks):
+        me = asyncio.current_task()
+        tasks = [t for t in self._tasks if t is not me]
+        for task in tasks:
             task.cancel()
+        if tasks:
+            # Let them unwind while the store is still open: a cancelled scheduled action's
+            # error path still submits its writes, and a submit to a closed store never
+            # resolves, which hung asyncio.run's teardown. Bounded: a task that ignores
+            # its cancellation is left behind.
+            await asyncio.wait(tasks, timeout=5.0)
         for fut in self._waiters.values():
             if not fut.done():
                 fut.set_exception(EngineStopped("the engine stopped"))

@@ -187,3 +187,26 @@ async def test_a_log_compacts_to_one_entry_keeping_its_numbering(make_engine):
     async with make_engine(reg) as engine:  # after a restart: the same log
         h = engine.client().logger.get_or_create("a")
         assert await h.read(0) == [[5, {"summary": 5}], [6, {"i": "next"}]]
+
+
+async def test_stop_lets_a_running_scheduled_action_unwind_before_the_store_closes(make_engine):
+    import asyncio
+
+    started = asyncio.Event()
+
+    async def slow(c):
+        started.set()
+        c.state["value"] = 1
+        await asyncio.sleep(3600)
+
+    async def arm(c):
+        await c.schedule.after(0, "slow")
+
+    reg = setup(use={"a": actor(state={"value": 0}, actions={"slow": slow, "arm": arm})})
+    async with make_engine(reg) as engine:
+        await engine.client().a.get_or_create(["k"]).arm()
+        await asyncio.wait_for(started.wait(), 30)
+        pending = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    # Every task the engine spawned has finished: nothing waits on the closed store.
+    leftover = [t for t in pending if not t.done()]
+    assert leftover == [], leftover
