@@ -17,10 +17,11 @@ from orchestrator.errors import AgentVMError, InvalidRequest
 from tests.server.live import LiveServer
 from tests.support import eventually
 
-from .test_ports import KEY, TOKEN, live
+from .test_ports import KEY, TOKEN, live, live_host
 
-# The live real host with a token (test_ports.py's fixture).
-__all__ = ["live"]
+# The live real host with a token (test_ports.py's fixtures: one host per module, the
+# test's vm destroyed after it).
+__all__ = ["live", "live_host"]
 
 pytestmark = pytest.mark.docker
 
