@@ -302,7 +302,7 @@ class SessionManager(SessionFeatures, PrestartMixin):
                     agent_type=agent_type,
                 ) from exc
         else:
-            session, init = await self._start(
+            session, init = await self._start_once_more(
                 agent_type, agent, session_id, proc_env, workdir, permission_policy
             )
         conn = session.conn
@@ -400,6 +400,18 @@ class SessionManager(SessionFeatures, PrestartMixin):
         except BaseException as exc:
             raise await self._start_failed(session, agent_type, exc) from None
         return session, init
+
+    async def _start_once_more(self, agent_type: str, *args: Any) -> tuple[Session, Any]:
+        """:meth:`_start`, once more when the new process went away before it answered
+        ``initialize`` (seen rarely in CI, cause not established: the warning keeps
+        what is known). A start that timed out is not repeated."""
+        try:
+            return await self._start(agent_type, *args)
+        except AgentStartFailed as exc:
+            if "timed out" in exc.message:
+                raise
+            log.warning("agent %r failed at start (%s); starting it once more", agent_type, exc)
+        return await self._start(agent_type, *args)
 
     async def _start_failed(
         self, session: Session, agent_type: str, exc: BaseException
